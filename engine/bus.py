@@ -150,7 +150,7 @@ def merge_by_time(*sources: Iterable[E]) -> Iterator[E]:
     """Merge time-ordered event streams by (ts_event, source order, position): deterministic for
     equal timestamps, so two runs over the same data dispatch identically."""
     keyed = (
-        ((getattr(ev, "ts_event"), rank, seq, ev) for seq, ev in enumerate(src))
+        ((ev.ts_event, rank, seq, ev) for seq, ev in enumerate(src))
         for rank, src in enumerate(sources)
     )
     for _, _, _, ev in heapq.merge(*keyed):

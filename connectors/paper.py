@@ -1,0 +1,110 @@
+"""Simulated execution for backtests and paper trading.
+
+Execution rules, the same for every strategy:
+
+* A market order fills at the open of the first bar that starts after the engine saw the bar that
+  caused it: a signal computed on bar t's close never trades at bar t's price. The price moves
+  against the order by the slippage; the taker fee applies.
+* A limit order fills at its price when a later bar's range reaches it, or at the open if the bar
+  opens through it (the better price); maker fee, no slippage.
+* A stop order triggers when a later bar's range reaches the stop and fills at the stop price, or
+  at the open if the bar gaps through it; it then behaves as a market order (slippage, taker fee).
+* An order for an instrument without a bar waits for that instrument's next bar.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from engine.bus import EventBus
+from engine.clock import Clock
+from engine.config import CostConfig
+from engine.events import BarSet, Fill, Order, OrderStatus, OrderType, OrderUpdate, Side
+
+
+class PaperBroker:
+    name = "paper"
+
+    def __init__(self, bus: EventBus, clock: Clock, symbols: tuple[str, ...], costs: CostConfig) -> None:
+        self.bus = bus
+        self.clock = clock
+        self.index = {s: i for i, s in enumerate(symbols)}
+        self.taker = costs.taker_fee_bps / 1e4
+        self.maker = costs.maker_fee_bps / 1e4
+        self.slippage = costs.slippage_bps / 1e4
+        self._working: dict[str, Order] = {}
+        self._seq = 0
+        bus.subscribe(BarSet, self.on_bars)
+
+    def submit(self, order: Order) -> None:
+        reason = self._rejection(order)
+        status = OrderStatus.REJECTED if reason else OrderStatus.ACCEPTED
+        if not reason:
+            self._working[order.client_id] = order
+        self.bus.publish(OrderUpdate(order.ts_init, self.clock.now_ns(), order.client_id, order.symbol, status, reason))
+
+    def cancel(self, client_id: str) -> None:
+        order = self._working.pop(client_id, None)
+        if order is not None:
+            self.bus.publish(
+                OrderUpdate(self.clock.now_ns(), self.clock.now_ns(), client_id, order.symbol, OrderStatus.CANCELLED)
+            )
+
+    def open_orders(self) -> Iterable[Order]:
+        return list(self._working.values())
+
+    def _rejection(self, order: Order) -> str:
+        if order.client_id in self._working:
+            return f"duplicate client order id {order.client_id}"
+        if order.symbol not in self.index:
+            return f"unknown symbol {order.symbol}"
+        if not (math.isfinite(order.quantity) and order.quantity > 0):
+            return f"quantity must be positive and finite, got {order.quantity}"
+        if order.type is not OrderType.MARKET and not (math.isfinite(order.price) and order.price > 0):
+            return f"{order.type.value} order needs a positive price, got {order.price}"
+        return ""
+
+    def on_bars(self, bars: BarSet) -> None:
+        if not self._working:
+            return
+        for order in list(self._working.values()):
+            if order.ts_init >= bars.ts_event:
+                continue
+            i = self.index[order.symbol]
+            opn = float(bars.open[i])
+            if opn != opn:
+                continue
+            price = self._fill_price(order, opn, float(bars.high[i]), float(bars.low[i]))
+            if price is None:
+                continue
+            del self._working[order.client_id]
+            self._fill(order, price, bars.ts_event)
+
+    def _fill_price(self, order: Order, opn: float, high: float, low: float) -> float | None:
+        buy = order.side is Side.BUY
+        if order.type is OrderType.MARKET:
+            return opn
+        p = order.price
+        if order.type is OrderType.LIMIT:
+            if buy:
+                return opn if opn <= p else p if low <= p else None
+            return opn if opn >= p else p if high >= p else None
+        if buy:
+            return opn if opn >= p else p if high >= p else None
+        return opn if opn <= p else p if low <= p else None
+
+    def _fill(self, order: Order, price: float, ts: int) -> None:
+        if order.type is OrderType.LIMIT:
+            rate, liquidity = self.maker, "maker"
+        else:
+            price *= 1.0 + self.slippage * order.side
+            rate, liquidity = self.taker, "taker"
+        fee = order.quantity * price * rate
+        self._seq += 1
+        now = self.clock.now_ns()
+        self.bus.publish(
+            Fill(ts, now, order.client_id, order.symbol, order.side, order.quantity, price, fee, liquidity,
+                 f"paper-{self._seq}", order.tag)
+        )
+        self.bus.publish(OrderUpdate(ts, now, order.client_id, order.symbol, OrderStatus.FILLED))

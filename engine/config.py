@@ -1,0 +1,112 @@
+"""Configuration: frozen pydantic sections that reject unknown keys, and one clear error.
+
+Each layer owns the schema of its own section (the engine here, models and connectors in their
+packages); the entry point composes them into the application config. A bad file stops the program
+with one message that names the file and the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says where and why."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(Section):
+    """Where replay bars come from and how their timestamps are to be read."""
+
+    path: str = Field("", description="file or directory of long-format OHLCV; empty: built-in dataset")
+    dataset: str = Field("us_stocks", description="built-in dataset used when path is empty")
+    start: str = Field("", description="first bar (ISO date or datetime, UTC); empty: from the start")
+    end: str = Field("", description="last bar, inclusive; empty: to the end")
+    timestamps: Literal["open", "close"] = Field(
+        "open", description="whether file timestamps label the bar's open (as Bybit) or its close"
+    )
+    calendar: Literal["auto", "exchange", "24/7"] = "auto"
+    periods_per_year: float | None = Field(None, gt=0, description="annualisation override")
+
+
+class PortfolioConfig(Section):
+    cash: float = Field(100_000.0, gt=0)
+    max_weight: float = Field(1.0, gt=0, description="cap on |target weight| per asset")
+    rebalance_band: float = Field(
+        0.0, ge=0, description="also trade when a weight drifts this far from its target; 0: only on change"
+    )
+    min_trade_notional: float = Field(0.0, ge=0, description="skip rebalancing trades smaller than this")
+
+
+class CostConfig(Section):
+    """Trading costs applied by simulated execution, in basis points of traded notional."""
+
+    taker_fee_bps: float = Field(5.5, ge=0, le=1000)
+    maker_fee_bps: float = Field(2.0, ge=-100, le=1000)
+    slippage_bps: float = Field(1.0, ge=0, le=1000)
+
+
+class EngineConfig(Section):
+    mode: Literal["backtest", "paper", "live"] = "backtest"
+    journal: bool = Field(True, description="write every order, fill and position change to journal.jsonl")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class StrategyConfig(Section):
+    name: str = "sma_crossover"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _name_given(self) -> StrategyConfig:
+        if not self.name.strip():
+            raise ValueError("strategy name is empty")
+        return self
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+
+
+def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``overrides`` into ``base``; a None override leaves the base value."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def validate(model: type[BaseModel], data: Mapping[str, Any], source: str) -> Any:
+    """Build ``model`` from ``data`` or raise ConfigError naming the source and each bad key."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown key '{key}'")
+            else:
+                got = err.get("input")
+                shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+                problems.append(f"'{key}': {err['msg']}{shown}")
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from None

@@ -1,0 +1,135 @@
+"""From target weights to orders: the path every strategy's signal takes to a venue.
+
+The order manager sizes the difference between target and current position (counting what is
+already on its way), passes each order through the pre-trade gates (the risk manager is one) and
+hands survivors to the execution venue. Orders, and only orders, leave through here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import numpy as np
+
+from engine.bus import EventBus
+from engine.clock import Clock
+from engine.events import Fill, Order, OrderStatus, OrderType, OrderUpdate, Side, Signal
+from engine.portfolio import Portfolio
+from engine.ports import ExecutionVenue
+
+_DONE = (OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.FILLED)
+
+
+class OrderGate(Protocol):
+    def review(self, order: Order) -> Order | None:
+        """Return the order to send (possibly reduced) or None to block it; explain on the bus."""
+        ...
+
+
+def client_order_id(strategy: str, symbol: str, ts_ns: int, tag: str = "") -> str:
+    """Deterministic id: the same decision always maps to the same id, so a venue can reject a
+    resend instead of opening a second position."""
+    suffix = f"-{tag}" if tag else ""
+    return f"{strategy}-{symbol}-{ts_ns // 1_000_000}{suffix}"
+
+
+class OrderManager:
+    def __init__(
+        self,
+        bus: EventBus,
+        clock: Clock,
+        portfolio: Portfolio,
+        venue: ExecutionVenue,
+        *,
+        gates: tuple[OrderGate, ...] = (),
+        rebalance_band: float = 0.0,
+        min_trade_notional: float = 0.0,
+    ) -> None:
+        self.bus = bus
+        self.clock = clock
+        self.portfolio = portfolio
+        self.venue = venue
+        self.gates = gates
+        self.rebalance_band = rebalance_band
+        self.min_trade_notional = min_trade_notional
+        n = len(portfolio.symbols)
+        self.targets = np.full(n, np.nan)
+        self.pending = np.zeros(n)
+        self._open: dict[str, tuple[int, float]] = {}
+        bus.subscribe(Signal, self.on_signal)
+        bus.subscribe(Fill, self.on_fill)
+        bus.subscribe(OrderUpdate, self.on_order_update)
+
+    def on_signal(self, signal: Signal) -> None:
+        new = signal.targets
+        old = self.targets
+        given = ~np.isnan(new)
+        changed = given & ~(np.abs(new - old) <= 1e-12)
+        if self.rebalance_band > 0:
+            drift = np.abs(self.portfolio.weights() - np.where(given, new, old))
+            changed |= given & (drift > self.rebalance_band)
+        np.copyto(old, new, where=given)
+        for i in np.flatnonzero(changed):
+            self._rebalance(int(i), float(new[i]), signal)
+
+    def _rebalance(self, i: int, target: float, signal: Signal) -> None:
+        pf = self.portfolio
+        price = float(pf.last_price[i])
+        if price <= 0.0 or not math.isfinite(pf.equity) or pf.equity <= 0.0:
+            return
+        delta = target * pf.equity / price - pf.qty[i] - self.pending[i]
+        if abs(delta) * price <= max(self.min_trade_notional, 1e-9 * pf.equity):
+            return
+        symbol = pf.symbols[i]
+        order = Order(
+            client_order_id(signal.strategy, symbol, signal.ts_event),
+            signal.ts_event,
+            self.clock.now_ns(),
+            symbol,
+            Side.BUY if delta > 0 else Side.SELL,
+            abs(float(delta)),
+            OrderType.MARKET,
+            strategy=signal.strategy,
+        )
+        self.submit(order)
+
+    def submit(self, order: Order) -> bool:
+        """Send an order through the gates to the venue; False if a gate blocked it."""
+        for gate in self.gates:
+            reviewed = gate.review(order)
+            if reviewed is None:
+                return False
+            order = reviewed
+        i = self.portfolio.index[order.symbol]
+        signed = order.quantity * order.side
+        self.pending[i] += signed
+        self._open[order.client_id] = (i, signed)
+        self.bus.publish(order)
+        self.venue.submit(order)
+        return True
+
+    def on_fill(self, fill: Fill) -> None:
+        entry = self._open.get(fill.client_id)
+        if entry is None:
+            return
+        i, remaining = entry
+        signed = fill.quantity * fill.side
+        self.pending[i] -= signed
+        remaining -= signed
+        if abs(remaining) <= 1e-12 * max(1.0, abs(signed)):
+            del self._open[fill.client_id]
+            self.pending[i] = 0.0 if not self._has_open(i) else self.pending[i]
+        else:
+            self._open[fill.client_id] = (i, remaining)
+
+    def on_order_update(self, update: OrderUpdate) -> None:
+        if update.status not in _DONE:
+            return
+        entry = self._open.pop(update.client_id, None)
+        if entry is not None:
+            i, remaining = entry
+            self.pending[i] -= remaining
+
+    def _has_open(self, i: int) -> bool:
+        return any(j == i for j, _ in self._open.values())

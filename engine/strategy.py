@@ -1,0 +1,157 @@
+"""The strategy interface and the host that runs strategies on the bus.
+
+A strategy sees a bar cross-section and, if it asked for one, a window of past closes that ends at
+the current bar: the host appends each bar after it has happened, so no strategy can look ahead.
+It answers with target weights (fraction of equity per asset; NaN = leave as is) or None. The host
+contains user and model code (Freqtrade's strategy wrapper): a non-finite or out-of-range target
+becomes "no change" for that asset, with a warning, and never an order.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+import structlog
+from pydantic import BaseModel, ConfigDict
+
+from engine.bus import EventBus
+from engine.clock import Clock
+from engine.events import BarSet, Signal
+
+log = structlog.get_logger("engine.strategy")
+
+
+class Params(BaseModel):
+    """Base for strategy parameters: typed, validated once at the boundary, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StrategyContext:
+    """What a strategy may look at: the universe, the past, and its own current weights."""
+
+    __slots__ = ("_buf", "_n", "_weights", "_window", "now_ns", "symbols")
+
+    def __init__(
+        self, symbols: tuple[str, ...], window: int, weights: Callable[[], np.ndarray] | None = None
+    ) -> None:
+        self.symbols = symbols
+        self.now_ns = 0
+        self._weights = weights
+        self._window = window
+        self._buf = np.full((2 * max(window, 1), len(symbols)), np.nan)
+        self._n = 0
+
+    def _append(self, close: np.ndarray) -> None:
+        w = self._window
+        if w == 0:
+            return
+        slot = self._n % w
+        self._buf[slot] = close
+        self._buf[slot + w] = close
+        self._n += 1
+
+    @property
+    def closes(self) -> np.ndarray:
+        """Past closes up to and including the current bar, oldest first, at most ``window`` rows.
+
+        NaN where an asset had no bar. A read-only view: valid until the next bar.
+        """
+        w = self._window
+        n = self._n
+        if n < w:
+            view = self._buf[w : w + n] if n else self._buf[:0]
+        else:
+            start = n % w
+            view = self._buf[start : start + w]
+        view = view.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Current position per asset as a fraction of equity (zeros when no portfolio is attached)."""
+        return self._weights() if self._weights is not None else np.zeros(len(self.symbols))
+
+    @property
+    def bars_seen(self) -> int:
+        return self._n
+
+
+class Strategy(ABC):
+    """Subclass, set ``name`` and ``Params``, implement ``on_bars``.
+
+    ``window`` is how many past closes the host keeps for ``ctx.closes`` (0: none, cheapest).
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type[Params]] = Params
+    window: int = 0
+
+    def __init__(self, params: Params | None = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    @classmethod
+    def from_params(cls, raw: dict[str, Any]) -> Strategy:
+        return cls(cls.Params.model_validate(raw))
+
+    def on_start(self, symbols: tuple[str, ...]) -> None:
+        """Called once with the universe before the first bar."""
+
+    @abstractmethod
+    def on_bars(self, bars: BarSet, ctx: StrategyContext) -> np.ndarray | None:
+        """Return target weights per symbol (NaN: no change) or None for no change at all."""
+
+
+class StrategyHost:
+    """Runs one strategy on the bus: BarSet in, Signal out."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        bus: EventBus,
+        clock: Clock,
+        symbols: tuple[str, ...],
+        *,
+        max_weight: float = 1.0,
+        weights: Callable[[], np.ndarray] | None = None,
+    ) -> None:
+        self.strategy = strategy
+        self.bus = bus
+        self.clock = clock
+        self.max_weight = max_weight
+        self.ctx = StrategyContext(symbols, strategy.window, weights)
+        self.invalid_targets = 0
+        strategy.on_start(symbols)
+        bus.subscribe(BarSet, self.on_bars)
+
+    def on_bars(self, bars: BarSet) -> None:
+        ctx = self.ctx
+        ctx.now_ns = bars.ts_event
+        ctx._append(bars.close)
+        targets = self.strategy.on_bars(bars, ctx)
+        if targets is None:
+            return
+        targets = np.array(targets, dtype=float, copy=True)
+        if targets.shape != (len(ctx.symbols),):
+            raise ValueError(
+                f"strategy {self.strategy.name} returned targets of shape {targets.shape}, "
+                f"expected ({len(ctx.symbols)},)"
+            )
+        bad = np.isinf(targets) | (np.abs(targets) > self.max_weight + 1e-12)
+        if bad.any():
+            self.invalid_targets += int(bad.sum())
+            log.warning(
+                "invalid targets ignored",
+                strategy=self.strategy.name,
+                symbols=[ctx.symbols[i] for i in np.flatnonzero(bad)],
+                values=[float(v) for v in targets[bad]],
+                max_weight=self.max_weight,
+            )
+            targets[bad] = np.nan
+        if np.isnan(targets).all():
+            return
+        self.bus.publish(Signal(bars.ts_event, self.clock.now_ns(), self.strategy.name, targets))

@@ -1,0 +1,216 @@
+"""The backtest runner: wires replay data, paper execution, portfolio and a strategy on one bus.
+
+The wiring in :func:`assemble` is shared with paper and live trading; only the clock, the data
+source and the venue differ.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from engine.metrics import backtest_metrics, periods_per_year
+from engine.report import write_report
+
+from connectors import datasets
+from connectors.paper import PaperBroker
+from connectors.replay import BarMatrix, load_ohlcv
+from engine.bus import EventBus, replay
+from engine.clock import Clock, ReplayClock
+from engine.events import Fill, RiskEvent
+from engine.journal import Journal
+from engine.orders import OrderGate, OrderManager
+from engine.portfolio import Portfolio
+from engine.ports import ExecutionVenue
+from engine.strategy import Strategy, StrategyHost
+from quantnet.config import AppConfig
+from strategies.registry import create
+
+
+@dataclass(slots=True)
+class TradingNode:
+    bus: EventBus
+    clock: Clock
+    portfolio: Portfolio
+    orders: OrderManager
+    host: StrategyHost
+    fills: list[Fill] = field(default_factory=list)
+    risk_events: list[RiskEvent] = field(default_factory=list)
+
+
+def assemble(
+    cfg: AppConfig,
+    strategy: Strategy,
+    symbols: tuple[str, ...],
+    bus: EventBus,
+    clock: Clock,
+    venue_factory: Callable[[EventBus, Clock], ExecutionVenue],
+    *,
+    gates: tuple[OrderGate, ...] = (),
+    capacity: int = 1024,
+) -> TradingNode:
+    """Subscription order is execution order for each bar: the venue fills what was ordered on
+    earlier bars at this bar's prices, the portfolio books and marks, then the strategy decides."""
+    venue = venue_factory(bus, clock)
+    portfolio = Portfolio(symbols, cfg.portfolio.cash, bus, capacity=capacity)
+    orders = OrderManager(
+        bus,
+        clock,
+        portfolio,
+        venue,
+        gates=gates,
+        rebalance_band=cfg.portfolio.rebalance_band,
+        min_trade_notional=cfg.portfolio.min_trade_notional,
+    )
+    host = StrategyHost(strategy, bus, clock, symbols, max_weight=cfg.portfolio.max_weight, weights=portfolio.weights)
+    node = TradingNode(bus, clock, portfolio, orders, host)
+    bus.subscribe(Fill, node.fills.append)
+    bus.subscribe(RiskEvent, node.risk_events.append)
+    return node
+
+
+@dataclass(slots=True)
+class BacktestResult:
+    metrics: dict[str, float]
+    equity: pd.DataFrame
+    positions: pd.DataFrame
+    trades: pd.DataFrame
+    risk_events: list[dict[str, Any]]
+    settings: dict[str, Any]
+    bars: int
+    seconds: float
+
+
+def load_data(cfg: AppConfig) -> pd.DataFrame:
+    path = cfg.data.path or datasets.path(cfg.data.dataset)
+    return load_ohlcv(path, start=cfg.data.start or None, end=cfg.data.end or None)
+
+
+def run_backtest(
+    cfg: AppConfig,
+    *,
+    strategy: Strategy | None = None,
+    data: pd.DataFrame | None = None,
+    output: str | Path | None = None,
+    gates: tuple[OrderGate, ...] = (),
+    progress: Callable[[Iterable[Any], int], Iterator[Any]] | None = None,
+) -> BacktestResult:
+    strategy = strategy or create(cfg.strategy.name, cfg.strategy.params)
+    data = load_data(cfg) if data is None else data
+    matrix = BarMatrix.from_frame(data, timestamps=cfg.data.timestamps)
+    bus = EventBus("backtest")
+    clock = ReplayClock()
+    node = assemble(
+        cfg,
+        strategy,
+        matrix.symbols,
+        bus,
+        clock,
+        lambda b, c: PaperBroker(b, c, matrix.symbols, cfg.costs),
+        gates=gates,
+        capacity=len(matrix),
+    )
+    out = Path(output) if output is not None else None
+    journal = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.engine.journal:
+            (out / "journal.jsonl").unlink(missing_ok=True)
+            journal = Journal(out / "journal.jsonl", bus)
+    events: Iterable[Any] = matrix.bar_sets()
+    if progress is not None:
+        events = progress(events, len(matrix))
+    started = time.perf_counter()
+    try:
+        replay(bus, events, clock)
+    finally:
+        if journal is not None:
+            journal.close()
+    seconds = time.perf_counter() - started
+    result = _result(cfg, strategy, matrix, node, seconds)
+    if out is not None:
+        write_outputs(result, out)
+    return result
+
+
+def _result(cfg: AppConfig, strategy: Strategy, matrix: BarMatrix, node: TradingNode, seconds: float) -> BacktestResult:
+    pf = node.portfolio
+    times = pf.times()
+    curve = pf.curve()
+    stamp = pd.to_datetime(times, utc=True)
+    equity = pd.DataFrame(
+        {"timestamp": stamp, "equity": curve[:, 0], "cash": curve[:, 1], "gross_exposure": curve[:, 2]}
+    )
+    positions = pd.DataFrame(pf.positions(), index=stamp, columns=list(matrix.symbols))
+    trades = pd.DataFrame(
+        {
+            "timestamp": pd.to_datetime([f.ts_event for f in node.fills], utc=True),
+            "symbol": [f.symbol for f in node.fills],
+            "side": [f.side.name.lower() for f in node.fills],
+            "quantity": [f.quantity for f in node.fills],
+            "price": [f.price for f in node.fills],
+            "fee": [f.fee for f in node.fills],
+        }
+    )
+    ppy = periods_per_year(times, cfg.data.calendar, cfg.data.periods_per_year)
+    metrics = backtest_metrics(
+        times,
+        curve[:, 0],
+        curve[:, 2],
+        trade_pnls=np.asarray(pf.trade_pnls, dtype=float),
+        turnover_notional=pf.turnover_notional,
+        n_fills=pf.n_fills,
+        periods_per_year=ppy,
+    )
+    metrics["periods_per_year"] = ppy
+    metrics["fees"] = pf.fees
+    risk = [
+        {
+            "timestamp": str(pd.Timestamp(e.ts_event, tz="UTC")),
+            "rule": e.rule,
+            "state": e.state.value,
+            "symbol": e.symbol,
+            "message": e.message,
+        }
+        for e in node.risk_events
+    ]
+    settings = {
+        "strategy": strategy.name,
+        "params": strategy.params.model_dump(),
+        "symbols": list(matrix.symbols),
+        "first_bar": str(stamp[0]) if len(stamp) else "",
+        "last_bar": str(stamp[-1]) if len(stamp) else "",
+        "bars": len(matrix),
+        "cash": cfg.portfolio.cash,
+        "costs": cfg.costs.model_dump(),
+        "data": cfg.data.path or f"built-in dataset {cfg.data.dataset}",
+    }
+    return BacktestResult(metrics, equity, positions, trades, risk, settings, len(matrix) * len(matrix.symbols), seconds)
+
+
+def write_outputs(result: BacktestResult, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "metrics.json").open("w") as fh:
+        json.dump(_json_safe(result.metrics), fh, indent=2, sort_keys=True)
+    result.equity.to_csv(out / "equity.csv", index=False)
+    result.trades.to_csv(out / "trades.csv", index=False)
+    write_report(
+        out / "report.html",
+        title=f"Backtest: {result.settings['strategy']}",
+        equity=result.equity,
+        positions=result.positions,
+        metrics=result.metrics,
+        trades=result.trades,
+        risk_events=result.risk_events,
+        settings=result.settings,
+    )
+
+
+def _json_safe(metrics: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in metrics.items()}

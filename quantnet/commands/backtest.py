@@ -1,0 +1,98 @@
+"""``quantnet backtest``: replay historical bars through a strategy and write the results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from connectors.replay import DataError
+from engine.bus import HandlerError
+from engine.config import ConfigError
+from engine.logs import configure_logging
+from quantnet.backtest import BacktestResult, run_backtest
+from quantnet.commands.common import delayed_progress, fail, parse_params
+from quantnet.config import load_config
+from strategies.registry import StrategyError
+
+_SUMMARY = (
+    ("total_return", "Total return", "{:.2%}"),
+    ("annual_return", "Annual return", "{:.2%}"),
+    ("annual_volatility", "Annual volatility", "{:.2%}"),
+    ("sharpe", "Sharpe", "{:.3f}"),
+    ("sortino", "Sortino", "{:.3f}"),
+    ("calmar", "Calmar", "{:.3f}"),
+    ("max_drawdown", "Max drawdown", "{:.2%}"),
+    ("n_trades", "Trades", "{:.0f}"),
+    ("win_rate", "Win rate", "{:.1%}"),
+    ("profit_factor", "Profit factor", "{:.2f}"),
+    ("turnover", "Turnover (annual)", "{:.2f}"),
+    ("exposure", "Exposure", "{:.2f}"),
+    ("fees", "Fees paid", "{:,.2f}"),
+    ("final_equity", "Final equity", "{:,.2f}"),
+)
+
+
+def summary_table(result: BacktestResult) -> Table:
+    table = Table(title=f"{result.settings['strategy']}  {result.settings['first_bar'][:10]} .. "
+                  f"{result.settings['last_bar'][:10]}", show_header=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, label, fmt in _SUMMARY:
+        value = result.metrics.get(key)
+        if value is None:
+            continue
+        table.add_row(label, "n/a" if value != value else fmt.format(value))
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("backtest")
+    def backtest(
+        strategy: Annotated[str | None, typer.Option("--strategy", help="strategy name")] = None,
+        param: Annotated[
+            list[str] | None, typer.Option("--param", help="strategy parameter KEY=VALUE (repeatable)")
+        ] = None,
+        data: Annotated[str | None, typer.Option("--data", help="OHLCV file or directory")] = None,
+        start: Annotated[str | None, typer.Option("--start", help="first bar date (ISO 8601)")] = None,
+        end: Annotated[str | None, typer.Option("--end", help="last bar date, inclusive")] = None,
+        cash: Annotated[float | None, typer.Option("--cash", help="initial cash")] = None,
+        fee_bps: Annotated[
+            float | None, typer.Option("--fee-bps", help="fee in bps of notional (maker and taker)")
+        ] = None,
+        slippage_bps: Annotated[float | None, typer.Option("--slippage-bps", help="slippage in bps")] = None,
+        config: Annotated[Path | None, typer.Option("--config", help="config TOML (default ./config.toml)")] = None,
+        output: Annotated[Path, typer.Option("--output", help="output directory")] = Path("out/backtest"),
+        log_json: Annotated[bool, typer.Option("--log-json", help="log JSON lines")] = False,
+    ) -> None:
+        """Run a historical replay backtest. With no options: the configured default strategy on the
+        built-in dataset."""
+        if log_json:
+            configure_logging(json=True)
+        overrides: dict[str, Any] = {
+            "data": {"path": data, "start": start, "end": end},
+            "portfolio": {"cash": cash},
+            "costs": {"taker_fee_bps": fee_bps, "maker_fee_bps": fee_bps, "slippage_bps": slippage_bps},
+        }
+        params = parse_params(param)
+        if strategy is not None:
+            overrides["strategy"] = {"name": strategy, "params": params}
+        elif params:
+            overrides["strategy"] = {"params": params}
+        try:
+            cfg = load_config(config, overrides)
+            result = run_backtest(cfg, output=output, progress=delayed_progress)
+        except (ConfigError, DataError, StrategyError) as exc:
+            fail(str(exc))
+        except HandlerError as exc:
+            fail(f"backtest stopped: {exc}", code=1)
+        Console().print(summary_table(result))
+        rate = result.bars / result.seconds if result.seconds > 0 else float("inf")
+        Console().print(
+            f"{result.bars:,} bars in {result.seconds:.2f} s ({rate:,.0f} bars/s); results in {output}/ "
+            "(metrics.json, equity.csv, trades.csv, report.html, journal.jsonl)",
+            highlight=False,
+        )
