@@ -42,13 +42,17 @@ class PaperBroker:
         status = OrderStatus.REJECTED if reason else OrderStatus.ACCEPTED
         if not reason:
             self._working[order.client_id] = order
-        self.bus.publish(OrderUpdate(order.ts_init, self.clock.now_ns(), order.client_id, order.symbol, status, reason))
+        self.bus.publish(
+            OrderUpdate(order.ts_init, self.clock.now_ns(), order.client_id, order.symbol, status, reason)
+        )
 
     def cancel(self, client_id: str) -> None:
         order = self._working.pop(client_id, None)
         if order is not None:
             self.bus.publish(
-                OrderUpdate(self.clock.now_ns(), self.clock.now_ns(), client_id, order.symbol, OrderStatus.CANCELLED)
+                OrderUpdate(
+                    self.clock.now_ns(), self.clock.now_ns(), client_id, order.symbol, OrderStatus.CANCELLED
+                )
             )
 
     def open_orders(self) -> Iterable[Order]:
@@ -104,7 +108,18 @@ class PaperBroker:
         self._seq += 1
         now = self.clock.now_ns()
         self.bus.publish(
-            Fill(ts, now, order.client_id, order.symbol, order.side, order.quantity, price, fee, liquidity,
-                 f"paper-{self._seq}", order.tag)
+            Fill(
+                ts,
+                now,
+                order.client_id,
+                order.symbol,
+                order.side,
+                order.quantity,
+                price,
+                fee,
+                liquidity,
+                f"paper-{self._seq}",
+                order.tag,
+            )
         )
         self.bus.publish(OrderUpdate(ts, now, order.client_id, order.symbol, OrderStatus.FILLED))

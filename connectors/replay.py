@@ -90,9 +90,7 @@ def _fill_close_only(df: pd.DataFrame, file: Path) -> pd.DataFrame:
     if absent:
         log.warning("close-only data: open/high/low taken from close", file=str(file), fields=absent)
     elif partial.any():
-        log.warning(
-            "rows without open/high/low: taken from close", file=str(file), rows=int(partial.sum())
-        )
+        log.warning("rows without open/high/low: taken from close", file=str(file), rows=int(partial.sum()))
     for col in ("open", "high", "low"):
         df[col] = df[col].fillna(df["close"])
     if "volume" not in df.columns:
@@ -165,7 +163,9 @@ def load_ohlcv(
         dup = data.duplicated(["symbol", "timestamp"], keep="first")
         if dup.any():
             r = data[dup].iloc[0]
-            raise DataError(f"{r['_file']}: symbol {r['symbol']}: {r['timestamp']} also appears in another file")
+            raise DataError(
+                f"{r['_file']}: symbol {r['symbol']}: {r['timestamp']} also appears in another file"
+            )
     if start:
         data = data[data["timestamp"] >= _utc(start)]
     if end:
@@ -221,7 +221,9 @@ class BarMatrix:
     def from_frame(cls, data: pd.DataFrame, *, timestamps: str = "open") -> BarMatrix:
         """``timestamps="open"``: file times label the bar's open, so bars close one interval later."""
         interval = bar_interval_ns(data)
-        wide = data.pivot(index="timestamp", columns="symbol", values=["open", "high", "low", "close", "volume"])
+        wide = data.pivot(
+            index="timestamp", columns="symbol", values=["open", "high", "low", "close", "volume"]
+        )
         symbols = tuple(str(s) for s in wide["close"].columns)
         label = wide.index.to_numpy().astype("int64")
         ts_event = label + interval if timestamps == "open" else label
@@ -229,7 +231,9 @@ class BarMatrix:
         def mat(name: str) -> np.ndarray:
             return np.ascontiguousarray(wide[name].to_numpy(dtype="float64"))
 
-        return cls(symbols, ts_event, mat("open"), mat("high"), mat("low"), mat("close"), mat("volume"), interval)
+        return cls(
+            symbols, ts_event, mat("open"), mat("high"), mat("low"), mat("close"), mat("volume"), interval
+        )
 
     def __len__(self) -> int:
         return len(self.ts_event)

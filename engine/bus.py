@@ -13,7 +13,7 @@ import asyncio
 import heapq
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from enum import Enum
+from enum import StrEnum
 from typing import Any, TypeVar
 
 import structlog
@@ -26,7 +26,7 @@ Handler = Callable[[Any], None]
 log = structlog.get_logger("engine.bus")
 
 
-class BusMode(str, Enum):
+class BusMode(StrEnum):
     BACKTEST = "backtest"
     LIVE = "live"
 
@@ -149,10 +149,7 @@ class EventBus:
 def merge_by_time(*sources: Iterable[E]) -> Iterator[E]:
     """Merge time-ordered event streams by (ts_event, source order, position): deterministic for
     equal timestamps, so two runs over the same data dispatch identically."""
-    keyed = (
-        ((ev.ts_event, rank, seq, ev) for seq, ev in enumerate(src))
-        for rank, src in enumerate(sources)
-    )
+    keyed = (((ev.ts_event, rank, seq, ev) for seq, ev in enumerate(src)) for rank, src in enumerate(sources))
     for _, _, _, ev in heapq.merge(*keyed):
         yield ev
 

@@ -10,7 +10,7 @@ that caused it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 
 import numpy as np
 
@@ -22,13 +22,13 @@ class Side(IntEnum):
     SELL = -1
 
 
-class OrderType(str, Enum):
+class OrderType(StrEnum):
     MARKET = "market"
     LIMIT = "limit"
     STOP = "stop"
 
 
-class OrderStatus(str, Enum):
+class OrderStatus(StrEnum):
     SUBMITTED = "submitted"
     ACCEPTED = "accepted"
     PARTIALLY_FILLED = "partially_filled"
@@ -37,7 +37,7 @@ class OrderStatus(str, Enum):
     REJECTED = "rejected"
 
 
-class TradingState(str, Enum):
+class TradingState(StrEnum):
     """Risk's verdict on what the engine may do: trade, only reduce, or nothing at all."""
 
     ACTIVE = "active"

@@ -62,4 +62,6 @@ def read_journal(path: str | Path) -> Iterator[dict[str, Any]]:
             try:
                 yield json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {n} is not valid JSON ({exc.msg}); journal is damaged") from None
+                raise ValueError(
+                    f"{path}: line {n} is not valid JSON ({exc.msg}); journal is damaged"
+                ) from None

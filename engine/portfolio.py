@@ -132,7 +132,9 @@ class Portfolio:
             self._trade_acc[i] = 0.0
         if self._bus is not None:
             self._bus.publish(
-                PositionUpdate(fill.ts_event, fill.ts_init, fill.symbol, new, avg, float(self.realized_pnl[i]))
+                PositionUpdate(
+                    fill.ts_event, fill.ts_init, fill.symbol, new, avg, float(self.realized_pnl[i])
+                )
             )
 
     # views ----------------------------------------------------------------------------------

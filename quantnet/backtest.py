@@ -68,7 +68,9 @@ def assemble(
         rebalance_band=cfg.portfolio.rebalance_band,
         min_trade_notional=cfg.portfolio.min_trade_notional,
     )
-    host = StrategyHost(strategy, bus, clock, symbols, max_weight=cfg.portfolio.max_weight, weights=portfolio.weights)
+    host = StrategyHost(
+        strategy, bus, clock, symbols, max_weight=cfg.portfolio.max_weight, weights=portfolio.weights
+    )
     node = TradingNode(bus, clock, portfolio, orders, host)
     bus.subscribe(Fill, node.fills.append)
     bus.subscribe(RiskEvent, node.risk_events.append)
@@ -139,7 +141,9 @@ def run_backtest(
     return result
 
 
-def _result(cfg: AppConfig, strategy: Strategy, matrix: BarMatrix, node: TradingNode, seconds: float) -> BacktestResult:
+def _result(
+    cfg: AppConfig, strategy: Strategy, matrix: BarMatrix, node: TradingNode, seconds: float
+) -> BacktestResult:
     pf = node.portfolio
     times = pf.times()
     curve = pf.curve()
@@ -191,7 +195,9 @@ def _result(cfg: AppConfig, strategy: Strategy, matrix: BarMatrix, node: Trading
         "costs": cfg.costs.model_dump(),
         "data": cfg.data.path or f"built-in dataset {cfg.data.dataset}",
     }
-    return BacktestResult(metrics, equity, positions, trades, risk, settings, len(matrix) * len(matrix.symbols), seconds)
+    return BacktestResult(
+        metrics, equity, positions, trades, risk, settings, len(matrix) * len(matrix.symbols), seconds
+    )
 
 
 def write_outputs(result: BacktestResult, out: Path) -> None:

@@ -20,7 +20,9 @@ app = typer.Typer(
 
 @app.callback()
 def main(
-    log_json: Annotated[bool, typer.Option("--log-json", help="log JSON lines instead of console text")] = False,
+    log_json: Annotated[
+        bool, typer.Option("--log-json", help="log JSON lines instead of console text")
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")] = "info",
 ) -> None:
     configure_logging(json=log_json, level=log_level)

@@ -173,7 +173,9 @@ class TimeSeriesMomentum(_WindowStrategy):
 
 
 class CrossSectionalMomentumParams(WindowParams):
-    quantile: float = Field(0.33, gt=0, le=0.5, description="fraction of assets long (top) and short (bottom)")
+    quantile: float = Field(
+        0.33, gt=0, le=0.5, description="fraction of assets long (top) and short (bottom)"
+    )
 
 
 class CrossSectionalMomentum(_WindowStrategy):

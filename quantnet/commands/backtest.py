@@ -37,8 +37,11 @@ _SUMMARY = (
 
 
 def summary_table(result: BacktestResult) -> Table:
-    table = Table(title=f"{result.settings['strategy']}  {result.settings['first_bar'][:10]} .. "
-                  f"{result.settings['last_bar'][:10]}", show_header=False)
+    table = Table(
+        title=f"{result.settings['strategy']}  {result.settings['first_bar'][:10]} .. "
+        f"{result.settings['last_bar'][:10]}",
+        show_header=False,
+    )
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, label, fmt in _SUMMARY:
@@ -64,7 +67,9 @@ def register(app: typer.Typer) -> None:
             float | None, typer.Option("--fee-bps", help="fee in bps of notional (maker and taker)")
         ] = None,
         slippage_bps: Annotated[float | None, typer.Option("--slippage-bps", help="slippage in bps")] = None,
-        config: Annotated[Path | None, typer.Option("--config", help="config TOML (default ./config.toml)")] = None,
+        config: Annotated[
+            Path | None, typer.Option("--config", help="config TOML (default ./config.toml)")
+        ] = None,
         output: Annotated[Path, typer.Option("--output", help="output directory")] = Path("out/backtest"),
         log_json: Annotated[bool, typer.Option("--log-json", help="log JSON lines")] = False,
     ) -> None:
