@@ -121,7 +121,7 @@ def _validate(df: pd.DataFrame, file: Path) -> None:
     if hl.any():
         k = int(np.flatnonzero(hl)[0])
         fail(hl, f"high {df['high'].iloc[k]} < low {df['low'].iloc[k]}")
-    ts = df["timestamp"].to_numpy().astype("int64")
+    ts = _ns(df["timestamp"])
     sym = df["symbol"].to_numpy()
     order = np.lexsort((np.arange(len(df)), sym))
     same = sym[order][1:] == sym[order][:-1]
@@ -191,9 +191,13 @@ def _utc(value: str | pd.Timestamp, *, end_of_day: bool = False) -> pd.Timestamp
     return ts
 
 
+def _ns(ts: pd.Series) -> np.ndarray:
+    return ts.dt.as_unit("ns").astype("int64").to_numpy()
+
+
 def bar_interval_ns(data: pd.DataFrame) -> int:
     """The bar length: the most common spacing between a symbol's consecutive bars."""
-    ts = data["timestamp"].to_numpy().astype("int64")
+    ts = _ns(data["timestamp"])
     sym = data["symbol"].to_numpy()
     order = np.lexsort((ts, sym))
     same = sym[order][1:] == sym[order][:-1]
@@ -225,7 +229,7 @@ class BarMatrix:
             index="timestamp", columns="symbol", values=["open", "high", "low", "close", "volume"]
         )
         symbols = tuple(str(s) for s in wide["close"].columns)
-        label = wide.index.to_numpy().astype("int64")
+        label = pd.DatetimeIndex(wide.index).as_unit("ns").asi8
         ts_event = label + interval if timestamps == "open" else label
 
         def mat(name: str) -> np.ndarray:

@@ -104,7 +104,7 @@ class EventBus:
                     log.error(
                         "handler failed",
                         handler=name,
-                        event=type(event).__name__,
+                        event_type=type(event).__name__,
                         ts_event=getattr(event, "ts_event", None),
                         error=f"{type(exc).__name__}: {exc}",
                         failures=self.errors[name],
@@ -149,8 +149,12 @@ class EventBus:
 def merge_by_time(*sources: Iterable[E]) -> Iterator[E]:
     """Merge time-ordered event streams by (ts_event, source order, position): deterministic for
     equal timestamps, so two runs over the same data dispatch identically."""
-    keyed = (((ev.ts_event, rank, seq, ev) for seq, ev in enumerate(src)) for rank, src in enumerate(sources))
-    for _, _, _, ev in heapq.merge(*keyed):
+
+    def keyed(rank: int, src: Iterable[E]) -> Iterator[tuple[int, int, int, E]]:
+        for seq, ev in enumerate(src):
+            yield ev.ts_event, rank, seq, ev  # type: ignore[attr-defined]
+
+    for _, _, _, ev in heapq.merge(*(keyed(r, s) for r, s in enumerate(sources))):
         yield ev
 
 

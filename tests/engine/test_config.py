@@ -1,0 +1,55 @@
+"""Bad configuration stops the program with one message naming the file and the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.config import ConfigError
+from quantnet.config import load_config
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key(tmp_path):
+    path = write(tmp_path, "[costs]\ntaker_fee_bps = 5\nfee_typo = 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: unknown key 'costs.fee_typo'"
+
+
+def test_wrong_type(tmp_path):
+    path = write(tmp_path, '[portfolio]\ncash = "lots"\n')
+    with pytest.raises(ConfigError, match=r"config.toml: 'portfolio.cash': Input should be a valid number"):
+        load_config(path)
+
+
+def test_impossible_value(tmp_path):
+    path = write(tmp_path, "[costs]\ntaker_fee_bps = -1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == (
+        f"{path}: 'costs.taker_fee_bps': Input should be greater than or equal to 0 (got -1)"
+    )
+
+
+def test_not_toml(tmp_path):
+    path = write(tmp_path, "[costs\n")
+    with pytest.raises(ConfigError, match=r"config.toml: not valid TOML"):
+        load_config(path)
+
+
+def test_command_line_overrides_file(tmp_path):
+    path = write(tmp_path, "[costs]\ntaker_fee_bps = 7\nslippage_bps = 3\n")
+    cfg = load_config(path, {"costs": {"taker_fee_bps": 1.5, "slippage_bps": None}})
+    assert cfg.costs.taker_fee_bps == 1.5 and cfg.costs.slippage_bps == 3
+
+
+def test_repository_config_is_valid():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).parents[2] / "config.toml")
+    assert cfg.strategy.name
