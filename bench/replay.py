@@ -1,0 +1,132 @@
+"""Replay throughput: bars per second and peak memory through bus + portfolio + paper broker.
+
+    python bench/replay.py [--symbols 10] [--bars 100000] [--no-backtrader]
+
+Cases run in fresh processes so each peak RSS is its own. The timed span is the replay loop only
+(data generation and loading are reported apart). With the ``bench`` extra installed, the same SMA
+crossover also runs in backtrader on the same bars and the ratio is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+FAST, SLOW = 10, 30
+
+
+def minute_bars(n_symbols: int, n_bars: int, seed: int = 42) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    times = pd.date_range("2024-01-01", periods=n_bars, freq="min", tz="UTC")
+    frames = []
+    for k in range(n_symbols):
+        close = 100.0 * np.exp(np.cumsum(rng.normal(0, 0.001, n_bars)))
+        opn = np.r_[close[0], close[:-1]]
+        spread = np.abs(rng.normal(0, 0.0005, n_bars))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "timestamp": times,
+                    "symbol": f"SYM{k:02d}",
+                    "open": opn,
+                    "high": np.maximum(opn, close) * (1 + spread),
+                    "low": np.minimum(opn, close) * (1 - spread),
+                    "close": close,
+                    "volume": rng.uniform(1, 100, n_bars),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True).sort_values(["timestamp", "symbol"], ignore_index=True)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_engine(case: str, n_symbols: int, n_bars: int, queue: mp.Queue) -> None:
+    from quantnet.backtest import run_backtest
+    from quantnet.config import load_config
+    from strategies.registry import create
+
+    data = minute_bars(n_symbols, n_bars)
+    cfg = load_config(None, {"data": {"calendar": "24/7"}, "costs": {"taker_fee_bps": 5, "slippage_bps": 1}})
+    params = {"fast": FAST, "slow": SLOW} if case == "sma_crossover" else {}
+    result = run_backtest(cfg, strategy=create(case, params), data=data)
+    queue.put((f"engine {case}", result.bars, result.seconds, peak_rss_mb(), result.metrics["n_fills"]))
+
+
+def run_backtrader(n_symbols: int, n_bars: int, queue: mp.Queue) -> None:
+    import backtrader as bt
+
+    data = minute_bars(n_symbols, n_bars)
+
+    class SmaCross(bt.Strategy):
+        def __init__(self) -> None:
+            self.cross = {d: bt.ind.SMA(d.close, period=FAST) > bt.ind.SMA(d.close, period=SLOW) for d in self.datas}
+
+        def next(self) -> None:
+            for d in self.datas:
+                want = 1.0 / len(self.datas) if self.cross[d][0] else 0.0
+                if (self.getposition(d).size != 0) != (want > 0):
+                    self.order_target_percent(d, target=want)
+
+    cerebro = bt.Cerebro(stdstats=False)
+    cerebro.broker.setcash(100_000)
+    cerebro.broker.setcommission(commission=0.0005)
+    for sym, frame in data.groupby("symbol", sort=True):
+        feed = frame.set_index(frame["timestamp"].dt.tz_localize(None))[["open", "high", "low", "close", "volume"]]
+        cerebro.adddata(bt.feeds.PandasData(dataname=feed, timeframe=bt.TimeFrame.Minutes), name=str(sym))
+    cerebro.addstrategy(SmaCross)
+    started = time.perf_counter()
+    cerebro.run(runonce=False, preload=True)
+    seconds = time.perf_counter() - started
+    queue.put(("backtrader sma_crossover", n_symbols * n_bars, seconds, peak_rss_mb(), float("nan")))
+
+
+def in_process(target, *args) -> tuple:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    row = queue.get()
+    proc.join()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--symbols", type=int, default=10)
+    parser.add_argument("--bars", type=int, default=100_000, help="bars per symbol")
+    parser.add_argument("--no-backtrader", action="store_true")
+    args = parser.parse_args()
+
+    rows = [in_process(run_engine, case, args.symbols, args.bars) for case in ("noop", "sma_crossover")]
+    if not args.no_backtrader:
+        try:
+            import backtrader  # noqa: F401
+        except ImportError:
+            print("backtrader not installed (pip install -e '.[bench]'): skipping the comparison")
+        else:
+            rows.append(in_process(run_backtrader, args.symbols, args.bars))
+
+    print(f"\n{args.symbols} symbols x {args.bars:,} minute bars = {args.symbols * args.bars:,} bars, one process each")
+    print(f"{'case':<28}{'bars':>12}{'seconds':>10}{'bars/s':>14}{'peak RSS MB':>14}{'fills':>10}")
+    for name, bars, seconds, rss, fills in rows:
+        print(f"{name:<28}{bars:>12,}{seconds:>10.2f}{bars / seconds:>14,.0f}{rss:>14,.0f}{fills:>10.0f}")
+    speed = {name: bars / seconds for name, bars, seconds, _, _ in rows}
+    if "backtrader sma_crossover" in speed:
+        ratio = speed["engine sma_crossover"] / speed["backtrader sma_crossover"]
+        print(f"\nSMA crossover: engine is {ratio:,.1f}x backtrader on the same bars")
+
+
+if __name__ == "__main__":
+    main()
