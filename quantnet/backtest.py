@@ -15,8 +15,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from engine.metrics import backtest_metrics, periods_per_year
-from engine.report import write_report
 
 from connectors import datasets
 from connectors.paper import PaperBroker
@@ -25,6 +23,7 @@ from engine.bus import EventBus, replay
 from engine.clock import Clock, ReplayClock
 from engine.events import Fill, RiskEvent
 from engine.journal import Journal
+from engine.metrics import backtest_metrics, periods_per_year
 from engine.orders import OrderGate, OrderManager
 from engine.portfolio import Portfolio
 from engine.ports import ExecutionVenue
@@ -201,6 +200,8 @@ def _result(
 
 
 def write_outputs(result: BacktestResult, out: Path) -> None:
+    from engine.report import write_report  # matplotlib: paid only when a report is written
+
     out.mkdir(parents=True, exist_ok=True)
     with (out / "metrics.json").open("w") as fh:
         json.dump(_json_safe(result.metrics), fh, indent=2, sort_keys=True)

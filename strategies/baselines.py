@@ -77,30 +77,47 @@ class SmaCrossover(Strategy):
         self.target = _per_asset(p.target, n)
         self._ring = np.zeros((p.slow, n))
         self._count = np.zeros(n, dtype=np.int64)
+        self._steps = 0
+        self._lockstep = True
         self._fast_sum = np.zeros(n)
         self._slow_sum = np.zeros(n)
-        self._state = np.zeros(n)
+        self._diff = np.zeros(n)
+        self._above = np.zeros(n, dtype=bool)
+        self._ready = np.zeros(n, dtype=bool)
 
     def on_bars(self, bars: BarSet, ctx: StrategyContext) -> np.ndarray | None:
-        p = self.params
         close = bars.close
-        seen = close == close
-        if not seen.all():
-            return self._step_partial(close, seen)
-        count = self._count
-        ring = self._ring
-        slot = count % p.slow
-        rows = np.arange(len(close))
-        out_slow = ring[slot, rows]
-        out_fast = ring[(count - p.fast) % p.slow, rows]
-        self._slow_sum += close - out_slow
-        self._fast_sum += close - np.where(count >= p.fast, out_fast, 0.0)
-        ring[slot, rows] = close
-        count += 1
-        return self._decide(count >= p.slow)
-
-    def _step_partial(self, close: np.ndarray, seen: np.ndarray) -> np.ndarray | None:
+        total = close.sum()
+        if not (self._lockstep and total == total):
+            return self._step_each(close)
         p = self.params
+        k = self._steps
+        ring = self._ring
+        diff = self._diff
+        np.subtract(close, ring[k % p.slow], out=diff)
+        self._slow_sum += diff
+        if k >= p.fast:
+            np.subtract(close, ring[(k - p.fast) % p.slow], out=diff)
+            self._fast_sum += diff
+        else:
+            self._fast_sum += close
+        ring[k % p.slow] = close
+        self._steps = k + 1
+        if k + 1 < p.slow:
+            return None
+        if k + 1 == p.slow:
+            self._ready[:] = True
+            self._count[:] = p.slow
+            return self._decide(self._ready, force=True)
+        return self._decide(self._ready)
+
+    def _step_each(self, close: np.ndarray) -> np.ndarray | None:
+        """Slow path for bars with missing instruments: each series keeps its own count."""
+        p = self.params
+        if self._lockstep:
+            self._lockstep = False
+            self._count[:] = self._steps
+        seen = close == close
         for j in np.flatnonzero(seen):
             c = self._count[j]
             out_slow = self._ring[c % p.slow, j]
@@ -109,20 +126,26 @@ class SmaCrossover(Strategy):
             self._fast_sum[j] += close[j] - out_fast
             self._ring[c % p.slow, j] = close[j]
             self._count[j] = c + 1
-        return self._decide((self._count >= p.slow) & seen)
+        newly = seen & ~self._ready & (self._count >= p.slow)
+        self._ready |= newly
+        return self._decide(self._ready & seen, force_mask=newly)
 
-    def _decide(self, ready: np.ndarray) -> np.ndarray | None:
+    def _decide(
+        self, ready: np.ndarray, *, force: bool = False, force_mask: np.ndarray | None = None
+    ) -> np.ndarray | None:
         p = self.params
-        if not ready.any():
-            return None
         above = self._fast_sum * p.slow > self._slow_sum * p.fast
-        low = -self.target if p.short else 0.0
-        state = np.where(above, self.target, low)
-        changed = ready & (state != self._state)
+        changed = above != self._above
+        if force_mask is not None:
+            changed |= force_mask
+        elif force:
+            changed[:] = True
+        changed &= ready
         if not changed.any():
             return None
-        self._state = np.where(changed, state, self._state)
-        return np.where(changed, state, np.nan)
+        np.copyto(self._above, above, where=changed)
+        low = -self.target if p.short else 0.0
+        return np.where(changed, np.where(above, self.target, low), np.nan)
 
 
 class WindowParams(Params):
