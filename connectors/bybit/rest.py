@@ -224,11 +224,20 @@ class BybitRest:
             ) from None
         if code != 0:
             reset = _int(headers.get("X-Bapi-Limit-Reset-Timestamp"))
-            raise error_for(code, str(body.get("retMsg", "")), path, reset)
+            raise error_for(code, self._scrub(str(body.get("retMsg", ""))), path, reset)
         result = body.get("result") or {}
         if isinstance(result, dict) and "time" in body:
             result = {**result, "time": body["time"]}
         return result
+
+    def _scrub(self, text: str) -> str:
+        """Bybit echoes the signed string (which holds the API key) in 10004 replies: mask it
+        before the text can reach an exception, a log line or a report."""
+        if self.credentials is not None:
+            for value in (self.credentials.api_key, self.credentials.api_secret):
+                if value:
+                    text = text.replace(value, "<redacted>")
+        return text
 
     def _observe_limits(self, headers: Mapping[str, str]) -> None:
         """When Bybit says the quota is spent, hold every request until its reset time."""

@@ -1,0 +1,184 @@
+"""Bybit's private websocket: authenticate, subscribe to account topics, hand every data message
+to a callback, and come back after any disconnect (re-authenticating and resubscribing).
+
+An authentication refusal is fatal (a wrong key does not heal by retrying): it is raised from
+:meth:`PrivateStream.wait_ready` and ends :meth:`PrivateStream.run`. Messages are parsed with
+``json.loads``; the private stream carries a few messages per order, not thousands per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
+
+from connectors.bybit.config import BybitConfig
+from connectors.bybit.errors import AuthError
+from connectors.bybit.signing import Credentials, ws_auth_args
+
+log = structlog.get_logger("connectors.bybit.private_ws")
+
+AUTH_EXPIRY_MS = 10_000
+
+
+class PrivateStream:
+    """``on_message(msg)`` gets each data message (dict with ``topic`` and ``data``);
+    ``on_connected()`` runs after every successful (re)subscription, for reconciliation."""
+
+    def __init__(
+        self,
+        config: BybitConfig,
+        credentials: Credentials,
+        *,
+        on_message: Callable[[dict[str, Any]], None],
+        on_connected: Callable[[], Awaitable[None]] | None = None,
+        topics: Sequence[str] = ("order", "execution"),
+        now_ms: Callable[[], int] | None = None,
+        url: str | None = None,
+    ) -> None:
+        self.config = config
+        self.credentials = credentials
+        self.url = url or config.private_ws()
+        self.topics = list(topics)
+        self.on_message = on_message
+        self.on_connected = on_connected
+        self.now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
+        self.connections = 0
+        self.malformed = 0
+        self.last_rx = 0.0
+        self._ready = asyncio.Event()
+        self._fatal: BaseException | None = None
+        self._stop = asyncio.Event()
+        self._ws: ClientConnection | None = None
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Until the first authenticated subscription is acknowledged; raises its auth error."""
+        await asyncio.wait_for(self._ready.wait(), timeout)
+        if self._fatal is not None:
+            raise self._fatal
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._ws is not None and getattr(self._ws, "transport", None) is not None:
+            self._ws.transport.abort()
+
+    async def run(self) -> None:
+        failures = 0
+        cfg = self.config
+        try:
+            while not self._stop.is_set():
+                try:
+                    healthy = await self._connection()
+                except AuthError as exc:
+                    self._fatal = exc
+                    self._ready.set()
+                    log.error("private stream authentication refused", error=str(exc))
+                    return
+                if self._stop.is_set():
+                    return
+                failures = 0 if healthy else failures + 1
+                delay = min(cfg.backoff_initial * 2 ** min(failures, 30), cfg.backoff_max)
+                delay *= 0.5 + random.random() / 2
+                log.warning("private stream reconnecting", delay=round(delay, 3))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+        finally:
+            self._ready.set()
+
+    async def _connection(self) -> bool:
+        cfg = self.config
+        subscribed = False
+        try:
+            async with connect(
+                self.url,
+                ping_interval=None,
+                close_timeout=min(cfg.ping_interval, 2.0),
+                open_timeout=cfg.connect_timeout,
+                compression=None,
+            ) as ws:
+                self._ws = ws
+                self.connections += 1
+                self.last_rx = time.monotonic()
+                expires = self.now_ms() + AUTH_EXPIRY_MS
+                await ws.send(
+                    json.dumps(
+                        {"req_id": "auth", "op": "auth", "args": ws_auth_args(self.credentials, expires)}
+                    )
+                )
+                await self._expect(ws, "auth")
+                await ws.send(json.dumps({"req_id": "sub", "op": "subscribe", "args": self.topics}))
+                await self._expect(ws, "subscribe")
+                subscribed = True
+                self._ready.set()
+                if self.on_connected is not None:
+                    await self.on_connected()
+                heart = asyncio.ensure_future(self._heartbeat(ws))
+                try:
+                    async for raw in ws:
+                        self.last_rx = time.monotonic()
+                        self._handle(raw)
+                finally:
+                    heart.cancel()
+                    self._ws = None
+        except AuthError:
+            raise
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            if not self._stop.is_set():
+                log.warning("private stream connection lost", error=f"{type(exc).__name__}: {exc}")
+        return subscribed
+
+    async def _expect(self, ws: ClientConnection, op: str) -> None:
+        """Read until the reply to ``op``; data arriving meanwhile is handled, not lost."""
+        deadline = time.monotonic() + self.config.connect_timeout
+        while True:
+            raw = await asyncio.wait_for(ws.recv(), max(deadline - time.monotonic(), 0.001))
+            try:
+                msg = json.loads(raw)
+            except ValueError:
+                self.malformed += 1
+                continue
+            if isinstance(msg, dict) and msg.get("op") == op:
+                if msg.get("success") is True or msg.get("retCode") == 0:
+                    return
+                reason = str(msg.get("ret_msg") or msg.get("retMsg") or "refused")
+                if op == "auth":
+                    raise AuthError(f"private websocket auth refused: {reason}")
+                raise AuthError(f"private websocket {op} refused: {reason}")
+            self._handle(raw)
+
+    async def _heartbeat(self, ws: ClientConnection) -> None:
+        period = self.config.ping_interval
+        while True:
+            await asyncio.sleep(period)
+            if time.monotonic() - self.last_rx > 2 * period:
+                log.warning("private stream silent, dropping connection")
+                if getattr(ws, "transport", None) is not None:
+                    ws.transport.abort()
+                return
+            with contextlib.suppress(Exception):
+                await ws.send('{"req_id":"ping","op":"ping"}')
+
+    def _handle(self, raw: str | bytes) -> None:
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            self.malformed += 1
+            log.warning("malformed private frame skipped", frame=str(raw)[:160])
+            return
+        if not isinstance(msg, dict):
+            self.malformed += 1
+            return
+        if "topic" in msg and isinstance(msg.get("data"), list):
+            try:
+                self.on_message(msg)
+            except Exception as exc:  # a bad element must not take the account stream down
+                self.malformed += 1
+                log.error("private message handler failed", topic=msg.get("topic"), error=repr(exc))
