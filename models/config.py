@@ -1,0 +1,81 @@
+"""Configuration schemas of the QuantNet model and its training (the ``[model]`` and ``[train]`` sections).
+
+Defaults follow the paper (Koshiyama et al. 2022) and its released code where the paper is silent:
+LSTM encoder/decoder with a linear transfer layer of dimension 10 (the paper's best small model),
+sequence length 252, AMSGrad at lr 0.01, 2000 steps.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Variant = Literal[
+    "linear-linear", "linear-lstm", "lstm-linear", "lstm-lstm", "notransfer-linear", "notransfer-lstm"
+]
+TRANSFER_VARIANTS: tuple[str, ...] = ("linear-linear", "linear-lstm", "lstm-linear", "lstm-lstm")
+BASELINE_VARIANTS: tuple[str, ...] = ("notransfer-linear", "notransfer-lstm")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ModelConfig(_Frozen):
+    """Architecture. ``variant`` is ``<encoder/decoder>-<transfer>`` as in the paper, or a no-transfer
+    baseline (one Linear or LSTM model per market, nothing shared)."""
+
+    variant: Variant = "lstm-linear"
+    transfer_dim: int = Field(10, ge=1, le=1024, description="N: encoder output and shared layer width")
+    decoder_dim: int = Field(10, ge=1, le=1024, description="decoder width; also the no-transfer LSTM width")
+    encoder_layers: int = Field(2, ge=1, le=2)
+    decoder_layers: int = Field(2, ge=1, le=2)
+    transfer_layers: int = Field(1, ge=1, le=2)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="between stacked layers, training only")
+    input_scaling: Literal["train_std", "none"] = Field(
+        "train_std",
+        description="divide each asset's input returns by their std over its training rows (fitted once, "
+        "stored in the checkpoint); 'none' feeds raw returns as the released code does",
+    )
+
+    @property
+    def encoder_kind(self) -> str | None:
+        return None if self.variant in BASELINE_VARIANTS else self.variant.split("-")[0]
+
+    @property
+    def transfer_kind(self) -> str | None:
+        return None if self.variant in BASELINE_VARIANTS else self.variant.split("-")[1]
+
+    @property
+    def decoder_kind(self) -> str | None:
+        if self.variant == "notransfer-linear":
+            return None
+        return "lstm" if self.variant == "notransfer-lstm" else self.variant.split("-")[0]
+
+
+class TrainConfig(_Frozen):
+    """Algorithm 1 of the paper plus the guards it lacks (validation window, early stopping, costs)."""
+
+    steps: int = Field(2000, ge=0)
+    batch_markets: int = Field(8, ge=1, description="m: markets sampled per step")
+    windows_per_market: int = Field(1, ge=1, description="random windows per sampled market per step")
+    seq_len: int = Field(252, ge=2, description="k: window length and BPTT truncation")
+    lr: float = Field(0.01, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float = Field(0.0, ge=0.0, description="max gradient norm; 0 disables")
+    seed: int = 0
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="tail of each market kept for validation")
+    eval_every: int = Field(50, ge=1, description="steps between validation evaluations")
+    patience: int = Field(10, ge=0, description="evaluations without improvement before stopping; 0: never")
+    cost_bps: float = Field(0.0, ge=0.0, description="cost per unit of |Δs|, in basis points")
+    periods_per_year: float | None = Field(
+        None, gt=0.0, description="Sharpe annualisation; None: from the bar spacing (252 weekday daily)"
+    )
+    shared: Literal["full", "partial", "frozen"] = Field(
+        "full", description="how the shared layer trains when fine-tuning with --init-from"
+    )
+    shared_lr_scale: float = Field(
+        0.1, gt=0.0, le=1.0, description="lr factor of the shared layer if partial"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -1,0 +1,137 @@
+"""Markets: named groups of assets with aligned returns, built from long-format OHLCV frames.
+
+Returns are simple close-to-close returns on the market's own time grid (the union of its assets'
+bar times). A return exists only where both closes exist: a holiday or an asset not yet listed is
+NaN and stays NaN (masked), never forward-filled into a fake zero return. The model input for the
+return at row t is row t-1 (paper eq. 3), with missing entries fed as 0; see :func:`model_arrays`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+# What the model sees; stored in checkpoints and checked on load so preprocessing cannot drift.
+FEATURES: dict[str, object] = {
+    "input": "returns",
+    "returns": "simple close-to-close",
+    "input_lag": 1,
+    "missing_input": "zero",
+    "missing_target": "masked",
+    "normalisation": "none",
+}
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Market:
+    """One market: ``returns[t, j]`` is asset j's return from row t-1 to row t, NaN when missing."""
+
+    name: str
+    assets: tuple[str, ...]
+    index: pd.DatetimeIndex
+    returns: np.ndarray
+
+    def __post_init__(self) -> None:
+        r = self.returns
+        if r.ndim != 2 or r.shape != (len(self.index), len(self.assets)):
+            raise ValueError(
+                f"market {self.name!r}: returns shape {r.shape} does not match "
+                f"{len(self.index)} timestamps × {len(self.assets)} assets"
+            )
+        if len(set(self.assets)) != len(self.assets):
+            raise ValueError(f"market {self.name!r}: duplicate asset names")
+        if np.isinf(r).any():
+            raise ValueError(f"market {self.name!r}: infinite returns")
+
+    @property
+    def n_assets(self) -> int:
+        return len(self.assets)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def split_row(self, val_fraction: float) -> int:
+        """First validation row: the last ``val_fraction`` of the market's rows are validation."""
+        return len(self) - int(len(self) * val_fraction)
+
+    def rows(self, start: int, stop: int) -> Market:
+        return Market(self.name, self.assets, self.index[start:stop], self.returns[start:stop])
+
+    def date_range(self) -> tuple[str, str]:
+        if len(self) == 0:
+            return ("", "")
+        return (self.index[0].isoformat(), self.index[-1].isoformat())
+
+
+def returns_from_closes(closes: np.ndarray) -> np.ndarray:
+    """Simple returns of a (time × asset) close matrix; NaN unless both closes exist. Row 0 is NaN."""
+    c = np.asarray(closes, dtype=np.float64)
+    out = np.full_like(c, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[1:] = c[1:] / c[:-1] - 1.0
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def markets_from_frame(df: pd.DataFrame, *, name: str | None = None) -> list[Market]:
+    """Markets from a long-format frame (timestamp, symbol, close, ...).
+
+    With a ``market`` column each group is a market; otherwise the whole frame is one market called
+    ``name``. Assets are ordered by symbol so the order is reproducible from the data alone.
+    """
+    missing = [c for c in ("timestamp", "symbol", "close") if c not in df.columns]
+    if missing:
+        raise ValueError(f"frame lacks column(s) {', '.join(missing)}")
+    if "market" in df.columns:
+        groups = [(str(k), g) for k, g in df.groupby("market", sort=True)]
+    else:
+        if not name:
+            raise ValueError("frame has no 'market' column: pass name=")
+        groups = [(name, df)]
+    out = []
+    for market, g in groups:
+        if g.duplicated(["timestamp", "symbol"]).any():
+            raise ValueError(f"market {market!r}: duplicate (timestamp, symbol) rows")
+        close = g.pivot(index="timestamp", columns="symbol", values="close").sort_index()
+        close = close.reindex(columns=sorted(close.columns, key=str))
+        values = close.to_numpy(dtype=np.float64)
+        if (values[np.isfinite(values)] <= 0).any():
+            raise ValueError(f"market {market!r}: non-positive close price")
+        r = returns_from_closes(values)[1:]
+        index = pd.DatetimeIndex(close.index[1:])
+        out.append(Market(market, tuple(str(s) for s in close.columns), index, np.ascontiguousarray(r)))
+    return out
+
+
+def model_arrays(returns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(inputs, targets, mask) aligned on rows: the signal computed from ``inputs[: t + 1]`` (returns up
+    to t-1) trades ``targets[t]``. Row 0 has no past, so its input is zeros."""
+    r = np.asarray(returns, dtype=np.float64)
+    mask = np.isfinite(r)
+    targets = np.where(mask, r, 0.0)
+    inputs = np.zeros_like(targets)
+    inputs[1:] = targets[:-1]
+    return inputs, targets, mask
+
+
+def infer_periods_per_year(markets: Sequence[Market]) -> float:
+    """Bars per year from the bar spacing and calendar: 252 for weekday daily bars, 365 (or the
+    24/7 hourly equivalent) when weekend bars exist; avoids sqrt(252) on hourly crypto."""
+    spacings, per_day, weekend = [], [], False
+    for m in markets:
+        if len(m) < 2:
+            continue
+        spacings.append(np.median(np.diff(m.index.asi8)))
+        per_day.append(len(m) / max(1, m.index.normalize().nunique()))
+        weekend = weekend or bool((m.index.dayofweek >= 5).any())
+    if not spacings:
+        return 252.0
+    days_per_year = 365.0 if weekend else 252.0
+    step_s = float(np.median(spacings)) / 1e9
+    if step_s >= 20 * 3600:
+        days = max(1.0, round(step_s / 86400))
+        return days_per_year if days == 1 else 365.25 / days
+    return days_per_year * float(np.median(per_day))

@@ -1,0 +1,292 @@
+"""Training (paper algorithm 1) with a validation window and early stopping.
+
+Each step samples ``batch_markets`` markets and, per market, ``windows_per_market`` random windows
+of ``seq_len`` bars that end inside the market's training rows; every window starts from a zero
+state, so backpropagation through time is truncated at ``seq_len``. The loss is eqs. 7-8, the
+optimiser AMSGrad. The last ``val_fraction`` of every market is never sampled: it scores the
+model every ``eval_every`` steps, and the best-scoring weights are kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.checkpoint import check_assets
+from models.config import TrainConfig
+from models.data import Market, infer_periods_per_year, model_arrays
+from models.loss import market_sharpe, quantnet_loss
+from models.network import QuantNet
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    best_step: int | None
+    best_val_sharpe: float | None
+    stopped_early: bool
+    periods_per_year: float
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Series:
+    model_index: int
+    x: Tensor  # (T, n) inputs: row t holds returns of t-1, missing as 0
+    r: Tensor  # (T, n) targets, missing as 0
+    m: Tensor  # (T, n) bool, True where the target exists
+    val_start: int
+    k: int
+
+
+LOG_FIELDS = ("step", "loss", "train_sharpe", "val_sharpe", "best_val_sharpe", "elapsed")
+
+
+class _Log:
+    """Training log: JSON lines, or CSV when the file name ends in .csv."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: IO[str] = path.open("w", newline="")
+        self._csv = (
+            csv.DictWriter(self._fh, LOG_FIELDS, extrasaction="ignore") if path.suffix == ".csv" else None
+        )
+        if self._csv is not None:
+            self._csv.writeheader()
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._csv is not None:
+            self._csv.writerow(record)
+        else:
+            self._fh.write(json.dumps(record) + "\n")
+        if "val_sharpe" in record:
+            self._fh.flush()
+
+    def __enter__(self) -> _Log:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _series(model: QuantNet, markets: Sequence[Market], val_fraction: float, seq_len: int) -> list[_Series]:
+    p = next(model.parameters())
+    out = []
+    for mk in markets:
+        x, r, m = model_arrays(mk.returns)
+        v0 = mk.split_row(val_fraction)
+        k = min(seq_len, v0 - 1)
+        if k < 2:
+            raise ValueError(
+                f"market {mk.name!r}: {v0} training rows; need at least 3 (seq_len {seq_len} wanted)"
+            )
+
+        def t(a: np.ndarray, dtype: torch.dtype = p.dtype) -> Tensor:
+            return torch.as_tensor(a, dtype=dtype, device=p.device)
+
+        out.append(_Series(model.index(mk.name), t(x), t(r), t(m, torch.bool), v0, k))
+    return out
+
+
+@torch.no_grad()
+def evaluate(
+    model: QuantNet,
+    markets: Sequence[Market],
+    *,
+    rows: Literal["train", "val", "all"] = "val",
+    val_fraction: float = 0.2,
+    seq_len: int = 252,
+    periods_per_year: float = 252.0,
+    cost_bps: float = 0.0,
+) -> dict[str, float]:
+    """Eq. 7 Sharpe per market over its training rows, validation rows or all rows, and their mean.
+
+    Signals run from a zero state: over the training rows from their start, over the validation
+    rows from ``seq_len`` bars before it (the warm-up a deployed model would get). Markets with
+    nothing to score are left out.
+    """
+    was = model.training
+    model.eval()
+    try:
+        out: dict[str, float] = {}
+        for mk, s in zip(markets, _series(model, markets, val_fraction, seq_len), strict=True):
+            n = len(mk)
+            if rows == "val":
+                lo, hi, warm = s.val_start, n, max(1, s.val_start - seq_len)
+            elif rows == "train":
+                lo, hi, warm = 1, s.val_start, 1
+            else:
+                lo, hi, warm = 1, n, 1
+            if hi - lo < 2:
+                continue
+            sig, _ = model(s.model_index, s.x[warm:hi].unsqueeze(0))
+            off = lo - warm
+            v = market_sharpe(
+                sig[:, off:],
+                s.r[lo:hi].unsqueeze(0),
+                s.m[lo:hi].unsqueeze(0),
+                periods_per_year=periods_per_year,
+                cost_bps=cost_bps,
+            )
+            if v is not None:
+                out[mk.name] = float(v)
+        if out:
+            out["mean"] = float(np.mean(list(out.values())))
+        return out
+    finally:
+        model.train(was)
+
+
+def train(
+    model: QuantNet,
+    markets: Sequence[Market],
+    config: TrainConfig,
+    *,
+    callback: Callback | None = None,
+    log_path: str | Path | None = None,
+) -> TrainResult:
+    """Train ``model`` in place on ``markets`` (all must be in the model with the same assets).
+
+    Only the given markets' own parameters and the shared layer (per ``config.shared``) are updated;
+    other markets of the model are untouched. On return the model holds the weights with the best
+    validation Sharpe (the final ones without a validation window) and is in eval mode.
+    Each step's record (step, loss, train_sharpe, val_sharpe on evaluation steps, ...) goes to
+    ``callback`` and, as one JSON line, to ``log_path``.
+    """
+    if not markets:
+        raise ValueError("no markets to train on")
+    check_assets(model, markets)
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    model.to(device)
+    ppy = config.periods_per_year or infer_periods_per_year(markets)
+    for mk in markets:
+        if not bool(model.markets[model.index(mk.name)].scale_fitted):
+            model.fit_input_scale(mk.name, mk.returns[: mk.split_row(config.val_fraction)])
+    series = _series(model, markets, config.val_fraction, config.seq_len)
+    has_val = config.val_fraction > 0 and any(
+        len(mk) - s.val_start >= 2 for mk, s in zip(markets, series, strict=True)
+    )
+
+    def score() -> float | None:
+        if not has_val:
+            return None
+        res = evaluate(
+            model,
+            markets,
+            rows="val",
+            val_fraction=config.val_fraction,
+            seq_len=config.seq_len,
+            periods_per_year=ppy,
+            cost_bps=config.cost_bps,
+        )
+        return res.get("mean")
+
+    own = [p for s in series for p in model.markets[s.model_index].parameters()]
+    groups: list[dict[str, Any]] = [{"params": own, "lr": config.lr}]
+    shared = list(model.shared_parameters())
+    if shared and config.shared != "frozen":
+        scale = config.shared_lr_scale if config.shared == "partial" else 1.0
+        groups.append({"params": shared, "lr": config.lr * scale})
+    opt = torch.optim.Adam(groups, lr=config.lr, amsgrad=True, weight_decay=config.weight_decay)
+    rng = np.random.default_rng(config.seed)
+    frozen = [(p, p.requires_grad) for p in shared] if config.shared == "frozen" else []
+
+    history: list[dict[str, Any]] = []
+    best_val: float | None = None
+    best_step: int | None = None
+    best_state: dict[str, Tensor] | None = None
+    bad = 0
+    stopped = False
+    step = 0
+    t0 = time.perf_counter()
+    det_before = torch.are_deterministic_algorithms_enabled()
+    with ExitStack() as stack:
+        log = stack.enter_context(_Log(Path(log_path))) if log_path is not None else None
+        devices = [device.index or 0] if device.type == "cuda" else []
+        stack.enter_context(torch.random.fork_rng(devices=devices))
+        torch.manual_seed(config.seed)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        stack.callback(torch.use_deterministic_algorithms, det_before)
+        for p, _ in frozen:
+            p.requires_grad_(False)
+        stack.callback(lambda: [p.requires_grad_(flag) for p, flag in frozen])
+        model.train()
+        for step in range(1, config.steps + 1):
+            pick = rng.choice(len(series), size=min(config.batch_markets, len(series)), replace=False)
+            items, targets = [], []
+            for j in sorted(pick.tolist()):
+                s = series[j]
+                ends = rng.integers(s.k + 1, s.val_start + 1, size=config.windows_per_market)
+                rows = torch.as_tensor(ends[:, None] - s.k + np.arange(s.k)[None, :], device=device)
+                items.append((s.model_index, s.x[rows]))
+                targets.append((s.r[rows], s.m[rows]))
+            signals = model.forward_many(items)
+            loss = quantnet_loss(
+                [(sg, r, m) for sg, (r, m) in zip(signals, targets, strict=True)],
+                periods_per_year=ppy,
+                cost_bps=config.cost_bps,
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], config.grad_clip)
+            opt.step()
+            record: dict[str, Any] = {
+                "step": step,
+                "loss": float(loss.detach()),
+                "train_sharpe": -float(loss.detach()),
+                "elapsed": round(time.perf_counter() - t0, 4),
+            }
+            if step % config.eval_every == 0 or step == config.steps:
+                val = score()
+                record["val_sharpe"] = val
+                if val is not None and (best_val is None or val > best_val):
+                    best_val, best_step, bad = val, step, 0
+                    best_state = copy.deepcopy(model.state_dict())
+                elif val is not None:
+                    bad += 1
+                    stopped = config.patience > 0 and bad >= config.patience
+                record["best_val_sharpe"] = best_val
+                model.train()
+            history.append(record)
+            if log is not None:
+                log.write(record)
+            if callback is not None:
+                callback(record)
+            if stopped:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(
+        steps=step,
+        best_step=best_step,
+        best_val_sharpe=best_val,
+        stopped_early=stopped,
+        periods_per_year=ppy,
+        seconds=time.perf_counter() - t0,
+        history=history,
+    )
