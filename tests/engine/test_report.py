@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -140,14 +139,11 @@ def test_downsample_keeps_extremes_and_ends() -> None:
     assert len(_downsample(y[:500])) == 500
 
 
-def test_long_run_is_fast_and_small(tmp_path: Path) -> None:
+def test_long_run_stays_small(tmp_path: Path) -> None:
     frames = run_frames(100_000, symbols=tuple(f"S{k}" for k in range(12)), freq="min")
-    started = time.perf_counter()
     out = write_report(
         tmp_path / "r.html", title="long", metrics=METRICS, risk_events=[], settings={}, **frames
     )
-    elapsed = time.perf_counter() - started
-    assert elapsed < 2.0, f"{elapsed:.2f}s"
     assert out.stat().st_size < 1_000_000
     page = out.read_text(encoding="utf-8")
     assert "4 others (sum)" in page  # 12 symbols: 8 lines plus one for the rest
