@@ -25,7 +25,7 @@ def _plain(value: Any) -> Any:
 
 
 def event_record(event: Any) -> dict[str, Any]:
-    record: dict[str, Any] = {"type": type(event).__name__}
+    record: dict[str, Any] = {"event": type(event).__name__}
     for name in event.__slots__:
         record[name] = _plain(getattr(event, name))
     return record

@@ -23,10 +23,12 @@ def create(name: str, params: dict[str, Any]) -> Strategy:
     try:
         return cls.from_params(params)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"'{'.'.join(map(str, e['loc'])) or name}': {e['msg']}"
-            if e["type"] != "extra_forbidden"
-            else f"unknown parameter '{'.'.join(map(str, e['loc']))}'"
-            for e in exc.errors()
-        )
-        raise StrategyError(f"strategy {name}: {problems}") from None
+        raise StrategyError(f"strategy {name}: " + "; ".join(_problem(e) for e in exc.errors())) from None
+
+
+def _problem(error: Any) -> str:
+    key = ".".join(map(str, error["loc"]))
+    if error["type"] == "extra_forbidden":
+        return f"unknown parameter '{key}'"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"'{key}': {message}" if key else message

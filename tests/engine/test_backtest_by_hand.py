@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -105,5 +107,5 @@ def test_equity_and_trades_match_hand_computation(tmp_path):
     assert list(curve.columns) == ["timestamp", "equity", "cash", "gross_exposure"]
     assert curve["gross_exposure"].iloc[1] == pytest.approx(50 * 102 + 60 * 49)
     journal = (tmp_path / "journal.jsonl").read_text().splitlines()
-    kinds = [line.split('"type":"')[1].split('"')[0] for line in journal]
+    kinds = [json.loads(line)["event"] for line in journal]
     assert kinds.count("Order") == 4 and kinds.count("Fill") == 4 and kinds.count("PositionUpdate") == 4
