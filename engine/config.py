@@ -88,8 +88,9 @@ def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, An
     for key, value in overrides.items():
         if value is None:
             continue
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge(out[key], value)
+        if isinstance(value, Mapping):
+            base_value = out.get(key)
+            out[key] = merge(base_value if isinstance(base_value, Mapping) else {}, value)
         else:
             out[key] = value
     return out

@@ -37,11 +37,8 @@ _SUMMARY = (
 
 
 def summary_table(result: BacktestResult) -> Table:
-    table = Table(
-        title=f"{result.settings['strategy']}  {result.settings['first_bar'][:10]} .. "
-        f"{result.settings['last_bar'][:10]}",
-        show_header=False,
-    )
+    first, last = result.settings["first_bar"][:10], result.settings["last_bar"][:10]
+    table = Table(title=f"{result.settings['strategy']}\n{first} .. {last}", show_header=False, min_width=36)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, label, fmt in _SUMMARY:

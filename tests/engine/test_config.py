@@ -53,3 +53,8 @@ def test_repository_config_is_valid():
 
     cfg = load_config(Path(__file__).parents[2] / "config.toml")
     assert cfg.strategy.name
+
+
+def test_unset_options_leave_defaults():
+    cfg = load_config(None, {"data": {"path": None, "start": None}, "costs": {"slippage_bps": 4}})
+    assert cfg.data.path == "" and cfg.costs.slippage_bps == 4 and cfg.costs.taker_fee_bps == 5.5
