@@ -234,6 +234,7 @@ class FakeBybit:
         self.market_tick = 0.005
         self.connections = 0
         self.frames_sent = 0
+        self.subscriptions: list[tuple[str, list[str]]] = []
         self._market_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -873,6 +874,7 @@ class FakeBybit:
             await conn.ws.send_str(json.dumps(reply))
             return
         args = [str(a) for a in req.get("args") or []]
+        self.subscriptions.append((conn.category, args))
         if spot:
             reply["ret_msg"] = op
         if spot and len(args) > 10:
