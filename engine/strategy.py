@@ -24,6 +24,10 @@ from engine.events import BarSet, Signal
 log = structlog.get_logger("engine.strategy")
 
 
+class StrategyError(ValueError):
+    """A strategy cannot be built or started: unknown name, bad parameters, unusable model."""
+
+
 class Params(BaseModel):
     """Base for strategy parameters: typed, validated once at the boundary, unknown keys refused."""
 

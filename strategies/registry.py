@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from pydantic import ValidationError
 
-from engine.strategy import Strategy
+from engine.strategy import Strategy, StrategyError
 from strategies.baselines import BASELINES
 
 STRATEGIES: dict[str, type[Strategy]] = dict(BASELINES)
+_LAZY = {"quantnet": ("strategies.quantnet", "QuantNetStrategy")}  # torch loads only when asked for
 
 
-class StrategyError(ValueError):
-    """Unknown strategy or bad parameters; the message names them."""
+def names() -> list[str]:
+    return sorted({*STRATEGIES, *_LAZY})
 
 
 def create(name: str, params: dict[str, Any]) -> Strategy:
     cls = STRATEGIES.get(name)
+    if cls is None and name in _LAZY:
+        module, attr = _LAZY[name]
+        cls = STRATEGIES[name] = getattr(importlib.import_module(module), attr)
     if cls is None:
-        raise StrategyError(f"unknown strategy {name!r}; available: {', '.join(sorted(STRATEGIES))}")
+        raise StrategyError(f"unknown strategy {name!r}; available: {', '.join(names())}")
     try:
         return cls.from_params(params)
     except ValidationError as exc:

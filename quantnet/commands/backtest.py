@@ -64,6 +64,9 @@ def register(app: typer.Typer) -> None:
             float | None, typer.Option("--fee-bps", help="fee in bps of notional (maker and taker)")
         ] = None,
         slippage_bps: Annotated[float | None, typer.Option("--slippage-bps", help="slippage in bps")] = None,
+        model: Annotated[
+            Path | None, typer.Option("--model", help="QuantNet checkpoint (sets the strategy's model)")
+        ] = None,
         config: Annotated[
             Path | None, typer.Option("--config", help="config TOML (default ./config.toml)")
         ] = None,
@@ -80,6 +83,9 @@ def register(app: typer.Typer) -> None:
             "costs": {"taker_fee_bps": fee_bps, "maker_fee_bps": fee_bps, "slippage_bps": slippage_bps},
         }
         params = parse_params(param)
+        if model is not None:
+            params["model"] = str(model)
+            strategy = strategy or "quantnet"
         if strategy is not None:
             overrides["strategy"] = {"name": strategy, "params": params}
         elif params:

@@ -1,0 +1,130 @@
+"""QuantNet on the event bus: bar cross-sections in, volatility-targeted weights out.
+
+Each bar the strategy turns closes into one simple-return vector per market (NaN for an asset
+without a bar: fed to the model as masked, and that asset is not traded), advances every market's
+LSTM states by one step in a single batched call, and sizes the signals:
+
+    w_j = s_j × vol_target / σ_j / N_assets, then |w_j| ≤ max_position, then Σ|w| ≤ max_gross
+
+where σ_j is an exponentially weighted estimate of asset j's annualised volatility from past
+returns only (the deep-momentum convention). The first ``warmup`` bars only settle the states and
+volatility estimates. A signal s_t computed from returns up to bar t trades at bar t+1's open.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import structlog
+from pydantic import Field
+
+from engine.events import BarSet
+from engine.strategy import Params, Strategy, StrategyContext, StrategyError
+from models.checkpoint import load_checkpoint
+from models.stepper import SignalStepper
+
+log = structlog.get_logger("strategies.quantnet")
+
+
+class QuantNetParams(Params):
+    model: str = Field(description="checkpoint written by `quantnet train`")
+    vol_target: float | None = Field(
+        0.15, gt=0, description="annualised volatility target per asset; None: weight = signal / N"
+    )
+    vol_span: int = Field(60, ge=2, description="span (bars) of the EWM volatility estimate")
+    max_position: float = Field(1.0, gt=0, le=1, description="cap on |weight| per asset")
+    max_gross: float = Field(1.0, gt=0, description="cap on the sum of |weights|")
+    threshold: float = Field(0.0, ge=0, lt=1, description="|signal| below this: flat")
+    min_change: float = Field(
+        0.0, ge=0, description="only re-target an asset when its weight moves this much"
+    )
+    warmup: int = Field(63, ge=0, description="bars that only settle states before the first trade")
+
+
+class ModelDataMismatch(StrategyError):
+    """The data's instruments do not cover the checkpoint's markets."""
+
+
+class QuantNetStrategy(Strategy):
+    name = "quantnet"
+    Params = QuantNetParams
+
+    def on_start(self, symbols: tuple[str, ...]) -> None:
+        p = self.params
+        path = Path(p.model)
+        if not path.is_file():
+            raise StrategyError(f"QuantNet checkpoint {path} not found (train one with `quantnet train`)")
+        try:
+            ckpt = load_checkpoint(path, map_location="cpu")
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise StrategyError(f"{path}: cannot load the QuantNet checkpoint: {exc}") from None
+        position = {s: i for i, s in enumerate(symbols)}
+        markets = ckpt.markets
+        missing = {m: [a for a in assets if a not in position] for m, assets in markets.items()}
+        missing = {m: a for m, a in missing.items() if a}
+        if missing:
+            detail = "; ".join(f"{m}: {', '.join(a)}" for m, a in missing.items())
+            raise ModelDataMismatch(f"{path}: the data has no bars for the model's assets ({detail})")
+        self.stepper = SignalStepper(ckpt.model)
+        self.market_index = {m: np.array([position[a] for a in markets[m]]) for m in self.stepper.markets}
+        covered = np.concatenate(list(self.market_index.values()))
+        if len(np.unique(covered)) != len(covered):
+            raise ModelDataMismatch(f"{path}: an asset belongs to more than one market")
+        ignored = sorted(set(symbols) - {symbols[i] for i in covered})
+        if ignored:
+            log.warning("instruments outside the model's markets are not traded", symbols=ignored)
+        n = len(symbols)
+        self.covered = np.zeros(n, dtype=bool)
+        self.covered[covered] = True
+        self.n_assets = len(covered)
+        self.ppy = ckpt.periods_per_year
+        self._alpha = 2.0 / (p.vol_span + 1.0)
+        self._var = np.full(n, np.nan)
+        self._prev = np.full(n, np.nan)
+        self._signal = np.zeros(n)
+        self._held = np.zeros(n)
+        self._bars = 0
+
+    def on_bars(self, bars: BarSet, ctx: StrategyContext) -> np.ndarray | None:
+        close = bars.close
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = close / self._prev - 1.0
+        seen = close == close
+        np.copyto(self._prev, close, where=seen)
+        fresh = np.isfinite(r)
+        self._update_vol(r, fresh)
+        out = self.stepper.step({m: r[idx] for m, idx in self.market_index.items()})
+        for m, idx in self.market_index.items():
+            self._signal[idx] = out[m]
+        self._bars += 1
+        if self._bars <= self.params.warmup:
+            return None
+        return self._targets(seen)
+
+    def _update_vol(self, r: np.ndarray, fresh: np.ndarray) -> None:
+        sq = np.where(fresh, r * r, np.nan)
+        first = fresh & np.isnan(self._var)
+        self._var = np.where(first, sq, self._var)
+        later = fresh & ~first
+        self._var = np.where(later, (1 - self._alpha) * self._var + self._alpha * sq, self._var)
+
+    def _targets(self, seen: np.ndarray) -> np.ndarray | None:
+        p = self.params
+        s = np.where(np.abs(self._signal) < p.threshold, 0.0, self._signal)
+        if p.vol_target is None:
+            w = s / self.n_assets
+        else:
+            vol = np.sqrt(self._var * self.ppy)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                w = s * p.vol_target / vol / self.n_assets
+        tradable = self.covered & seen & np.isfinite(w)
+        w = np.clip(np.where(tradable, w, 0.0), -p.max_position, p.max_position)
+        gross = np.abs(w).sum()
+        if gross > p.max_gross:
+            w *= p.max_gross / gross
+        change = tradable & (np.abs(w - self._held) > p.min_change)
+        if not change.any():
+            return None
+        self._held = np.where(change, w, self._held)
+        return np.where(change, w, np.nan)
