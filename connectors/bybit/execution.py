@@ -139,6 +139,7 @@ class BybitExecution:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stream: PrivateStream | None = None
         self.duplicate_executions = 0
+        self.ignored_duplicates = 0
         self.resends = 0
         self.reconciliations = 0
         bus.subscribe(Bar, self._on_bar)
@@ -211,7 +212,10 @@ class BybitExecution:
         """Round to the instrument's rules, refuse what Bybit would refuse, then send async."""
         link = link_id_for(order)
         if order.client_id in self.orders or link in self._by_link:
-            self._update(order.client_id, order.symbol, OrderStatus.REJECTED, f"duplicate client id {link}")
+            # the same decision submitted again: a no-op (rejecting it under the same client id
+            # would read as a rejection of the order that is working)
+            self.ignored_duplicates += 1
+            log.warning("order already submitted; ignored", client_id=order.client_id, order_link_id=link)
             return
         problem, qty, price = self._prepare(order)
         if problem:
@@ -253,6 +257,14 @@ class BybitExecution:
         if not (order.quantity > 0 and math.isfinite(order.quantity)):
             return f"{order.symbol}: quantity {order.quantity} is not a positive number", 0.0, 0.0
         qty = rules.round_qty(order.quantity)
+        if qty <= 0:
+            least = max(rules.min_qty, rules.qty_step)
+            return (
+                f"{order.symbol}: quantity {order.quantity} is below the minimum {least} "
+                f"(rounds down to 0 at the step {rules.qty_step})",
+                0.0,
+                0.0,
+            )
         price = 0.0
         if order.type is OrderType.LIMIT:
             if not (order.price > 0 and math.isfinite(order.price)):

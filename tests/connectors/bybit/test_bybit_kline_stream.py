@@ -39,7 +39,9 @@ async def run_until(stream: KlineStream, done: Callable[[], bool], timeout: floa
         await task
 
 
-def check_exact(fake: FakeBybit, category: str, bars: list[Bar], symbols: list[str], interval: str = "1") -> None:
+def check_exact(
+    fake: FakeBybit, category: str, bars: list[Bar], symbols: list[str], interval: str = "1"
+) -> None:
     """Per symbol: the server's confirmed bars, contiguous, in order, each once, with the right
     event stamps (close time) and interval code."""
     for symbol in symbols:
@@ -110,10 +112,12 @@ async def test_history_from_start_ms_then_live(fake: FakeBybit) -> None:
 
 async def test_unknown_symbol_is_a_clear_error(fake: FakeBybit) -> None:
     stream = KlineStream(["BTCUSDT", "NOPEUSDT"], "1", on_bar=lambda b: None, config=fast_config(fake))
-    with pytest.raises(InvalidRequest, match="unknown linear symbol.*NOPEUSDT"):
+    with pytest.raises(InvalidRequest, match=r"unknown linear symbol.*NOPEUSDT"):
         await stream.run()
-    refused = KlineStream(["NOPEUSDT"], "1", on_bar=lambda b: None, config=fast_config(fake), validate_symbols=False)
-    with pytest.raises(SubscriptionError, match="handler not found,topic:kline.1.NOPEUSDT"):
+    refused = KlineStream(
+        ["NOPEUSDT"], "1", on_bar=lambda b: None, config=fast_config(fake), validate_symbols=False
+    )
+    with pytest.raises(SubscriptionError, match=r"handler not found,topic:kline\.1\.NOPEUSDT"):
         await asyncio.wait_for(refused.run(), 5)
     with pytest.raises(ValueError, match="bad interval"):
         KlineStream(["BTCUSDT"], "2", on_bar=lambda b: None)
@@ -133,19 +137,42 @@ def test_frames_of_every_shape_are_handled_without_raising() -> None:
     stream.handle_frame(boundary, 3)  # a repeated confirm is published once
     assert [(b.ts_open, b.close, b.ts_init) for b in seen] == [(start * 1_000_000, 16677.0, 2)]
     assert stream.stats.duplicates == 1
-    for name in ("ws_pong_public_spot.json", "ws_pong_public_linear_inverse.json", "ws_pong_private.json",
-                 "ws_subscribe_ack_public_spot.json", "ws_subscribe_ack_public_linear_inverse.json"):
+    for name in (
+        "ws_pong_public_spot.json",
+        "ws_pong_public_linear_inverse.json",
+        "ws_pong_private.json",
+        "ws_subscribe_ack_public_spot.json",
+        "ws_subscribe_ack_public_linear_inverse.json",
+    ):
         stream.handle_frame(json.dumps(sample(name)), 4)
     assert stream.stats.control == 5 and stream.stats.malformed == 0
-    bad = ["{", "[]", "null", '"x"', json.dumps({"topic": "kline.5.BTCUSDT", "data": [{"confirm": True}]}),
-           json.dumps({"topic": "kline.5.BTCUSDT", "data": [{"start": start + 300_000, "confirm": True,
-                                                              "open": "x"}]}),
-           json.dumps({"topic": "kline.5.BTCUSDT", "data": {"start": 1}}), json.dumps({"hello": 1})]
+    bad = [
+        "{",
+        "[]",
+        "null",
+        '"x"',
+        json.dumps({"topic": "kline.5.BTCUSDT", "data": [{"confirm": True}]}),
+        json.dumps(
+            {"topic": "kline.5.BTCUSDT", "data": [{"start": start + 300_000, "confirm": True, "open": "x"}]}
+        ),
+        json.dumps({"topic": "kline.5.BTCUSDT", "data": {"start": 1}}),
+        json.dumps({"hello": 1}),
+    ]
     for frame in bad:
         stream.handle_frame(frame, 5)
     assert stream.stats.malformed == len(bad) and len(seen) == 1
     with pytest.raises(SubscriptionError):
-        stream.handle_frame(json.dumps({"success": False, "ret_msg": "error:handler not found,topic:x",
-                                        "op": "subscribe", "conn_id": "c"}), 6)
-    stream.handle_frame(json.dumps({"success": False, "ret_msg": "error:already subscribed,topic:x",
-                                    "op": "subscribe"}), 7)
+        stream.handle_frame(
+            json.dumps(
+                {
+                    "success": False,
+                    "ret_msg": "error:handler not found,topic:x",
+                    "op": "subscribe",
+                    "conn_id": "c",
+                }
+            ),
+            6,
+        )
+    stream.handle_frame(
+        json.dumps({"success": False, "ret_msg": "error:already subscribed,topic:x", "op": "subscribe"}), 7
+    )

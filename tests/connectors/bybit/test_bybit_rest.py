@@ -37,7 +37,9 @@ async def test_mid_bar_start_rounds_up_and_listing_clips(fake: FakeBybit) -> Non
         bars = await rest.klines("linear", "ETHUSDT", "60", T0 + 1, T0 + 5 * 3_600_000)
         assert [k.start for k in bars] == [T0 + h * 3_600_000 for h in range(1, 6)]
         sol_launch = 1_635_724_800_000
-        early = await rest.klines("linear", "SOLUSDT", "D", sol_launch - 5 * 86_400_000, sol_launch + 86_400_000)
+        early = await rest.klines(
+            "linear", "SOLUSDT", "D", sol_launch - 5 * 86_400_000, sol_launch + 86_400_000
+        )
         assert [k.start for k in early] == [sol_launch, sol_launch + 86_400_000]
 
 
@@ -94,7 +96,12 @@ async def test_instrument_rules_and_server_time(fake: FakeBybit) -> None:
 def test_rules_from_the_official_samples() -> None:
     linear = rules_from_info(sample("rest_instruments_info_linear.json")["result"]["list"][0], "linear")
     assert (linear.tick_size, linear.qty_step, linear.min_qty, linear.max_qty, linear.min_notional) == (
-        0.1, 0.001, 0.001, 1190.0, 5.0)
+        0.1,
+        0.001,
+        0.001,
+        1190.0,
+        5.0,
+    )
     spot = rules_from_info(sample("rest_instruments_info_spot.json")["result"]["list"][0], "spot")
     assert (spot.tick_size, spot.qty_step, spot.min_qty, spot.min_notional) == (0.1, 0.000001, 0.0, 5.0)
 

@@ -42,8 +42,16 @@ def test_get_signature_matches_pybit(params: dict) -> None:
     "body",
     [
         {"category": "linear", "symbol": "BTCUSDT", "side": "Buy", "orderType": "Market", "qty": "0.012"},
-        {"category": "spot", "symbol": "ETHUSDT", "side": "Sell", "orderType": "Limit", "qty": "0.5",
-         "price": "3100.25", "timeInForce": "GTC", "orderLinkId": "qn-0123456789abcdef"},
+        {
+            "category": "spot",
+            "symbol": "ETHUSDT",
+            "side": "Sell",
+            "orderType": "Limit",
+            "qty": "0.5",
+            "price": "3100.25",
+            "timeInForce": "GTC",
+            "orderLinkId": "qn-0123456789abcdef",
+        },
     ],
 )
 def test_post_signature_matches_pybit_over_the_exact_body(body: dict) -> None:

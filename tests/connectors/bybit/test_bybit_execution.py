@@ -1,0 +1,211 @@
+"""The execution adapter against the fake Bybit: idempotent placement through ambiguous failures,
+fills deduplicated by execId, rounding and refusals, amend/cancel, auth and key hygiene."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from connectors.bybit.errors import AuthError
+from connectors.bybit.execution import BybitExecution, format_step, link_id_for, order_link_id
+from connectors.bybit.signing import Credentials
+from engine.bus import EventBus
+from engine.events import Bar, Fill, Order, OrderStatus, OrderType, OrderUpdate, Side
+from engine.ports import ExecutionVenue
+from tests.connectors.bybit.conftest import KEY, SECRET, fast_config
+from tests.fake_bybit import FakeBybit
+
+
+@dataclass
+class Harness:
+    fake: FakeBybit
+    bus: EventBus
+    venue: BybitExecution
+    fills: list[Fill] = field(default_factory=list)
+    updates: list[OrderUpdate] = field(default_factory=list)
+
+    async def settle(self) -> None:
+        await self.venue.drain()
+        await asyncio.sleep(0.15)  # private-stream pushes and the bus dispatch
+
+    def statuses(self, client_id: str) -> list[OrderStatus]:
+        return [u.status for u in self.updates if u.client_id == client_id]
+
+
+@pytest.fixture
+async def h(fake: FakeBybit) -> AsyncIterator[Harness]:
+    bus = EventBus("live")
+    venue = BybitExecution(
+        bus,
+        config=fast_config(fake, request_timeout=0.3),
+        credentials=Credentials(KEY, SECRET),
+        reconcile_delay=0.05,
+    )
+    harness = Harness(fake, bus, venue)
+    bus.subscribe(Fill, harness.fills.append)
+    bus.subscribe(OrderUpdate, harness.updates.append)
+    stop = asyncio.Event()
+    dispatcher = asyncio.ensure_future(bus.run(None, stop))
+    await venue.start()
+    try:
+        yield harness
+    finally:
+        await venue.stop()
+        stop.set()
+        await dispatcher
+
+
+def order(
+    client_id: str = "sma-BTCUSDT-1700000000000",
+    qty: float = 0.0123,
+    side: Side = Side.BUY,
+    symbol: str = "BTCUSDT",
+    **kw: object,
+) -> Order:
+    return Order(client_id, 1_700_000_000_000_000_000, 1, symbol, side, qty, strategy="sma", **kw)  # type: ignore[arg-type]
+
+
+async def test_adapter_is_an_execution_venue(h: Harness) -> None:
+    assert isinstance(h.venue, ExecutionVenue)
+
+
+@pytest.mark.parametrize("fault", ["slow:1.0", "lost", "10006", "10016", "500"])
+async def test_order_through_an_ambiguous_failure_is_reconciled_not_duplicated(
+    h: Harness, fault: str
+) -> None:
+    h.fake.faults.rest.append(("/v5/order/create", fault))
+    h.venue.submit(order())
+    await h.settle()
+    placed = [o for o in h.fake.orders.values() if o.link_id == "sma-BTCUSDT-1700000000000"]
+    assert len(placed) == 1 and placed[0].status == "Filled"
+    assert placed[0].qty == 0.012  # rounded down to the 0.001 step
+    assert h.statuses(order().client_id)[-1] is OrderStatus.FILLED
+    assert h.statuses(order().client_id).count(OrderStatus.FILLED) == 1
+    assert [f.quantity for f in h.fills] == [0.012]
+    assert h.venue.reconciliations >= 1
+    if fault in ("10006", "10016", "500"):  # refused before acting: not found, then resent once
+        assert h.venue.resends == 1
+
+
+async def test_repeated_execution_message_gives_one_fill(h: Harness) -> None:
+    h.fake.faults.duplicate_executions = True
+    h.venue.submit(order(client_id="dup-ETHUSDT-1", symbol="ETHUSDT", qty=0.5, side=Side.SELL))
+    await h.settle()
+    h.venue.on_private_message({"topic": "execution", "data": list(h.fake.executions)})  # and once more
+    await h.settle()
+    assert len(h.fills) == 1 and h.venue.duplicate_executions == 2
+    fill = h.fills[0]
+    assert (fill.client_id, fill.symbol, fill.side, fill.quantity) == (
+        "dup-ETHUSDT-1",
+        "ETHUSDT",
+        Side.SELL,
+        0.5,
+    )
+    assert fill.liquidity == "taker" and fill.fee > 0 and fill.exec_id == h.fake.executions[0]["execId"]
+
+
+async def test_limit_order_rests_amends_fills_as_maker_and_cancel(h: Harness) -> None:
+    last = h.fake.last_price("linear", "BTCUSDT")
+    h.venue.submit(order("lim-1", qty=0.01, type=OrderType.LIMIT, price=last * 0.9 + 0.04))
+    h.venue.submit(order("lim-2", qty=0.01, type=OrderType.LIMIT, price=last * 0.8))
+    await h.settle()
+    assert h.statuses("lim-1") == [OrderStatus.ACCEPTED] and h.statuses("lim-2") == [OrderStatus.ACCEPTED]
+    assert {o.client_id for o in h.venue.open_orders()} == {"lim-1", "lim-2"}
+    resting = next(o for o in h.fake.orders.values() if o.link_id == "lim-1")
+    assert round(resting.price / 0.1, 6) == round(resting.price / 0.1)  # on the tick grid
+    h.venue.amend("lim-1", quantity=0.02, price=last * 0.95)
+    await h.settle()
+    assert resting.qty == 0.02 and abs(resting.price - last * 0.95) < 0.1
+    h.fake.set_price("linear", "BTCUSDT", last * 0.94)
+    h.venue.cancel("lim-2")
+    await h.settle()
+    assert h.statuses("lim-1")[-1] is OrderStatus.FILLED and h.fills[0].liquidity == "maker"
+    assert h.fills[0].quantity == 0.02
+    assert h.statuses("lim-2")[-1] is OrderStatus.CANCELLED
+    assert list(h.venue.open_orders()) == []
+
+
+async def test_refusals_carry_clear_reasons(h: Harness) -> None:
+    h.bus.post(Bar(0, 0, "SOLUSDT", "1", 15.0, 15.0, 15.0, 15.0, 1.0))  # SOL at 15 (the fake says 150)
+    await asyncio.sleep(0.01)
+    h.venue.submit(order("u-1", symbol="NOPEUSDT"))
+    h.venue.submit(order("m-1", qty=0.0004))  # rounds to 0 at a 0.001 step
+    h.venue.submit(order("m-2", symbol="ETHUSDT", qty=0.0012))  # below ETH's 0.01 minimum
+    h.venue.submit(order("n-1", symbol="ETHUSDT", qty=0.01, type=OrderType.LIMIT, price=100.0))  # 1 USDT
+    h.venue.submit(order("m-3", symbol="ETHUSDT", qty=0.01))  # 30 USDT > 5: fine
+    h.venue.submit(order("n-2", symbol="SOLUSDT", qty=0.1))  # market: 15 USDT at the last bar's close
+    h.venue.submit(order("s-1", type=OrderType.STOP, price=1.0))
+    h.fake.balance = 100.0
+    h.venue.submit(order("b-1", qty=1.0))  # 60k USDT of BTC on a 100 USDT account
+    h.venue.submit(order("m-3", symbol="ETHUSDT", qty=0.01))  # same client id again
+    await h.settle()
+    reasons = {u.client_id: u.reason for u in h.updates if u.status is OrderStatus.REJECTED}
+    assert "unknown linear symbol 'NOPEUSDT'" in reasons["u-1"]
+    assert "quantity 0.0004 is below the minimum 0.001 (rounds down to 0" in reasons["m-1"]
+    assert "quantity 0.0012 is below the minimum 0.01" in reasons["m-2"]
+    assert "notional 1 below minimum 5" in reasons["n-1"]
+    assert "SOLUSDT: notional 1.5 below minimum 5" in reasons["n-2"]
+    assert "stop orders are not supported" in reasons["s-1"]
+    assert "110007" in reasons["b-1"] and "ab not enough" in reasons["b-1"]
+    assert h.statuses("m-3") == [OrderStatus.ACCEPTED, OrderStatus.FILLED]  # the resubmit is a no-op
+    assert h.venue.ignored_duplicates == 1
+    assert len(h.fake.orders) == 1
+
+
+async def test_clock_skew_and_private_stream_reconnect(fake: FakeBybit) -> None:
+    fake.skew_ms = 5_000  # venue 5 s ahead: requests and ws auth expiry must use its clock
+    bus = EventBus("live")
+    fills: list[Fill] = []
+    bus.subscribe(Fill, fills.append)
+    stop = asyncio.Event()
+    dispatcher = asyncio.ensure_future(bus.run(None, stop))
+    venue = BybitExecution(
+        bus, config=fast_config(fake, recv_window=1000), credentials=Credentials(KEY, SECRET)
+    )
+    await venue.start()
+    try:
+        await fake.drop_private()
+        await asyncio.sleep(0.1)
+        venue.submit(order("skew-1"))
+        await venue.drain()
+        await asyncio.sleep(0.15)
+        assert venue.stream is not None and venue.stream.connections >= 2
+        assert len(fills) == 1
+    finally:
+        await venue.stop()
+        stop.set()
+        await dispatcher
+
+
+async def test_bad_credentials_fail_at_start_without_leaking(
+    fake: FakeBybit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bus = EventBus("live")
+    monkeypatch.setenv("QN_BYBIT_KEY", KEY)
+    monkeypatch.setenv("QN_BYBIT_SECRET", "wrong-secret-123")
+    cfg = fast_config(fake, api_key_env="QN_BYBIT_KEY", api_secret_env="QN_BYBIT_SECRET")
+    venue = BybitExecution(bus, config=cfg)
+    with pytest.raises(AuthError) as err:
+        await venue.start()
+    await venue.stop()
+    assert "wrong-secret-123" not in str(err.value) and KEY not in str(err.value)
+    monkeypatch.delenv("QN_BYBIT_SECRET")
+    with pytest.raises(AuthError, match="QN_BYBIT_SECRET"):
+        await BybitExecution(bus, config=cfg).start()
+
+
+def test_order_link_ids_are_deterministic_and_valid() -> None:
+    a = order_link_id("sma", "BTCUSDT", 1_700_000_000_000_000_000)
+    assert a == order_link_id("sma", "BTCUSDT", 1_700_000_000_000_000_000) == "sma-BTCUSDT-1700000000000"
+    long = order_link_id("a-very-long-strategy-name", "1000PEPEUSDT", 1_700_000_000_000_000_000, "rebalance")
+    assert long.startswith("qn-") and len(long) <= 36
+    assert long == order_link_id(
+        "a-very-long-strategy-name", "1000PEPEUSDT", 1_700_000_000_000_000_000, "rebalance"
+    )
+    assert link_id_for(order("has space/slash")) == link_id_for(order("has space/slash"))
+    assert link_id_for(order("has space/slash")).startswith("qn-")
+    assert format_step(0.012, 0.001) == "0.012" and format_step(61407.8, 0.1) == "61407.8"
+    assert format_step(3.0, 1.0) == "3"
