@@ -56,11 +56,27 @@ def _versions() -> dict[str, str]:
 
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
+        "torch": str(torch.__version__),
+        "numpy": str(np.__version__),
+        "pandas": str(pd.__version__),
         "quantnet-engine": version("quantnet-engine"),
     }
+
+
+def _plain(obj: Any, where: str = "meta") -> Any:
+    """Plain Python copy of ``obj`` (what ``weights_only`` loading accepts), or a clear error."""
+    if obj is None:
+        return None
+    if isinstance(obj, np.generic):
+        return obj.item()
+    for base in (bool, int, float, str):  # subclasses such as TorchVersion become the base type
+        if isinstance(obj, base):
+            return base(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    raise TypeError(f"{where}: {type(obj).__name__} cannot be stored in checkpoint metadata")
 
 
 def save_checkpoint(
@@ -92,12 +108,13 @@ def save_checkpoint(
         "markets": [{"name": n, "assets": list(model.assets[n])} for n in model.market_names],
         "features": dict(FEATURES),
         "train": train_config.model_dump() if train_config is not None else None,
-        "periods_per_year": periods_per_year,
+        "periods_per_year": None if periods_per_year is None else float(periods_per_year),
         "data": {"start": min(starts, default=""), "end": max(ends, default=""), "markets": ranges},
         "versions": _versions(),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "extra": dict(extra or {}),
     }
+    meta = _plain(meta)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -126,7 +126,7 @@ def infer_periods_per_year(markets: Sequence[Market]) -> float:
             continue
         spacings.append(np.median(np.diff(m.index.asi8)))
         per_day.append(len(m) / max(1, m.index.normalize().nunique()))
-        weekend = weekend or bool((m.index.dayofweek >= 5).any())
+        weekend = weekend or bool((m.index.day_of_week >= 5).any())
     if not spacings:
         return 252.0
     days_per_year = 365.0 if weekend else 252.0

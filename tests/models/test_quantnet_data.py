@@ -1,0 +1,80 @@
+"""Markets from long-format frames: alignment, masking (no forward fill), annualisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models import Market, infer_periods_per_year, markets_from_frame
+from models.data import model_arrays
+
+
+def _frame() -> pd.DataFrame:
+    ts = pd.date_range("2020-01-01", periods=5, freq="D", tz="UTC")
+    rows = []
+    for i, t in enumerate(ts):
+        rows.append({"timestamp": t, "symbol": "BBB", "close": 100.0 * 1.01**i})
+        if i >= 2 and i != 3:  # AAA listed on day 2, holiday on day 3
+            rows.append({"timestamp": t, "symbol": "AAA", "close": 50.0 + i})
+    return pd.DataFrame(rows)
+
+
+def test_returns_are_masked_not_forward_filled() -> None:
+    (m,) = markets_from_frame(_frame(), name="x")
+    assert m.assets == ("AAA", "BBB")  # sorted, reproducible from the data alone
+    assert len(m) == 4  # first bar has no return
+    np.testing.assert_allclose(m.returns[:, 1], 0.01, rtol=1e-12)
+    a = m.returns[:, 0]
+    # day1: not listed; day2: first price, no return; day3: holiday; day4: previous close missing
+    assert np.isnan(a).all()
+    df = _frame()
+    df = pd.concat(
+        [
+            df,
+            pd.DataFrame(
+                [{"timestamp": df.timestamp.max() + pd.Timedelta(days=1), "symbol": "AAA", "close": 60.0}]
+            ),
+        ]
+    )
+    (m2,) = markets_from_frame(df, name="x")
+    assert np.isnan(m2.returns[:-1, 0]).all()
+    assert m2.returns[-1, 0] == pytest.approx(60.0 / 54.0 - 1)
+
+
+def test_market_column_groups_markets() -> None:
+    df = _frame()
+    other = _frame().assign(symbol=lambda d: d.symbol + "2")
+    df = pd.concat([df.assign(market="us"), other.assign(market="eu")])
+    markets = markets_from_frame(df)
+    assert [m.name for m in markets] == ["eu", "us"]
+    assert markets[0].assets == ("AAA2", "BBB2")
+    with pytest.raises(ValueError, match="name="):
+        markets_from_frame(_frame())
+
+
+def test_model_inputs_are_lagged_returns() -> None:
+    r = np.array([[0.01, np.nan], [0.02, 0.03], [np.nan, -0.01]])
+    x, y, mask = model_arrays(r)
+    np.testing.assert_array_equal(x[0], [0.0, 0.0])
+    np.testing.assert_array_equal(x[1:], np.nan_to_num(r[:-1]))  # input at t = returns of t-1
+    np.testing.assert_array_equal(mask, np.isfinite(r))
+    assert (y[~mask] == 0).all()
+
+
+def test_periods_per_year_follows_the_bar_calendar() -> None:
+    def mk(index: pd.DatetimeIndex) -> Market:
+        return Market("m", ("a",), index, np.zeros((len(index), 1)))
+
+    assert infer_periods_per_year([mk(pd.bdate_range("2020-01-01", periods=300, tz="UTC"))]) == 252
+    assert infer_periods_per_year([mk(pd.date_range("2020-01-01", periods=300, freq="D", tz="UTC"))]) == 365
+    hourly = pd.date_range("2020-01-01", periods=24 * 30, freq="h", tz="UTC")
+    assert infer_periods_per_year([mk(hourly)]) == pytest.approx(24 * 365)
+
+
+def test_market_rejects_bad_shapes() -> None:
+    idx = pd.bdate_range("2020-01-01", periods=3, tz="UTC")
+    with pytest.raises(ValueError, match="shape"):
+        Market("m", ("a", "b"), idx, np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="duplicate"):
+        Market("m", ("a", "a"), idx, np.zeros((3, 2)))
