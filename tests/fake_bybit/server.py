@@ -25,6 +25,7 @@ import math
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,8 @@ class FakeBybit:
         self.connections = 0
         self.frames_sent = 0
         self.subscriptions: list[tuple[str, list[str]]] = []
+        self.on_subscribed: Callable[[PublicConn], Awaitable[None]] | None = None
+        """Hook run after a public subscription is acknowledged (the benchmark's firehose)."""
         self._market_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -892,6 +895,9 @@ class FakeBybit:
             return
         conn.topics.update(args)
         await conn.ws.send_str(json.dumps(reply))
+        if self.on_subscribed is not None:
+            self._spawn(self.on_subscribed(conn))
+            return
         for topic in args:  # the current candle, straight away, as Bybit does
             _, interval, symbol = topic.split(".")
             now = self.now_ms()
