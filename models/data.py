@@ -1,9 +1,10 @@
 """Markets: named groups of assets with aligned returns, built from long-format OHLCV frames.
 
 Returns are simple close-to-close returns on the market's own time grid (the union of its assets'
-bar times). A return exists only where both closes exist: a holiday or an asset not yet listed is
-NaN and stays NaN (masked), never forward-filled into a fake zero return. The model input for the
-return at row t is row t-1 (paper eq. 3), with missing entries fed as 0; see :func:`model_arrays`.
+bar times). Where an asset has no bar (a holiday, not yet listed) its return is NaN and masked,
+never forward-filled into a fake zero return; the return after a gap runs from the asset's previous
+close. The model input for the return at row t is row t-1 (paper eq. 3), with missing entries fed
+as 0; see :func:`model_arrays`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pandas as pd
 # What the model sees; stored in checkpoints and checked on load so preprocessing cannot drift.
 FEATURES: dict[str, object] = {
     "input": "returns",
-    "returns": "simple close-to-close",
+    "returns": "simple, from the asset's previous close in the market's grid",
     "input_lag": 1,
     "missing_input": "zero",
     "missing_target": "masked",
@@ -67,12 +68,21 @@ class Market:
 
 
 def returns_from_closes(closes: np.ndarray) -> np.ndarray:
-    """Simple returns of a (time × asset) close matrix; NaN unless both closes exist. Row 0 is NaN."""
+    """Simple returns of a (time × asset) close matrix, NaN where the asset has no close.
+
+    A return after a gap runs from the asset's previous close (what a position held through the
+    gap earns, and what a live feed computes from its last price); the gap rows themselves stay
+    NaN, never zero. The first close of an asset has no return.
+    """
     c = np.asarray(closes, dtype=np.float64)
+    rows, cols = c.shape
+    valid = np.isfinite(c)
+    last = np.maximum.accumulate(np.where(valid, np.arange(rows)[:, None], -1), axis=0)
+    prev = np.vstack([np.full((1, cols), -1), last[:-1]])
+    has = valid & (prev >= 0)
     out = np.full_like(c, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out[1:] = c[1:] / c[:-1] - 1.0
-    out[~np.isfinite(out)] = np.nan
+    col = np.broadcast_to(np.arange(cols), c.shape)
+    out[has] = c[has] / c[prev[has], col[has]] - 1.0
     return out
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models import Market, infer_periods_per_year, markets_from_frame
+from models import Market, infer_periods_per_year, markets_from_frame, returns_from_closes
 from models.data import model_arrays
 
 
@@ -26,20 +26,17 @@ def test_returns_are_masked_not_forward_filled() -> None:
     assert len(m) == 4  # first bar has no return
     np.testing.assert_allclose(m.returns[:, 1], 0.01, rtol=1e-12)
     a = m.returns[:, 0]
-    # day1: not listed; day2: first price, no return; day3: holiday; day4: previous close missing
-    assert np.isnan(a).all()
-    df = _frame()
-    df = pd.concat(
-        [
-            df,
-            pd.DataFrame(
-                [{"timestamp": df.timestamp.max() + pd.Timedelta(days=1), "symbol": "AAA", "close": 60.0}]
-            ),
-        ]
-    )
-    (m2,) = markets_from_frame(df, name="x")
-    assert np.isnan(m2.returns[:-1, 0]).all()
-    assert m2.returns[-1, 0] == pytest.approx(60.0 / 54.0 - 1)
+    # day 1: not listed; day 2: first close, no return; day 3: holiday (no zero return);
+    # day 4: the return since the last close, which a held position earns
+    assert np.isnan(a[:3]).all()
+    assert a[3] == pytest.approx(54.0 / 52.0 - 1)
+
+
+def test_returns_from_closes_handles_gaps_per_asset() -> None:
+    c = np.array([[1.0, np.nan], [np.nan, 2.0], [np.nan, 2.2], [1.5, np.nan], [1.8, 1.1]])
+    r = returns_from_closes(c)
+    expected = np.array([[np.nan, np.nan], [np.nan, np.nan], [np.nan, 0.1], [0.5, np.nan], [0.2, -0.5]])
+    np.testing.assert_allclose(r, expected, rtol=1e-12)
 
 
 def test_market_column_groups_markets() -> None:
