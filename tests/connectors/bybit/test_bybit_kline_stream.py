@@ -176,3 +176,16 @@ def test_frames_of_every_shape_are_handled_without_raising() -> None:
     stream.handle_frame(
         json.dumps({"success": False, "ret_msg": "error:already subscribed,topic:x", "op": "subscribe"}), 7
     )
+
+
+async def test_quiet_connection_kept_alive_by_json_pongs(fake: FakeBybit) -> None:
+    """No market data at all, only pongs: the connection must not be declared dead."""
+    stream = KlineStream(["BTCUSDT"], "1", on_bar=lambda b: None, config=fast_config(fake))
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(stream.run(stop))
+    await asyncio.sleep(0.6)  # twelve ping periods
+    stop.set()
+    stream.stop()
+    await task
+    assert stream.stats.connections == 1 and stream.stats.reconnects == 0
+    assert stream.stats.control >= 8  # the subscribe ack and the pongs
