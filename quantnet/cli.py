@@ -8,6 +8,8 @@ import typer
 
 from engine.logs import configure_logging
 from quantnet.commands import backtest
+from quantnet.commands import data as data_command
+from quantnet.commands import stream as stream_command
 
 app = typer.Typer(
     name="quantnet",
@@ -28,5 +30,5 @@ def main(
     configure_logging(json=log_json, level=log_level)
 
 
-for module in (backtest,):
+for module in (backtest, data_command, stream_command):
     module.register(app)
