@@ -180,7 +180,8 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--rest-url", help="REST base URL (overrides the config)")
         ] = None,
         config: Annotated[
-            Path | None, typer.Option("--config", help="config TOML with a [bybit] section")
+            Path | None,
+            typer.Option("--config", help="config TOML whose bybit section to use (default: ./config.toml)"),
         ] = None,
     ) -> None:
         """Download closed Bybit klines to parquet (resumable)."""

@@ -86,7 +86,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
         max_bars: Annotated[int, typer.Option("--max-bars", min=0, help="stop after N bars; 0: run on")] = 0,
         config: Annotated[
-            Path | None, typer.Option("--config", help="config TOML with a [bybit] section")
+            Path | None,
+            typer.Option("--config", help="config TOML whose bybit section to use (default: ./config.toml)"),
         ] = None,
     ) -> None:
         """Stream closed klines from Bybit as JSON lines until stopped or --max-bars."""
