@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import aiohttp
 import structlog
+from yarl import URL
 
 from connectors.bybit.config import BybitConfig
 from connectors.bybit.errors import (
@@ -194,7 +195,8 @@ class BybitRest:
             if self.credentials is None:
                 raise AuthError("signed request without API credentials", path=path)
             headers.update(auth_headers(self.credentials, self.now_ms(), self.config.recv_window, payload))
-        async with self.session.request(method, url, data=data, headers=headers) as resp:
+        # encoded=True: send the query exactly as signed, with no re-quoting on the way out
+        async with self.session.request(method, URL(url, encoded=True), data=data, headers=headers) as resp:
             text = await resp.text()
             return self._parse(resp.status, resp.headers, text, path)
 

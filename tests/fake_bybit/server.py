@@ -443,7 +443,8 @@ class FakeBybit:
         return None
 
     async def _private_rest(self, request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
-        raw = request.query_string if request.method == "GET" else await request.text()
+        # Bybit hashes what it received: the raw query (not a decoded one) or the raw body
+        raw = request.raw_path.partition("?")[2] if request.method == "GET" else await request.text()
         self.requests.append((request.method, request.path))
         bad = self._verify(request, raw)
         if bad is not None:

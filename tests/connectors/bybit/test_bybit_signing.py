@@ -114,3 +114,14 @@ async def test_unknown_key_and_skewed_clock(fake: FakeBybit, creds: Credentials)
     async with BybitRest(fast_config(fake), credentials=creds) as rest:
         await rest.request("GET", "/v5/order/realtime", {"category": "linear"}, signed=True)
         assert -4_500 < rest.offset_ms < -3_500
+
+
+async def test_signed_query_is_sent_byte_for_byte(fake: FakeBybit, creds: Credentials) -> None:
+    """Bybit's cursors come percent-encoded and go back as they are; the client must not
+    re-quote them after signing."""
+    cursor = "page_args%3Dfd4300ae-7847%26symbol%3D6%26"
+    async with BybitRest(fast_config(fake), credentials=creds) as rest:
+        result = await rest.request(
+            "GET", "/v5/order/realtime", {"category": "linear", "cursor": cursor}, signed=True
+        )
+    assert result["list"] == []
