@@ -71,6 +71,69 @@ class StrategyConfig(Section):
         return self
 
 
+class InstrumentRulesConfig(Section):
+    """A venue's tick and lot rules for one instrument (zero: no constraint), for backtests; live
+    trading takes them from the exchange."""
+
+    tick_size: float = Field(0.0, ge=0, description="prices are multiples of this")
+    qty_step: float = Field(0.0, ge=0, description="quantities are multiples of this (lot)")
+    min_qty: float = Field(0.0, ge=0, description="smallest order quantity")
+    max_qty: float = Field(0.0, ge=0, description="largest order quantity; 0: no limit")
+    min_notional: float = Field(0.0, ge=0, description="smallest order value in quote currency")
+
+
+class RiskConfig(Section):
+    """Limits of the risk manager. Exposures and losses are fractions of equity (0.2 = 20%), stop
+    distances fractions of the entry price. Every limit is off (None) unless set, so an empty
+    section changes nothing."""
+
+    max_order_notional: float | None = Field(
+        None, gt=0, le=100, description="largest new-risk order value / equity; larger ones are rejected"
+    )
+    max_position: float | None = Field(
+        None, gt=0, le=100, description="|position value| / equity per asset; orders are cut to fit"
+    )
+    max_gross_exposure: float | None = Field(
+        None, gt=0, le=100, description="sum of |position values| / equity; orders are cut to fit"
+    )
+    max_net_exposure: float | None = Field(
+        None, gt=0, le=100, description="|sum of position values| / equity; orders are cut to fit"
+    )
+    stop_loss: float | None = Field(None, gt=0, lt=1, description="stop distance from the entry price")
+    take_profit: float | None = Field(None, gt=0, le=100, description="take-profit distance from entry")
+    trailing_stop: float | None = Field(
+        None, gt=0, lt=1, description="stop distance from the best price since entry"
+    )
+    max_daily_loss: float | None = Field(
+        None, gt=0, le=1, description="loss since the day's start / day-start equity; then only reduce"
+    )
+    max_drawdown: float | None = Field(
+        None, gt=0, le=1, description="fall from the equity peak; then flatten and halt until reset"
+    )
+    day_start_hour: int = Field(0, ge=0, le=23, description="UTC hour at which a trading day starts")
+    state_file: str = Field("", description="JSON file that keeps a halt across restarts; empty: none")
+    clear_halt: bool = Field(False, description="clear a halt persisted in state_file at start-up")
+    instruments: dict[str, InstrumentRulesConfig] = Field(
+        default_factory=dict, description='tick/lot rules by symbol; "*" applies to every other symbol'
+    )
+
+    @property
+    def active(self) -> bool:
+        """Whether any rule is configured; without one the engine runs no risk manager at all."""
+        limits = (
+            self.max_order_notional,
+            self.max_position,
+            self.max_gross_exposure,
+            self.max_net_exposure,
+            self.stop_loss,
+            self.take_profit,
+            self.trailing_stop,
+            self.max_daily_loss,
+            self.max_drawdown,
+        )
+        return any(v is not None for v in limits) or bool(self.state_file) or bool(self.instruments)
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     try:

@@ -14,6 +14,7 @@ from engine.config import (
     DataConfig,
     EngineConfig,
     PortfolioConfig,
+    RiskConfig,
     Section,
     StrategyConfig,
     merge,
@@ -30,6 +31,7 @@ class AppConfig(Section):
     portfolio: PortfolioConfig = Field(default_factory=PortfolioConfig)
     costs: CostConfig = Field(default_factory=CostConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    risk: RiskConfig = Field(default_factory=RiskConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> AppConfig:
