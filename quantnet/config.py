@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
+from connectors.bybit.config import BybitConfig
 from engine.config import (
     ConfigError,
     CostConfig,
@@ -21,6 +22,7 @@ from engine.config import (
     read_toml,
     validate,
 )
+from models.config import ModelConfig, TrainConfig
 
 DEFAULT_CONFIG = Path("config.toml")
 
@@ -32,6 +34,9 @@ class AppConfig(Section):
     costs: CostConfig = Field(default_factory=CostConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     risk: RiskConfig = Field(default_factory=RiskConfig)
+    bybit: BybitConfig = Field(default_factory=BybitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> AppConfig:
