@@ -82,7 +82,8 @@ class PaperBroker:
             price = self._fill_price(order, opn, float(bars.high[i]), float(bars.low[i]))
             if price is None:
                 continue
-            del self._working[order.client_id]
+            if self._working.pop(order.client_id, None) is None:
+                continue  # cancelled by a handler of an earlier fill in this bar (one-cancels-other)
             self._fill(order, price, bars.ts_event)
 
     def _fill_price(self, order: Order, opn: float, high: float, low: float) -> float | None:
