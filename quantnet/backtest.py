@@ -27,6 +27,7 @@ from engine.metrics import backtest_metrics, periods_per_year
 from engine.orders import OrderGate, OrderManager
 from engine.portfolio import Portfolio
 from engine.ports import ExecutionVenue
+from engine.risk import RiskManager
 from engine.strategy import Strategy, StrategyHost
 from quantnet.config import AppConfig
 from strategies.registry import create
@@ -41,6 +42,7 @@ class TradingNode:
     host: StrategyHost
     fills: list[Fill] = field(default_factory=list)
     risk_events: list[RiskEvent] = field(default_factory=list)
+    risk: RiskManager | None = None
 
 
 def assemble(
@@ -55,7 +57,8 @@ def assemble(
     capacity: int = 1024,
 ) -> TradingNode:
     """Subscription order is execution order for each bar: the venue fills what was ordered on
-    earlier bars at this bar's prices, the portfolio books and marks, then the strategy decides."""
+    earlier bars at this bar's prices, the portfolio books and marks, the risk manager (when
+    ``[risk]`` configures a rule) checks limits and exits, then the strategy decides."""
     venue = venue_factory(bus, clock)
     portfolio = Portfolio(symbols, cfg.portfolio.cash, bus, capacity=capacity)
     orders = OrderManager(
@@ -67,10 +70,11 @@ def assemble(
         rebalance_band=cfg.portfolio.rebalance_band,
         min_trade_notional=cfg.portfolio.min_trade_notional,
     )
+    risk = RiskManager(orders, cfg.risk) if cfg.risk.active else None
     host = StrategyHost(
         strategy, bus, clock, symbols, max_weight=cfg.portfolio.max_weight, weights=portfolio.weights
     )
-    node = TradingNode(bus, clock, portfolio, orders, host)
+    node = TradingNode(bus, clock, portfolio, orders, host, risk=risk)
     bus.subscribe(Fill, node.fills.append)
     bus.subscribe(RiskEvent, node.risk_events.append)
     return node
@@ -173,6 +177,8 @@ def _result(
     )
     metrics["periods_per_year"] = ppy
     metrics["fees"] = pf.fees
+    if node.risk is not None:
+        metrics.update(node.risk.metrics())
     risk = [
         {
             "timestamp": str(pd.Timestamp(e.ts_event, tz="UTC")),
@@ -193,6 +199,8 @@ def _result(
         "cash": cfg.portfolio.cash,
         "costs": cfg.costs.model_dump(),
         "data": cfg.data.path or f"built-in dataset {cfg.data.dataset}",
+        "risk": cfg.risk.model_dump(exclude_defaults=True),
+        "trading_state": node.risk.state.value if node.risk is not None else "active (no risk rules)",
     }
     return BacktestResult(
         metrics, equity, positions, trades, risk, settings, len(matrix) * len(matrix.symbols), seconds
