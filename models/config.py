@@ -79,3 +79,8 @@ class TrainConfig(_Frozen):
         0.1, gt=0.0, le=1.0, description="lr factor of the shared layer if partial"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(
+        1,
+        ge=0,
+        description="CPU threads for torch while training (0: torch's default); small nets run best on 1",
+    )

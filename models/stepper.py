@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from models._threads import torch_threads
 from models.network import Dense, QuantNet, Recurrent
 
 SNAPSHOT_FORMAT = "quantnet-stepper-state"
@@ -46,10 +47,16 @@ class SignalStepper:
 
     Build with :meth:`from_checkpoint` (or from a model in memory; later changes to the model's
     weights are not seen). Not thread-safe: one owner calls it, as the strategy does per bar.
+    ``threads`` is torch's intra-op thread count during a call (restored after; None: untouched).
     """
 
     def __init__(
-        self, model: QuantNet, *, markets: Sequence[str] | None = None, dtype: torch.dtype | None = None
+        self,
+        model: QuantNet,
+        *,
+        markets: Sequence[str] | None = None,
+        dtype: torch.dtype | None = None,
+        threads: int | None = 1,
     ) -> None:
         names = list(model.market_names if markets is None else markets)
         idx = [model.index(n) for n in names]
@@ -65,6 +72,7 @@ class SignalStepper:
         self._n = [len(self.assets[n]) for n in names]
         self._n_max = max(self._n)
         self._model = model
+        self._threads = threads
         self._idx = idx
         nets = [model.markets[i] for i in idx]
         m = len(names)
@@ -106,6 +114,7 @@ class SignalStepper:
         *,
         markets: Sequence[str] | None = None,
         expect_assets: Mapping[str, Sequence[str]] | None = None,
+        threads: int | None = 1,
     ) -> SignalStepper:
         """Load a checkpoint (``weights_only``) and pack it; ``expect_assets`` (market → asset names
         in the caller's order) is checked against the checkpoint and a mismatch is refused."""
@@ -114,7 +123,7 @@ class SignalStepper:
         ckpt = load_checkpoint(path, map_location="cpu")
         if expect_assets is not None:
             check_assets(ckpt.model, expect_assets)
-        return cls(ckpt.model, markets=markets)
+        return cls(ckpt.model, markets=markets, threads=threads)
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -161,7 +170,7 @@ class SignalStepper:
             buf[i, : self._n[i]] = self._vector(name, i, r)
             active.append(i)
         np.nan_to_num(buf, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        with torch.no_grad():
+        with torch.no_grad(), torch_threads(self._threads):
             h_new, c_new, sig = self._advance(self._x)
             if len(active) == len(self.markets):
                 self._h, self._c, self._last = h_new, c_new, sig
@@ -238,7 +247,7 @@ class SignalStepper:
         was = model.training
         model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), torch_threads(self._threads):
                 for name, hist in histories.items():
                     i = self._market_pos(name)
                     self.reset([name])

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from models._threads import torch_threads
 from models.checkpoint import check_assets
 from models.config import TrainConfig
 from models.data import Market, infer_periods_per_year, model_arrays
@@ -119,6 +120,7 @@ def evaluate(
     seq_len: int = 252,
     periods_per_year: float = 252.0,
     cost_bps: float = 0.0,
+    threads: int | None = 1,
 ) -> dict[str, float]:
     """Eq. 7 Sharpe per market over its training rows, validation rows or all rows, and their mean.
 
@@ -129,33 +131,45 @@ def evaluate(
     was = model.training
     model.eval()
     try:
-        out: dict[str, float] = {}
-        for mk, s in zip(markets, _series(model, markets, val_fraction, seq_len), strict=True):
-            n = len(mk)
-            if rows == "val":
-                lo, hi, warm = s.val_start, n, max(1, s.val_start - seq_len)
-            elif rows == "train":
-                lo, hi, warm = 1, s.val_start, 1
-            else:
-                lo, hi, warm = 1, n, 1
-            if hi - lo < 2:
-                continue
-            sig, _ = model(s.model_index, s.x[warm:hi].unsqueeze(0))
-            off = lo - warm
-            v = market_sharpe(
-                sig[:, off:],
-                s.r[lo:hi].unsqueeze(0),
-                s.m[lo:hi].unsqueeze(0),
-                periods_per_year=periods_per_year,
-                cost_bps=cost_bps,
-            )
-            if v is not None:
-                out[mk.name] = float(v)
-        if out:
-            out["mean"] = float(np.mean(list(out.values())))
-        return out
+        with torch_threads(threads):
+            return _evaluate(model, markets, rows, val_fraction, seq_len, periods_per_year, cost_bps)
     finally:
         model.train(was)
+
+
+def _evaluate(
+    model: QuantNet,
+    markets: Sequence[Market],
+    rows: str,
+    val_fraction: float,
+    seq_len: int,
+    periods_per_year: float,
+    cost_bps: float,
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for mk, s in zip(markets, _series(model, markets, val_fraction, seq_len), strict=True):
+        n = len(mk)
+        if rows == "val":
+            lo, hi, warm = s.val_start, n, max(1, s.val_start - seq_len)
+        elif rows == "train":
+            lo, hi, warm = 1, s.val_start, 1
+        else:
+            lo, hi, warm = 1, n, 1
+        if hi - lo < 2:
+            continue
+        sig, _ = model(s.model_index, s.x[warm:hi].unsqueeze(0))
+        v = market_sharpe(
+            sig[:, lo - warm :],
+            s.r[lo:hi].unsqueeze(0),
+            s.m[lo:hi].unsqueeze(0),
+            periods_per_year=periods_per_year,
+            cost_bps=cost_bps,
+        )
+        if v is not None:
+            out[mk.name] = float(v)
+    if out:
+        out["mean"] = float(np.mean(list(out.values())))
+    return out
 
 
 def train(
@@ -228,6 +242,7 @@ def train(
         devices = [device.index or 0] if device.type == "cuda" else []
         stack.enter_context(torch.random.fork_rng(devices=devices))
         torch.manual_seed(config.seed)
+        stack.enter_context(torch_threads(config.threads if device.type == "cpu" else None))
         torch.use_deterministic_algorithms(True, warn_only=True)
         stack.callback(torch.use_deterministic_algorithms, det_before)
         for p, _ in frozen:

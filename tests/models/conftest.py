@@ -7,8 +7,18 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from models import Market
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> object:
+    """Tiny tensors: one thread is fastest, and immune to spin-wait stalls on a busy machine."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
 
 
 def synthetic_markets(
