@@ -11,6 +11,7 @@ from quantnet.commands import backtest
 from quantnet.commands import data as data_command
 from quantnet.commands import risk as risk_command
 from quantnet.commands import stream as stream_command
+from quantnet.commands import train as train_command
 
 app = typer.Typer(
     name="quantnet",
@@ -31,5 +32,5 @@ def main(
     configure_logging(json=log_json, level=log_level)
 
 
-for module in (backtest, data_command, stream_command, risk_command):
+for module in (backtest, data_command, stream_command, risk_command, train_command):
     module.register(app)
