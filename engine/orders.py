@@ -11,12 +11,15 @@ import math
 from typing import Protocol
 
 import numpy as np
+import structlog
 
 from engine.bus import EventBus
 from engine.clock import Clock
 from engine.events import Fill, Order, OrderStatus, OrderType, OrderUpdate, Side, Signal
 from engine.portfolio import Portfolio
 from engine.ports import ExecutionVenue
+
+log = structlog.get_logger("engine.orders")
 
 _DONE = (OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.FILLED)
 
@@ -57,6 +60,7 @@ class OrderManager:
         self.targets = np.full(n, np.nan)
         self.pending = np.zeros(n)
         self._open: dict[str, tuple[int, float]] = {}
+        self._open_count = np.zeros(n, dtype=np.int64)
         bus.subscribe(Signal, self.on_signal)
         bus.subscribe(Fill, self.on_fill)
         bus.subscribe(OrderUpdate, self.on_order_update)
@@ -96,6 +100,9 @@ class OrderManager:
 
     def submit(self, order: Order) -> bool:
         """Send an order through the gates to the venue; False if a gate blocked it."""
+        if order.client_id in self._open:
+            log.warning("order id already working; not sent twice", client_id=order.client_id)
+            return False
         for gate in self.gates:
             reviewed = gate.review(order)
             if reviewed is None:
@@ -104,6 +111,7 @@ class OrderManager:
         i = self.portfolio.index[order.symbol]
         signed = order.quantity * order.side
         self.pending[i] += signed
+        self._open_count[i] += 1
         self._open[order.client_id] = (i, signed)
         self.bus.publish(order)
         self.venue.submit(order)
@@ -118,18 +126,21 @@ class OrderManager:
         self.pending[i] -= signed
         remaining -= signed
         if abs(remaining) <= 1e-12 * max(1.0, abs(signed)):
-            del self._open[fill.client_id]
-            self.pending[i] = 0.0 if not self._has_open(i) else self.pending[i]
+            self._close(fill.client_id, i)
         else:
             self._open[fill.client_id] = (i, remaining)
 
     def on_order_update(self, update: OrderUpdate) -> None:
         if update.status not in _DONE:
             return
-        entry = self._open.pop(update.client_id, None)
+        entry = self._open.get(update.client_id)
         if entry is not None:
             i, remaining = entry
             self.pending[i] -= remaining
+            self._close(update.client_id, i)
 
-    def _has_open(self, i: int) -> bool:
-        return any(j == i for j, _ in self._open.values())
+    def _close(self, client_id: str, i: int) -> None:
+        del self._open[client_id]
+        self._open_count[i] -= 1
+        if self._open_count[i] == 0:
+            self.pending[i] = 0.0  # no float residue once nothing is on its way

@@ -92,8 +92,18 @@ class BacktestResult:
     seconds: float
 
 
+def data_path(cfg: AppConfig) -> Path:
+    """The configured file or directory; a built-in dataset's name works as a path too."""
+    if not cfg.data.path:
+        return datasets.path(cfg.data.dataset)
+    given = Path(cfg.data.path)
+    if not given.exists() and cfg.data.path in datasets.names():
+        return datasets.path(cfg.data.path)
+    return given
+
+
 def load_data(cfg: AppConfig) -> pd.DataFrame:
-    path = cfg.data.path or datasets.path(cfg.data.dataset)
+    path = data_path(cfg)
     return load_ohlcv(path, start=cfg.data.start or None, end=cfg.data.end or None)
 
 
