@@ -279,14 +279,15 @@ class RiskManager:
         t, rule, why = 1.0, "", ""
         if reducing < 1.0:
             t, rule, why = self._new_risk(i, held, delta, price, reducing)
-        qty = order.quantity * t
-        closes = abs(held + math.copysign(qty, delta)) <= _REL * max(1.0, abs(held))
+        # cut to exactly the close when that is all that passes: no float residue as a new position
+        qty = abs(held) if 0.0 < reducing < 1.0 and t == reducing else order.quantity * t
+        closes = reducing > 0 and abs(held + math.copysign(qty, delta)) <= _REL * max(1.0, abs(held))
         rules = self._rules[i]
         if rules is not None and not closes:
             if rules.max_qty and qty > rules.max_qty:
                 qty, rule, why = rules.max_qty, "max_qty", f"venue maximum quantity {rules.max_qty:g}"
             qty = rules.round_qty(qty)
-        if qty <= 0.0:
+        if qty <= 0.0 or (not closes and qty * price <= 1e-9 * abs(pf.equity)):
             return self._reject(order, rule or "lot_size", why or "quantity rounds to zero lots")
         if rules is not None and not closes:
             problem = rules.rejection(qty, price)
