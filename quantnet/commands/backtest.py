@@ -11,11 +11,11 @@ from rich.table import Table
 
 from connectors.replay import DataError
 from engine.bus import HandlerError
-from engine.config import ConfigError
+from engine.config import ConfigError, validate
 from engine.logs import configure_logging
 from quantnet.backtest import BacktestResult, run_backtest
 from quantnet.commands.common import delayed_progress, fail, parse_params
-from quantnet.config import load_config
+from quantnet.config import AppConfig, load_config
 from strategies.registry import StrategyError
 
 _SUMMARY = (
@@ -47,6 +47,14 @@ def summary_table(result: BacktestResult) -> Table:
             continue
         table.add_row(label, "n/a" if value != value else fmt.format(value))
     return table
+
+
+def with_strategy(cfg: AppConfig, name: str | None, params: dict[str, Any]) -> AppConfig:
+    """Command-line strategy choice: a different strategy drops the file's parameters (they belong
+    to the other strategy); the same one keeps them, overridden key by key."""
+    base = cfg.strategy.params if name in (None, cfg.strategy.name) else {}
+    chosen = {"name": name or cfg.strategy.name, "params": {**base, **params}}
+    return validate(AppConfig, {**cfg.model_dump(), "strategy": chosen}, "command line")
 
 
 def register(app: typer.Typer) -> None:
@@ -86,12 +94,8 @@ def register(app: typer.Typer) -> None:
         if model is not None:
             params["model"] = str(model)
             strategy = strategy or "quantnet"
-        if strategy is not None:
-            overrides["strategy"] = {"name": strategy, "params": params}
-        elif params:
-            overrides["strategy"] = {"params": params}
         try:
-            cfg = load_config(config, overrides)
+            cfg = with_strategy(load_config(config, overrides), strategy, params)
             result = run_backtest(cfg, output=output, progress=delayed_progress)
         except (ConfigError, DataError, StrategyError) as exc:
             fail(str(exc))

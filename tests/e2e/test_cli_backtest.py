@@ -13,6 +13,12 @@ from quantnet.cli import app
 runner = CliRunner()
 
 
+@pytest.fixture(autouse=True)
+def _outside_the_repo(tmp_path, monkeypatch):
+    """Run where no config.toml lies, so only the options under test apply."""
+    monkeypatch.chdir(tmp_path)
+
+
 def test_sma_crossover_on_a_csv(tmp_path, prices_csv):
     out = tmp_path / "out"
     result = runner.invoke(

@@ -1,0 +1,137 @@
+"""The QuantNet strategy on the bus: its positions are the model's full-sequence signals, sized as
+documented, one bar later in time; bad model/data pairings are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from connectors.replay import BarMatrix
+from engine.bus import EventBus, replay
+from engine.clock import ReplayClock
+from engine.events import BarSet, Signal
+from engine.strategy import StrategyError, StrategyHost
+from models.checkpoint import save_checkpoint
+from models.config import ModelConfig
+from models.data import returns_from_closes
+from models.network import QuantNet
+from quantnet.cli import app
+from strategies.registry import create
+from tests.conftest import make_bars
+
+MARKETS = {"m1": ("A", "B"), "m2": ("C", "D", "E")}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> object:
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture
+def model_path(tmp_path: Path) -> Path:
+    model = QuantNet(ModelConfig(variant="lstm-linear", transfer_dim=4, decoder_dim=4), MARKETS, seed=3)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, periods_per_year=252.0)
+    return path
+
+
+def held_weights(params: dict, data: pd.DataFrame) -> tuple[BarMatrix, pd.DataFrame]:
+    matrix = BarMatrix.from_frame(data, timestamps="close")
+    bus, clock = EventBus(), ReplayClock()
+    StrategyHost(create("quantnet", params), bus, clock, matrix.symbols, max_weight=10.0)
+    held = np.zeros(len(matrix.symbols))
+    rows: list[np.ndarray] = []
+
+    def on_signal(sig: Signal) -> None:
+        np.copyto(held, sig.targets, where=~np.isnan(sig.targets))
+
+    bus.subscribe(Signal, on_signal)
+    bus.subscribe(BarSet, lambda _: rows.append(held.copy()))
+    replay(bus, matrix.bar_sets(), clock)
+    return matrix, pd.DataFrame(rows, columns=list(matrix.symbols))
+
+
+def model_signals(path: Path, matrix: BarMatrix) -> dict[str, np.ndarray]:
+    """Full-sequence forward pass per market; row t+1 is the position decided at bar t."""
+    from models.checkpoint import load_checkpoint
+
+    model = load_checkpoint(path).model
+    cols = {s: j for j, s in enumerate(matrix.symbols)}
+    return {
+        m: model.signals(m, returns_from_closes(matrix.close[:, [cols[a] for a in assets]]))
+        for m, assets in MARKETS.items()
+    }
+
+
+def test_positions_are_the_models_signals_one_bar_on(model_path):
+    data = make_bars(tuple("ABCDE"), 80, seed=1)
+    warmup = 10
+    matrix, held = held_weights(
+        {"model": str(model_path), "vol_target": None, "warmup": warmup, "max_gross": 10.0}, data
+    )
+    full = model_signals(model_path, matrix)
+    for m, assets in MARKETS.items():
+        expected = full[m][1:] / 5  # decided at bar t = signal row t + 1, weight = s / N_assets
+        got = held[list(assets)].to_numpy()
+        np.testing.assert_allclose(got[warmup:-1], expected[warmup:], atol=1e-6)
+        assert np.all(got[:warmup] == 0)
+    assert held.abs().to_numpy()[warmup:].min() > 0
+
+
+def test_volatility_targeting_and_caps(model_path):
+    data = make_bars(tuple("ABCDE"), 60, seed=2)
+    params = {"model": str(model_path), "vol_target": 0.1, "vol_span": 9, "warmup": 5, "max_position": 0.15}
+    matrix, held = held_weights(params, data)
+    full = model_signals(model_path, matrix)
+    closes = pd.DataFrame(matrix.close, columns=list(matrix.symbols))
+    r2 = closes.pct_change() ** 2
+    var = r2.ewm(alpha=2 / 10, adjust=False).mean()  # seeded with the first squared return
+    t = 40
+    s = np.r_[full["m1"][t + 1], full["m2"][t + 1]]
+    raw = s * 0.1 / np.sqrt(var.iloc[t].to_numpy() * 252) / 5
+    capped = np.clip(raw, -0.15, 0.15)
+    if np.abs(capped).sum() > 1.0:
+        capped = capped / np.abs(capped).sum()
+    np.testing.assert_allclose(held.iloc[t].to_numpy(), capped, atol=1e-6)
+
+
+def test_missing_asset_is_not_traded(model_path):
+    data = make_bars(tuple("ABCDE"), 40, seed=4)
+    gap = pd.Timestamp("2020-01-21", tz="UTC")
+    data = data.drop(data[(data["symbol"] == "C") & (data["timestamp"] == gap)].index)
+    matrix, held = held_weights({"model": str(model_path), "vol_target": None, "warmup": 3}, data)
+    t = int(np.flatnonzero(np.isnan(matrix.close[:, 2]))[0])
+    assert held["C"].iloc[t] == held["C"].iloc[t - 1]  # no bar: no new target for C
+    assert held["D"].iloc[t] != held["D"].iloc[t - 1]  # the rest of its market still trades
+
+
+def test_data_without_the_models_assets_is_refused(model_path):
+    data = make_bars(("A", "B", "C", "D"), 20)
+    with pytest.raises(
+        StrategyError, match=r"model.pt: the data has no bars for the model's assets \(m2: E\)"
+    ):
+        held_weights({"model": str(model_path)}, data)
+
+
+def test_backtest_command_runs_quantnet(model_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    csv = tmp_path / "p.csv"
+    make_bars(tuple("ABCDE"), 120, seed=6).to_csv(csv, index=False)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app,
+        ["backtest", "--model", str(model_path), "--data", str(csv), "--output", str(out), "--fee-bps", "2"],
+    )
+    assert result.exit_code == 0, result.output
+    trades = pd.read_csv(out / "trades.csv")
+    assert set(trades["symbol"]) == set("ABCDE")
+    missing = CliRunner().invoke(app, ["backtest", "--model", str(tmp_path / "nope.pt"), "--data", str(csv)])
+    assert missing.exit_code == 2 and "nope.pt not found" in missing.output
