@@ -34,12 +34,14 @@ ReturnsLike = np.ndarray | Sequence[float] | Mapping[str, float]
 
 @dataclass(frozen=True, slots=True)
 class _Layer:
-    lstm: bool
-    w: Tensor  # (M, in, out): transposed linear weight, or LSTM input weights, gates i, f, o, g
-    u: Tensor | None  # (M, H, 4H) transposed LSTM recurrent weights
-    b: Tensor  # (M, 1, out)
+    """One LSTM layer of all markets (linear layers are folded away when packing)."""
+
+    w: Tensor  # (M, in, 4H) input weights, gates reordered i, f, o, g
+    u: Tensor  # (M, H, 4H) recurrent weights
+    b: Tensor  # (M, 1, 4H) both biases
     hidden: int
-    slot: int  # index into the state lists (LSTM only)
+    slot: int  # index into the state lists
+    split: tuple[int, int]  # (3H, H): sigmoid gates, cell candidate
 
 
 class SignalStepper:
@@ -76,8 +78,6 @@ class SignalStepper:
         self._idx = idx
         nets = [model.markets[i] for i in idx]
         m = len(names)
-        layers: list[_Layer] = []
-        hidden: list[int] = []
         with torch.no_grad():
             stages: list[list[nn.Module]] = []
             if nets[0].encoder is not None:
@@ -86,21 +86,32 @@ class SignalStepper:
                 stages.append([model.shared] * m)
             if nets[0].decoder is not None:
                 stages.append([net.decoder for net in nets])
-            for blocks in stages:
-                for layer in _pack_block(blocks, self.dtype, len(hidden)):
-                    layers.append(layer)
-                    if layer.lstm:
-                        hidden.append(layer.hidden)
-            self._head_w = _stack([net.head.weight.T for net in nets], self.dtype)
-            self._head_b = _stack([net.head.bias.unsqueeze(0) for net in nets], self.dtype)
-            # Fold the per-asset input divisor into the first layer: no extra work per bar.
-            first = layers[0] if layers else None
-            w_in = first.w if first is not None else self._head_w
+            units = [unit for blocks in stages for unit in _pack_block(blocks)]
+            head_w = _stack([net.head.weight.T for net in nets])
+            head_b = _stack([net.head.bias.unsqueeze(0) for net in nets])
+            # Linear layers have no activation, so each one (and the per-asset input divisor) is
+            # folded into the next layer's input projection: per bar only the LSTM layers and one
+            # output product remain (linear-linear becomes a single affine map).
+            a = torch.zeros(m, self._n_max, self._n_max, dtype=torch.float64)
             for i, net in enumerate(nets):
-                w_in[i, : self._n[i]] /= net.input_scale.to("cpu", self.dtype).unsqueeze(1)
+                a[i, : self._n[i], : self._n[i]] = torch.diag(1.0 / net.input_scale.double().cpu())
+            c = torch.zeros(m, 1, self._n_max, dtype=torch.float64)
+            layers: list[_Layer] = []
+            for w, u, b in units:
+                w, b = _fit_rows(a, w), torch.baddbmm(b, c, _fit_rows(c, w))
+                w = torch.bmm(a, w)
+                if u is None:
+                    a, c = w, b
+                    continue
+                hd = u.shape[1]
+                dt = self.dtype
+                layers.append(_Layer(w.to(dt), u.to(dt), b.to(dt), hd, len(layers), (3 * hd, hd)))
+                a = torch.eye(hd, dtype=torch.float64).expand(m, hd, hd)
+                c = torch.zeros(m, 1, hd, dtype=torch.float64)
+            self._head_w = torch.bmm(a, _fit_rows(a, head_w)).to(self.dtype)
+            self._head_b = torch.baddbmm(head_b, c, _fit_rows(c, head_w)).to(self.dtype)
         self._layers = tuple(layers)
-        self._stages = len(stages)
-        self._hidden = tuple(hidden)
+        self._hidden = tuple(layer.hidden for layer in layers)
         self._in = np.zeros((m, self._n_max), dtype=torch.empty(0, dtype=self.dtype).numpy().dtype)
         self._x = torch.from_numpy(self._in).unsqueeze(1)
         self.reset()
@@ -162,29 +173,42 @@ class SignalStepper:
         symbol → return; absent symbols are missing). NaN marks a missing asset (fed as 0, as in
         training). Markets not named keep their state. All markets are computed in one batch.
         """
-        buf = self._in
+        buf, pos, n = self._in, self._pos, self._n
         buf.fill(0.0)
         active = []
         for name, r in returns.items():
-            i = self._market_pos(name)
-            buf[i, : self._n[i]] = self._vector(name, i, r)
-            active.append(i)
-        np.nan_to_num(buf, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        with torch.no_grad(), torch_threads(self._threads):
-            h_new, c_new, sig = self._advance(self._x)
-            if len(active) == len(self.markets):
-                self._h, self._c, self._last = h_new, c_new, sig
+            i = pos.get(name)
+            if i is None:
+                i = self._market_pos(name)  # raises, listing the markets
+            if type(r) is np.ndarray and r.shape == (n[i],):
+                buf[i, : n[i]] = r
             else:
-                on = torch.zeros(len(self.markets), 1, 1, dtype=torch.bool)
-                on[active] = True
-                self._h = [torch.where(on, new, old) for new, old in zip(h_new, self._h, strict=True)]
-                self._c = [torch.where(on, new, old) for new, old in zip(c_new, self._c, strict=True)]
-                self._last = torch.where(on[:, 0], sig, self._last)
-        out = sig.numpy()
+                buf[i, : n[i]] = self._vector(name, i, r)
+            active.append(i)
+        np.copyto(buf, 0.0, where=~np.isfinite(buf))
+        # No grad mode needed: packed tensors never require grad. Threads switched inline (hot path).
+        prev = torch.get_num_threads()
+        switch = bool(self._threads) and prev != self._threads
+        if switch:
+            torch.set_num_threads(self._threads)  # type: ignore[arg-type]
+        try:
+            h_new, c_new, sig = self._advance(self._x)
+        finally:
+            if switch:
+                torch.set_num_threads(prev)
+        if len(active) == len(self.markets):
+            self._h, self._c, self._last = h_new, c_new, sig
+        else:
+            on = torch.zeros(len(self.markets), 1, 1, dtype=torch.bool)
+            on[active] = True
+            self._h = [torch.where(on, new, old) for new, old in zip(h_new, self._h, strict=True)]
+            self._c = [torch.where(on, new, old) for new, old in zip(c_new, self._c, strict=True)]
+            self._last = torch.where(on[:, 0], sig, self._last)
+        out = sig.numpy().astype(np.float64)
         result = {}
         for i in active:
             self._bars[i] += 1
-            result[self.markets[i]] = out[i, : self._n[i]].astype(np.float64)
+            result[self.markets[i]] = out[i, : n[i]]
         return result
 
     def step_market(self, market: str, returns: ReturnsLike) -> np.ndarray:
@@ -195,22 +219,14 @@ class SignalStepper:
         h_new: list[Tensor] = []
         c_new: list[Tensor] = []
         for layer in self._layers:
-            if layer.lstm:
-                hd = layer.hidden
-                gates = torch.baddbmm(torch.baddbmm(layer.b, x, layer.w), self._h[layer.slot], layer.u)
-                sig = torch.sigmoid(gates[..., : 3 * hd])
-                c = torch.addcmul(
-                    sig[..., hd : 2 * hd] * self._c[layer.slot],
-                    sig[..., :hd],
-                    torch.tanh(gates[..., 3 * hd :]),
-                )
-                x = sig[..., 2 * hd :] * torch.tanh(c)
-                h_new.append(x)
-                c_new.append(c)
-            else:
-                x = torch.baddbmm(layer.b, x, layer.w)
-        sig_out = torch.tanh(torch.baddbmm(self._head_b, x, self._head_w)).squeeze(1)
-        return h_new, c_new, sig_out
+            gates = torch.baddbmm(torch.baddbmm(layer.b, x, layer.w), self._h[layer.slot], layer.u)
+            sig, g = gates.split_with_sizes(layer.split, 2)
+            i, f, o = sig.sigmoid().chunk(3, 2)
+            c = torch.addcmul(f * self._c[layer.slot], i, g.tanh())
+            x = o * c.tanh()
+            h_new.append(x)
+            c_new.append(c)
+        return h_new, c_new, torch.tanh(torch.baddbmm(self._head_b, x, self._head_w)).squeeze(1)
 
     def _vector(self, name: str, i: int, r: ReturnsLike) -> np.ndarray:
         if isinstance(r, Mapping):
@@ -317,13 +333,24 @@ class SignalStepper:
         self._bars = [int(b) for b in data["bars"]]
 
 
-def _stack(tensors: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
-    """Zero-pad 2-D tensors to a common shape and stack them along a new market axis."""
+def _stack(tensors: Sequence[Tensor]) -> Tensor:
+    """Zero-pad 2-D tensors to a common shape and stack them along a new market axis (float64)."""
     rows = max(t.shape[0] for t in tensors)
     cols = max(t.shape[1] for t in tensors)
-    out = torch.zeros(len(tensors), rows, cols, dtype=dtype)
+    out = torch.zeros(len(tensors), rows, cols, dtype=torch.float64)
     for i, t in enumerate(tensors):
-        out[i, : t.shape[0], : t.shape[1]] = t.detach().to("cpu", dtype)
+        out[i, : t.shape[0], : t.shape[1]] = t.detach().to("cpu", torch.float64)
+    return out
+
+
+def _fit_rows(a: Tensor, w: Tensor) -> Tensor:
+    """``w`` with as many input rows as ``a`` has columns (padding rows are zero)."""
+    need = a.shape[2]
+    if w.shape[1] == need:
+        return w
+    out = torch.zeros(w.shape[0], need, w.shape[2], dtype=w.dtype)
+    k = min(need, w.shape[1])
+    out[:, :k] = w[:, :k]
     return out
 
 
@@ -332,20 +359,18 @@ def _gate_order(t: Tensor, hidden: int) -> Tensor:
     return torch.cat([t[: 2 * hidden], t[3 * hidden :], t[2 * hidden : 3 * hidden]])
 
 
-def _pack_block(blocks: Sequence[nn.Module], dtype: torch.dtype, first_slot: int) -> list[_Layer]:
+def _pack_block(blocks: Sequence[nn.Module]) -> list[tuple[Tensor, Tensor | None, Tensor]]:
+    """Per layer of a component: (input weights (M, in, out), recurrent weights (M, H, 4H) or None
+    for a linear layer, bias (M, 1, out)), stacked over markets, row-vector form."""
     first = blocks[0]
     if isinstance(first, Dense):
-        n_layers = len(first.layers)
         return [
-            _Layer(
-                False,
-                _stack([b.layers[k].weight.T for b in blocks], dtype),  # type: ignore[union-attr,index]
+            (
+                _stack([b.layers[k].weight.T for b in blocks]),  # type: ignore[union-attr,index]
                 None,
-                _stack([b.layers[k].bias.unsqueeze(0) for b in blocks], dtype),  # type: ignore[union-attr,index]
-                0,
-                -1,
+                _stack([b.layers[k].bias.unsqueeze(0) for b in blocks]),  # type: ignore[union-attr,index]
             )
-            for k in range(n_layers)
+            for k in range(len(first.layers))
         ]
     assert isinstance(first, Recurrent)
     lstms = [b.lstm for b in blocks]  # type: ignore[union-attr]
@@ -358,7 +383,7 @@ def _pack_block(blocks: Sequence[nn.Module], dtype: torch.dtype, first_slot: int
             _gate_order(getattr(m, f"bias_ih_l{k}") + getattr(m, f"bias_hh_l{k}"), hd).unsqueeze(0)
             for m in lstms
         ]
-        out.append(_Layer(True, _stack(w, dtype), _stack(u, dtype), _stack(b, dtype), hd, first_slot + k))
+        out.append((_stack(w), _stack(u), _stack(b)))
     return out
 
 
