@@ -64,6 +64,51 @@ def run_engine(case: str, n_symbols: int, n_bars: int, queue: mp.Queue) -> None:
     queue.put((f"engine {case}", result.bars, result.seconds, peak_rss_mb(), result.metrics["n_fills"]))
 
 
+def run_quantnet(queue: mp.Queue) -> None:
+    """QuantNet through the full pipeline on the built-in 20-stock, 6-market dataset, with a real
+    checkpoint file (paper-default architecture; weights untrained: the cost is the same)."""
+    import tempfile
+
+    import torch
+
+    from connectors import datasets
+    from connectors.replay import load_ohlcv
+    from models.checkpoint import save_checkpoint
+    from models.config import ModelConfig
+    from models.network import QuantNet
+    from quantnet.backtest import run_backtest
+    from quantnet.config import load_config
+    from strategies.registry import create
+
+    torch.set_num_threads(1)
+    data = load_ohlcv(datasets.path("us_sectors"))
+    markets = {str(m): sorted(g["symbol"].unique()) for m, g in data.groupby("market")}
+    path = Path(tempfile.mkdtemp()) / "bench.pt"
+    save_checkpoint(path, QuantNet(ModelConfig(), markets, seed=0), periods_per_year=252.0)
+    strategy = create("quantnet", {"model": str(path), "min_change": 0.01})
+    inner = strategy.on_bars
+    spent = [0.0]
+
+    def timed(bars, ctx):
+        t0 = time.perf_counter()
+        out = inner(bars, ctx)
+        spent[0] += time.perf_counter() - t0
+        return out
+
+    strategy.on_bars = timed  # type: ignore[method-assign]
+    result = run_backtest(load_config(None, {}), strategy=strategy, data=data)
+    share = spent[0] / result.seconds
+    queue.put(
+        (
+            f"engine quantnet ({share:.0%} in strategy)",
+            result.bars,
+            result.seconds,
+            peak_rss_mb(),
+            result.metrics["n_fills"],
+        )
+    )
+
+
 def run_backtrader(n_symbols: int, n_bars: int, queue: mp.Queue) -> None:
     import backtrader as bt
 
@@ -71,7 +116,9 @@ def run_backtrader(n_symbols: int, n_bars: int, queue: mp.Queue) -> None:
 
     class SmaCross(bt.Strategy):
         def __init__(self) -> None:
-            self.cross = {d: bt.ind.SMA(d.close, period=FAST) > bt.ind.SMA(d.close, period=SLOW) for d in self.datas}
+            self.cross = {
+                d: bt.ind.SMA(d.close, period=FAST) > bt.ind.SMA(d.close, period=SLOW) for d in self.datas
+            }
 
         def next(self) -> None:
             for d in self.datas:
@@ -83,7 +130,9 @@ def run_backtrader(n_symbols: int, n_bars: int, queue: mp.Queue) -> None:
     cerebro.broker.setcash(100_000)
     cerebro.broker.setcommission(commission=0.0005)
     for sym, frame in data.groupby("symbol", sort=True):
-        feed = frame.set_index(frame["timestamp"].dt.tz_localize(None))[["open", "high", "low", "close", "volume"]]
+        feed = frame.set_index(frame["timestamp"].dt.tz_localize(None))[
+            ["open", "high", "low", "close", "volume"]
+        ]
         cerebro.adddata(bt.feeds.PandasData(dataname=feed, timeframe=bt.TimeFrame.Minutes), name=str(sym))
     cerebro.addstrategy(SmaCross)
     started = time.perf_counter()
@@ -107,9 +156,12 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=10)
     parser.add_argument("--bars", type=int, default=100_000, help="bars per symbol")
     parser.add_argument("--no-backtrader", action="store_true")
+    parser.add_argument("--no-quantnet", action="store_true")
     args = parser.parse_args()
 
     rows = [in_process(run_engine, case, args.symbols, args.bars) for case in ("noop", "sma_crossover")]
+    if not args.no_quantnet:
+        rows.append(in_process(run_quantnet))
     if not args.no_backtrader:
         try:
             import backtrader  # noqa: F401
@@ -118,10 +170,13 @@ def main() -> None:
         else:
             rows.append(in_process(run_backtrader, args.symbols, args.bars))
 
-    print(f"\n{args.symbols} symbols x {args.bars:,} minute bars = {args.symbols * args.bars:,} bars, one process each")
-    print(f"{'case':<28}{'bars':>12}{'seconds':>10}{'bars/s':>14}{'peak RSS MB':>14}{'fills':>10}")
+    print(
+        f"\n{args.symbols} symbols x {args.bars:,} minute bars = {args.symbols * args.bars:,} bars "
+        "(quantnet: built-in us_sectors, 20 stocks x 8,313 days), one process each"
+    )
+    print(f"{'case':<40}{'bars':>12}{'seconds':>10}{'bars/s':>14}{'peak RSS MB':>14}{'fills':>10}")
     for name, bars, seconds, rss, fills in rows:
-        print(f"{name:<28}{bars:>12,}{seconds:>10.2f}{bars / seconds:>14,.0f}{rss:>14,.0f}{fills:>10.0f}")
+        print(f"{name:<40}{bars:>12,}{seconds:>10.2f}{bars / seconds:>14,.0f}{rss:>14,.0f}{fills:>10.0f}")
     speed = {name: bars / seconds for name, bars, seconds, _, _ in rows}
     if "backtrader sma_crossover" in speed:
         ratio = speed["engine sma_crossover"] / speed["backtrader sma_crossover"]
