@@ -48,11 +48,14 @@ def _stem(path: Path) -> str:
 
 
 def load_markets(path: Path | None, *, start: str | None = None, end: str | None = None) -> list[Market]:
-    """Markets from a file or a directory of files (default: the built-in multi-market dataset)."""
-    if path is None:
-        from connectors.datasets import path as dataset_path
+    """Markets from a file, a directory of files or a built-in dataset name (default: the built-in
+    multi-market dataset)."""
+    from connectors import datasets
 
-        path = dataset_path(DEFAULT_DATASET)
+    if path is None:
+        path = datasets.path(DEFAULT_DATASET)
+    elif not path.exists() and str(path) in datasets.names():
+        path = datasets.path(str(path))
     files = sorted(p for p in path.iterdir() if p.name.endswith(_SUFFIXES)) if path.is_dir() else [path]
     if not files:
         raise DataError(f"{path}: directory holds no .parquet or .csv files")
@@ -121,8 +124,8 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(
                 "--data",
-                help="OHLCV file or directory: markets from a 'market' column, else one per file "
-                f"(default: built-in {DEFAULT_DATASET})",
+                help="OHLCV file, directory or built-in dataset name: markets from a 'market' column, "
+                f"else one per file (default: built-in {DEFAULT_DATASET})",
             ),
         ] = None,
         out: Annotated[Path, typer.Option("--out", help="checkpoint to write")] = Path("model.pt"),
