@@ -240,10 +240,9 @@ class RiskManager:
         self._stop_id: list[str | None] = [None] * n
         self._tp_id: list[str | None] = [None] * n
         self._synced = np.zeros(n)  # position the working exits were placed for (NaN: re-place)
-        self._stop_raw = np.full(n, np.nan)  # unrounded levels they were placed at
-        self._tp_raw = np.full(n, np.nan)
-        self._side = np.zeros(n)
-        self._best = np.full(n, np.nan)
+        self._dirty = np.zeros(n, dtype=bool)  # filled since the exits were placed
+        self._side = np.zeros(n)  # sign of each position, kept by on_fill
+        self._best = np.full(n, np.nan)  # best price since the position opened (trailing stop)
         self._seq = 0
 
         self._state_path = Path(config.state_file) if config.state_file else None
@@ -422,30 +421,25 @@ class RiskManager:
             self._flatten(ts)
 
     def _refresh_exits(self, bars: BarSet) -> None:
-        """Move trailing extremes with the closed bar and re-place the exits whose position or level
-        changed; positions with orders in flight keep the exits placed when those were accepted."""
-        pf = self.portfolio
-        qty = pf.qty
-        side = np.sign(qty)
-        best = self._best
-        np.fmax(best, bars.high, out=best, where=side > 0)
-        np.fmin(best, bars.low, out=best, where=side < 0)
-        need = qty != self._synced
-        cfg = self.config
-        if self._stops:
-            level = np.full(len(qty), np.nan)
-            if cfg.stop_loss is not None:
-                level = pf.avg_price * (1.0 - side * cfg.stop_loss)
-            if cfg.trailing_stop is not None:
-                trail = best * (1.0 - side * cfg.trailing_stop)
-                level = trail if cfg.stop_loss is None else side * np.fmax(side * level, side * trail)
-            need |= np.abs(level - self._stop_raw) > _REL * np.abs(level)
-        if cfg.take_profit is not None:
-            target = pf.avg_price * (1.0 + side * cfg.take_profit)
-            need |= np.abs(target - self._tp_raw) > _REL * np.abs(target)
+        """Move trailing extremes with the closed bar and re-place the exits of positions that were
+        filled or reached a new extreme. Positions with orders in flight keep the exits placed when
+        those were accepted until they settle."""
+        side = self._side
+        if self.config.trailing_stop is not None:
+            best = self._best
+            higher = (side > 0) & (bars.high > best)
+            lower = (side < 0) & (bars.low < best)
+            np.copyto(best, bars.high, where=higher)
+            np.copyto(best, bars.low, where=lower)
+            need = higher | lower | self._dirty
+        else:
+            need = self._dirty.copy()
+        need |= self.portfolio.qty != self._synced
         need &= self.orders.pending == 0
-        for i in np.flatnonzero(need):
-            self._sync(int(i), bars.ts_event)
+        if need.any():
+            ts = bars.ts_event
+            for i in np.flatnonzero(need):
+                self._sync(int(i), ts)
 
     # exits ------------------------------------------------------------------------------------
 
@@ -469,6 +463,7 @@ class RiskManager:
         re-placed from the real entry price once the position is settled.
         """
         pf = self.portfolio
+        self._dirty[i] = False
         held = float(pf.qty[i])
         target = held + float(self.orders.pending[i])
         if abs(target) <= _REL * max(1.0, abs(held)):
@@ -509,7 +504,6 @@ class RiskManager:
                 replaced = True
             else:
                 current.rule = rule
-            self._stop_raw[i] = stop
         if self.config.take_profit is not None and tp > 0:
             price = tp if rules is None else rules.round_price(tp, up=long)
             current = self._exits.get(self._tp_id[i] or "")
@@ -519,7 +513,6 @@ class RiskManager:
                     self._cancel(current)
                 self._tp_id[i] = self._submit(i, side, qty, OrderType.LIMIT, price, "take_profit", ts)
                 placed = placed and self._tp_id[i] is not None
-            self._tp_raw[i] = tp
         self._synced[i] = target if placed else math.nan
 
     def _submit(
@@ -553,7 +546,6 @@ class RiskManager:
         for exit_ in [e for e in self._exits.values() if e.index == i]:
             self._cancel(exit_)
         self._stop_id[i] = self._tp_id[i] = None
-        self._stop_raw[i] = self._tp_raw[i] = math.nan
 
     def _forget(self, exit_: _Exit) -> None:
         cid = exit_.order.client_id
@@ -561,11 +553,9 @@ class RiskManager:
         i = exit_.index
         if self._stop_id[i] == cid:
             self._stop_id[i] = None
-            self._stop_raw[i] = math.nan
             self._synced[i] = math.nan
         if self._tp_id[i] == cid:
             self._tp_id[i] = None
-            self._tp_raw[i] = math.nan
             self._synced[i] = math.nan
 
     def on_fill(self, fill: Fill) -> None:
@@ -579,6 +569,7 @@ class RiskManager:
         pf = self.portfolio
         q = pf.qty[i]
         side = 1.0 if q > 0 else -1.0 if q < 0 else 0.0
+        self._dirty[i] = True
         if side != self._side[i]:
             self._side[i] = side
             self._best[i] = pf.avg_price[i] if side else math.nan
@@ -652,8 +643,6 @@ class RiskManager:
         self._exits.clear()
         self._stop_id = [None] * len(self.symbols)
         self._tp_id = [None] * len(self.symbols)
-        self._stop_raw.fill(math.nan)
-        self._tp_raw.fill(math.nan)
         self._synced.fill(math.nan)
         qty = self.portfolio.qty
         for i in np.flatnonzero(qty):

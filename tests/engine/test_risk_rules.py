@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
 from connectors.paper import PaperBroker
@@ -260,6 +261,15 @@ def test_drawdown_flattens_halts_and_persists(tmp_path):
     resumed = run(risk, {0: [1.0]}, frame(A=rising))
     assert fills(resumed) == [(1, "A", "buy", 100, 101)]
     assert resumed.metrics["trading_state"] == 0
+
+
+def test_state_changes_and_breaches_are_logged():
+    with capture_logs() as logs:
+        run({"max_drawdown": 0.1}, {0: [1.0]}, frame(A=DD_PATH))
+    states = [(e["previous"], e["state"]) for e in logs if e["event"] == "trading state"]
+    assert states == [("active", "halted")]
+    (breach,) = [e for e in logs if e.get("rule") == "max_drawdown"]
+    assert breach["log_level"] == "error" and breach["state"] == "halted"
 
 
 def test_config_can_clear_a_persisted_halt(tmp_path):
