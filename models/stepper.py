@@ -2,9 +2,10 @@
 
 The trained :class:`~models.network.QuantNet` stores one small module per market, which is right for
 training but would cost one kernel launch per market and layer on every bar. The stepper instead
-packs each component's weights for all markets into zero-padded stacked tensors (markets × out × in)
-so one bar of *all* markets is a handful of batched matrix products, whatever the number of markets.
-Zero padding is exact: padded inputs are zero and padded outputs are dropped.
+packs each LSTM layer's weights for all markets into zero-padded stacked tensors (markets × in × out)
+so one bar of *all* markets is a handful of batched products, whatever the number of markets; linear
+layers (no activation) and the input scaling are folded into the next projection. Zero padding is
+exact: padded inputs are zero and padded outputs are dropped.
 
 Contract (same as the full-sequence forward pass, to 1e-6): feeding the return vector of bar t
 (NaN = missing, fed as 0) yields the signal for bar t+1. ``warm_up`` runs a history through the
