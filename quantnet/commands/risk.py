@@ -7,7 +7,7 @@ what happened. ``reset`` is that decision, recorded in the state file (who, when
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(risk, name="risk")
 
 
-def _read(path: Path) -> dict:
+def _read(path: Path) -> dict[str, Any]:
     try:
         return read_state(path)
     except (OSError, ValueError) as exc:

@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
 from connectors.paper import PaperBroker
+from connectors.replay import BarMatrix
 from engine.bus import EventBus
 from engine.clock import ReplayClock
 from engine.config import ConfigError, CostConfig
@@ -284,6 +285,40 @@ def test_config_can_clear_a_persisted_halt(tmp_path):
     assert fills(resumed) == [(1, "A", "buy", 100, 101)]
     assert read_state(state)["reset_by"] == "config clear_halt"
     assert clear_halt(state, by="again") is None
+
+
+def test_reset_in_a_running_engine_measures_the_drawdown_afresh(tmp_path):
+    state = tmp_path / "risk_state.json"
+    cfg = config({"max_drawdown": 0.1, "state_file": str(state)})
+    path = [*DD_PATH, (120, 121, 119, 120), (120, 121, 119, 120)]
+    matrix = BarMatrix.from_frame(frame(A=path), timestamps="close")
+    bus, clock = EventBus(), ReplayClock()
+    node = assemble(
+        cfg,
+        Scripted({0: [1.0], 5: [0.5]}),
+        ("A",),
+        bus,
+        clock,
+        lambda b, c: PaperBroker(b, c, ("A",), cfg.costs),
+    )
+    risk = node.risk
+    assert risk is not None
+    for bars in matrix.bar_sets():
+        clock.advance(bars.ts_event)
+        bus.publish(bars)
+        if bars.index == 4:
+            assert risk.state is TradingState.HALTED and read_state(state)["halted"]
+            risk.reset_halt(by="desk")
+    # flattened at bar 4 (equity 9 700); after the reset the peak is 9 700, the bar 5 decision
+    # (half of 9 700 at 120) buys 40 at bar 6's open
+    assert risk.state is TradingState.ACTIVE and risk.peak_equity == pytest.approx(9_700)
+    assert [(f.side, f.quantity, f.price) for f in node.fills][-1] == (
+        Side.BUY,
+        pytest.approx(0.5 * 9_700 / 120),
+        120,
+    )
+    assert read_state(state)["reset_by"] == "desk"
+    assert [e.rule for e in node.risk_events] == ["max_drawdown", "halt_reset"]
 
 
 def test_damaged_state_file_refuses_to_start(tmp_path):
