@@ -493,7 +493,7 @@ class RiskManager:
         side = Side.SELL if long else Side.BUY
         placed = True
         replaced = False
-        if self._stops:
+        if self._stops and stop > 0:  # NaN: no level to place
             price = stop if rules is None else rules.round_price(stop, up=long)
             current = self._exits.get(self._stop_id[i] or "")
             if current is None or not _same(current.order, side, qty, price):
