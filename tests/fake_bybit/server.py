@@ -3,7 +3,13 @@
 It speaks the real message shapes (official examples in ``samples/``), verifies signatures the way
 Bybit does (over the raw query string or body it received) and lets tests inject the faults real
 clients meet: dropped connections, silent stalls, malformed frames, duplicate and missing
-confirmed bars, rate-limit and 403 replies, slow responses, 5xx and clock skew.
+confirmed bars, rate-limit and 403 replies, slow responses, 5xx and clock skew, private-stream
+outages (``private_down``), orders filled in several executions (``faults.fill_parts``) and order
+updates that overtake their executions.
+
+Orders: market and limit orders, and conditional (stop) orders that trigger when the price moved
+by :meth:`FakeBybit.set_price` (or the market clock) reaches ``triggerPrice``; executions are kept
+and served by ``/v5/execution/list``.
 
 Prices come from a deterministic function of (symbol, interval, bar start), so a test can ask the
 server for the exact series any client should end up with (:meth:`FakeBybit.series`). A market
@@ -35,6 +41,8 @@ from aiohttp import WSMsgType, web
 SAMPLES = Path(__file__).parent / "samples"
 INTERVALS = ("1", "3", "5", "15", "30", "60", "120", "240", "360", "720", "D", "W", "M")
 TAKER_FEE = 0.00055
+FINAL = ("Filled", "Cancelled", "Rejected", "Deactivated")
+WEEK_MS = 7 * 86_400_000
 MAKER_FEE = 0.0002
 
 
@@ -134,6 +142,9 @@ class FakeOrder:
     tif: str
     reduce_only: bool
     status: str = "New"
+    trigger_price: float = 0.0
+    trigger_direction: int = 0
+    order_filter: str = "Order"
     cum_qty: float = 0.0
     cum_value: float = 0.0
     cum_fee: float = 0.0
@@ -143,7 +154,7 @@ class FakeOrder:
 
     def to_json(self, inst: Instrument) -> dict[str, Any]:
         item = sample("rest_order_realtime_response.json")["result"]["list"][0]
-        leaves = 0.0 if self.status in ("Filled", "Cancelled", "Rejected") else self.qty - self.cum_qty
+        leaves = 0.0 if self.status in FINAL else self.qty - self.cum_qty
         item.update(
             orderId=self.order_id,
             orderLinkId=self.link_id,
@@ -165,6 +176,10 @@ class FakeOrder:
             takeProfit="",
             stopLoss="",
             reduceOnly=self.reduce_only,
+            triggerPrice=_fmt(self.trigger_price, inst.tick) if self.trigger_price else "0",
+            triggerDirection=self.trigger_direction,
+            triggerBy="LastPrice" if self.trigger_price else "UNKNOWN",
+            stopOrderType="Stop" if self.trigger_price else "UNKNOWN",
             createdTime=str(self.created),
             updatedTime=str(self.updated),
             category=self.category,
@@ -188,6 +203,11 @@ class Faults:
     nothing done), "lost" (order placed, then the connection closed), "slow:<seconds>" (act, then
     answer late) or "reject:<retCode>"."""
     duplicate_executions: bool = False
+    fill_parts: int = 1
+    """Each fill of an order is split into this many executions (partial fills), each pushed with
+    its own order update (PartiallyFilled, ..., Filled)."""
+    order_before_execution: bool = False
+    """Push the order update ahead of the execution it reports (Bybit does not order the topics)."""
 
 
 @dataclass(eq=False)
@@ -228,6 +248,11 @@ class FakeBybit:
         self.private: list[PrivateConn] = []
         self.orders: dict[str, FakeOrder] = {}
         self.executions: list[dict[str, Any]] = []
+        self.execution_queries: list[dict[str, str]] = []
+        self.execution_page_cap = 100
+        """Largest page /v5/execution/list returns, whatever ``limit`` asks (tests of paging)."""
+        self.private_down = False
+        """While true the private websocket refuses connections (HTTP 503): an outage."""
         self.prices: dict[tuple[str, str], float] = {}
         self.fixed_now_ms: int | None = None
         self.market_now_ms: int | None = None
@@ -246,6 +271,8 @@ class FakeBybit:
         r.add_get("/v5/market/time", self._time)
         r.add_get("/v5/market/kline", self._kline)
         r.add_get("/v5/market/instruments-info", self._instruments)
+        r.add_get("/v5/market/tickers", self._tickers)
+        r.add_get("/v5/execution/list", self._execution_list)
         r.add_post("/v5/order/create", self._create)
         r.add_post("/v5/order/amend", self._amend)
         r.add_post("/v5/order/cancel", self._cancel)
@@ -591,8 +618,9 @@ class FakeBybit:
         try:
             qty = float(body["qty"])
             price = float(body.get("price") or 0.0)
+            trigger = float(body.get("triggerPrice") or 0.0)
         except ValueError:
-            return self._error(10001, "params error: qty or price invalid")
+            return self._error(10001, "params error: qty, price or triggerPrice invalid")
         link = str(body.get("orderLinkId") or "")
         spot = category == "spot"
         if link and any(o.link_id == link for o in self.orders.values()):
@@ -606,7 +634,15 @@ class FakeBybit:
         if otype == "Limit" and (price <= 0 or abs(price / inst.tick - round(price / inst.tick)) > 1e-6):
             return self._error(10001, f"params error: price {body.get('price')} invalid")
         last = self.last_price(str(category), str(symbol))
-        ref = price if otype == "Limit" else last
+        direction = 0
+        order_filter = str(body.get("orderFilter") or "Order")
+        if trigger:
+            if abs(trigger / inst.tick - round(trigger / inst.tick)) > 1e-6:
+                return self._error(10001, f"params error: triggerPrice {body['triggerPrice']} invalid")
+            problem, direction = self._trigger_problem(spot, order_filter, body, trigger, last, inst)
+            if problem is not None:
+                return problem
+        ref = price if otype == "Limit" else trigger or last
         if not spot and qty < inst.min_qty:
             return self._error(10001, "The number of contracts is below minimum")
         if qty * ref < inst.min_notional:
@@ -633,25 +669,67 @@ class FakeBybit:
             price=price,
             tif="IOC" if otype == "Market" else str(body.get("timeInForce") or "GTC"),
             reduce_only=bool(body.get("reduceOnly", False)),
+            status="Untriggered" if trigger else "New",
+            trigger_price=trigger,
+            trigger_direction=direction,
+            order_filter=order_filter if spot else "Order",
             created=now,
             updated=now,
         )
         self.orders[order.order_id] = order
         self._push_order(order)
         crosses = otype == "Market" or (side == "Buy" and price >= last) or (side == "Sell" and price <= last)
-        if crosses:
+        if crosses and not trigger:
             self._fill(order, last, maker=False)
         return self._envelope({"orderId": order.order_id, "orderLinkId": link})
 
+    def _trigger_problem(
+        self,
+        spot: bool,
+        order_filter: str,
+        body: dict[str, Any],
+        trigger: float,
+        last: float,
+        inst: Instrument,
+    ) -> tuple[web.Response | None, int]:
+        """Bybit's checks on a conditional order, and its direction (1 rises to, 2 falls to).
+
+        Spot needs ``orderFilter=StopOrder`` and infers the direction from the last price;
+        derivatives need ``triggerDirection`` and refuse a trigger the price is already past."""
+        if spot:
+            if order_filter not in ("StopOrder", "tpslOrder"):
+                return self._error(10001, "params error: triggerPrice needs orderFilter StopOrder"), 0
+            return None, 1 if trigger > last else 2
+        direction = body.get("triggerDirection")
+        if direction not in (1, 2):
+            return self._error(10001, "TriggerDirection invalid"), 0
+        return self._crossed(direction, trigger, last, inst), direction
+
+    def _crossed(self, direction: int, trigger: float, last: float, inst: Instrument) -> web.Response | None:
+        t, c = _fmt(trigger, inst.tick), _fmt(last, inst.tick)
+        if direction == 1 and trigger <= last:
+            return self._error(110092, f"expect Rising, but trigger_price[{t}] <= current[{c}]??LastPrice")
+        if direction == 2 and trigger >= last:
+            return self._error(110093, f"expect Falling, but trigger_price[{t}] >= current[{c}]??LastPrice")
+        return None
+
     def _fill(self, order: FakeOrder, price: float, *, maker: bool) -> None:
-        qty = order.qty - order.cum_qty
+        """Fill what is left of the order at ``price``, in ``faults.fill_parts`` executions."""
+        inst = self.instruments[(order.category, order.symbol)]
+        left = round((order.qty - order.cum_qty) / inst.step)
+        parts = max(1, min(self.faults.fill_parts, left))
+        sizes = [left // parts + (1 if k < left % parts else 0) for k in range(parts)]
+        for lots in sizes:
+            self._execute(order, inst, lots * inst.step, price, maker=maker)
+
+    def _execute(self, order: FakeOrder, inst: Instrument, qty: float, price: float, *, maker: bool) -> None:
         fee = qty * price * (MAKER_FEE if maker else TAKER_FEE)
         order.cum_qty += qty
         order.cum_value += qty * price
         order.cum_fee += fee
-        order.status = "Filled"
+        done = order.qty - order.cum_qty < inst.step / 2
+        order.status = "Filled" if done else "PartiallyFilled"
         order.updated = self.clock_ms()
-        inst = self.instruments[(order.category, order.symbol)]
         execution = sample("ws_private_execution_push.json")["data"][0]
         execution.update(
             category=order.category,
@@ -662,12 +740,13 @@ class FakeBybit:
             execQty=_fmt(qty, inst.step),
             execValue=str(round(qty * price, 8)),
             feeRate=str(MAKER_FEE if maker else TAKER_FEE),
-            leavesQty="0",
+            leavesQty=_fmt(max(order.qty - order.cum_qty, 0.0), inst.step),
             orderId=order.order_id,
             orderLinkId=order.link_id,
             orderPrice=_fmt(order.price or price, inst.tick),
             orderQty=_fmt(order.qty, inst.step),
             orderType=order.order_type,
+            stopOrderType="Stop" if order.trigger_price else "UNKNOWN",
             side=order.side,
             execTime=str(order.updated),
             isMaker=maker,
@@ -676,20 +755,44 @@ class FakeBybit:
             feeCurrency="USDT",
         )
         self.executions.append(execution)
+        if self.faults.order_before_execution:
+            self._push_order(order)
         self._push("execution", [execution], repeat=2 if self.faults.duplicate_executions else 1)
-        self._push_order(order)
+        if not self.faults.order_before_execution:
+            self._push_order(order)
+
+    def replay_executions(self) -> None:
+        """Push every execution so far again, as a late or repeated websocket delivery would."""
+        for execution in self.executions:
+            self._push("execution", [execution])
 
     def set_price(self, category: str, symbol: str, price: float) -> None:
-        """Move the last price; resting limit orders that it reaches fill as maker."""
+        """Move the last price: conditional orders it reaches trigger and fill at it as takers,
+        resting limit orders it reaches fill at their price as makers."""
         self.prices[(category, symbol)] = price
+        self._check_triggers(category, symbol, price)
         for order in list(self.orders.values()):
-            if order.category != category or order.symbol != symbol or order.status != "New":
+            if order.category != category or order.symbol != symbol:
                 continue
-            if order.order_type == "Limit" and (
-                (order.side == "Buy" and price <= order.price)
-                or (order.side == "Sell" and price >= order.price)
-            ):
+            if order.status not in ("New", "PartiallyFilled") or order.order_type != "Limit":
+                continue
+            buy = order.side == "Buy"
+            if (buy and price <= order.price) or (not buy and price >= order.price):
                 self._fill(order, order.price, maker=True)
+
+    def _check_triggers(self, category: str, symbol: str, price: float) -> None:
+        for order in list(self.orders.values()):
+            if order.category != category or order.symbol != symbol or order.status != "Untriggered":
+                continue
+            rises = order.trigger_direction == 1
+            if (rises and price >= order.trigger_price) or (not rises and price <= order.trigger_price):
+                order.status = "Triggered"
+                order.updated = self.clock_ms()
+                self._push_order(order)
+                if order.order_type == "Limit":
+                    order.status = "New"  # rests; set_price matches it next
+                else:
+                    self._fill(order, price, maker=False)
 
     async def _amend(self, request: web.Request) -> web.StreamResponse:
         body, bad = await self._private_rest(request)
@@ -700,8 +803,19 @@ class FakeBybit:
         if reply is not None:
             return reply
         order = self._find(body)
-        if order is None or order.status not in ("New", "PartiallyFilled"):
+        if order is None or order.status not in ("New", "PartiallyFilled", "Untriggered"):
             return self._error(110001, "order not exists or too late to replace")
+        inst = self.instruments[(order.category, order.symbol)]
+        if body.get("triggerPrice"):
+            if order.status != "Untriggered":
+                return self._error(10001, "params error: triggerPrice of an active order")
+            trigger = float(body["triggerPrice"])
+            crossed = self._crossed(
+                order.trigger_direction, trigger, self.last_price(order.category, order.symbol), inst
+            )
+            if crossed is not None:
+                return crossed
+            order.trigger_price = trigger
         if body.get("qty"):
             order.qty = float(body["qty"])
         if body.get("price"):
@@ -719,9 +833,11 @@ class FakeBybit:
         if reply is not None:
             return reply
         order = self._find(body)
-        if order is None or order.status not in ("New", "PartiallyFilled"):
+        if order is None or order.status not in ("New", "PartiallyFilled", "Untriggered"):
             return self._error(110001, "order not exists or too late to cancel")
-        order.status = "Cancelled"
+        if order.category == "spot" and str(body.get("orderFilter") or "Order") != order.order_filter:
+            return self._error(170213, "Order does not exist.")  # spot looks in one order book only
+        order.status = "Deactivated" if order.status == "Untriggered" else "Cancelled"
         order.updated = self.clock_ms()
         self._push_order(order)
         return self._envelope({"orderId": order.order_id, "orderLinkId": order.link_id})
@@ -756,6 +872,88 @@ class FakeBybit:
             }
         )
 
+    async def _execution_list(self, request: web.Request) -> web.StreamResponse:
+        """Trade history, newest first, in pages chained by an opaque (URL-encoded) cursor that
+        names the last execution served, so executions arriving between pages shift nothing."""
+        q, bad = await self._private_rest(request)
+        if bad is not None:
+            return bad
+        assert q is not None
+        self.execution_queries.append(dict(q))
+        reply, delay = await self._fault(request)
+        if reply is not None:
+            return reply
+        if delay:
+            await asyncio.sleep(delay)
+        if q.get("category") not in ("spot", "linear", "inverse", "option"):
+            return self._error(10001, "params error: category is required")
+        try:
+            limit = int(q.get("limit", "50"))
+            start = int(q["startTime"]) if "startTime" in q else None
+            end = int(q["endTime"]) if "endTime" in q else None
+            after = tuple(int(x) for x in q["cursor"].split(":")) if q.get("cursor") else None
+        except ValueError:
+            return self._error(10001, "params error: startTime, endTime, limit or cursor invalid")
+        if not 1 <= limit <= 100:
+            return self._error(10001, "params error: limit must be within [1, 100]")
+        if start is None and end is None:
+            end = self.clock_ms()
+        if start is None:
+            start = end - WEEK_MS  # type: ignore[operator]
+        if end is None:
+            end = start + WEEK_MS
+        if end - start > WEEK_MS:
+            return self._error(10001, "params error: the time range cannot exceed 7 days")
+        found = []
+        for ex in sorted(self.executions, key=lambda e: (int(e["execTime"]), e["seq"]), reverse=True):
+            key = (int(ex["execTime"]), int(ex["seq"]))
+            if after is not None and key >= after:
+                continue
+            if ex["category"] != q["category"] or not start <= key[0] <= end:
+                continue
+            if any(q.get(f) and ex[f] != q[f] for f in ("symbol", "orderId", "orderLinkId", "execType")):
+                continue
+            found.append(ex)
+        page = found[: min(limit, self.execution_page_cap)]
+        cursor = ""
+        if len(found) > len(page):
+            cursor = f"{page[-1]['execTime']}%3A{page[-1]['seq']}"
+        return self._envelope(
+            {
+                "nextPageCursor": cursor,
+                "category": q["category"],
+                "list": [self._execution_row(ex) for ex in page],
+            }
+        )
+
+    def _execution_row(self, ex: dict[str, Any]) -> dict[str, Any]:
+        """A stored (websocket-shaped) execution in the REST trade-history shape."""
+        row = sample("rest_execution_list_response.json")["result"]["list"][0]
+        for key in row:
+            if key in ex and key != "extraFees":
+                row[key] = ex[key]
+        return row
+
+    async def _tickers(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(("GET", request.path))
+        reply, _ = await self._fault(request)
+        if reply is not None:
+            return reply
+        category = request.query.get("category", "")
+        symbol = request.query.get("symbol", "")
+        inst = self.instruments.get((category, symbol))
+        if inst is None:
+            return self._error(10001, "Not supported symbols")
+        item = sample("rest_tickers_spot.json")["result"]["list"][0]
+        last = self.last_price(category, symbol)
+        item.update(
+            symbol=symbol,
+            lastPrice=_fmt(last, inst.tick),
+            bid1Price=_fmt(last - inst.tick, inst.tick),
+            ask1Price=_fmt(last + inst.tick, inst.tick),
+        )
+        return self._envelope({"category": category, "list": [item]})
+
     # private websocket ---------------------------------------------------------------------
 
     def _push_order(self, order: FakeOrder) -> None:
@@ -776,6 +974,8 @@ class FakeBybit:
         task.add_done_callback(self._tasks.discard)
 
     async def _private_ws(self, request: web.Request) -> web.StreamResponse:
+        if self.private_down:
+            return web.Response(status=503, text="private stream unavailable")
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
         conn = PrivateConn(ws)
@@ -965,6 +1165,9 @@ class FakeBybit:
             prev = self.market_now_ms
             now = prev + self.market_step_ms
             self.market_now_ms = now
+            for key in {(o.category, o.symbol) for o in self.orders.values() if o.status == "Untriggered"}:
+                if key not in self.prices:  # a price pinned by set_price does not drift
+                    self._check_triggers(*key, self.last_price(*key))
             topics: dict[tuple[str, str], list[PublicConn]] = defaultdict(list)
             for conn in self.public:
                 if not conn.zombie:
