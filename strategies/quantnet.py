@@ -94,9 +94,12 @@ class QuantNetStrategy(Strategy):
         np.copyto(self._prev, close, where=seen)
         fresh = np.isfinite(r)
         self._update_vol(r, fresh)
-        out = self.stepper.step({m: r[idx] for m, idx in self.market_index.items()})
-        for m, idx in self.market_index.items():
-            self._signal[idx] = out[m]
+        # a market without a single bar (its exchange was closed) keeps its state: such a bar
+        # never appears in its training data either
+        live = {m: r[idx] for m, idx in self.market_index.items() if seen[idx].any()}
+        if live:
+            for m, signal in self.stepper.step(live).items():
+                self._signal[self.market_index[m]] = signal
         self._bars += 1
         if self._bars <= self.params.warmup:
             return None

@@ -135,3 +135,18 @@ def test_backtest_command_runs_quantnet(model_path, tmp_path, monkeypatch):
     assert set(trades["symbol"]) == set("ABCDE")
     missing = CliRunner().invoke(app, ["backtest", "--model", str(tmp_path / "nope.pt"), "--data", str(csv)])
     assert missing.exit_code == 2 and "nope.pt not found" in missing.output
+
+
+def test_a_closed_market_keeps_its_state(model_path):
+    """m1's exchange is shut for a day while m2 trades: m1's signals follow its own calendar."""
+    data = make_bars(tuple("ABCDE"), 50, seed=8)
+    holiday = pd.Timestamp("2020-01-25", tz="UTC")
+    data = data.drop(data[data["symbol"].isin(["A", "B"]) & (data["timestamp"] == holiday)].index)
+    matrix, held = held_weights({"model": str(model_path), "vol_target": None, "warmup": 0}, data)
+    from models.checkpoint import load_checkpoint
+
+    own = data[data["symbol"].isin(["A", "B"])].pivot(index="timestamp", columns="symbol", values="close")
+    expected = load_checkpoint(model_path).model.signals("m1", returns_from_closes(own.to_numpy()))[1:] / 5
+    open_days = np.isin(matrix.ts_event, own.index.as_unit("ns").asi8)
+    got = held[["A", "B"]].to_numpy()[open_days][:-1]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
