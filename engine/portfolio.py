@@ -109,15 +109,17 @@ class Portfolio:
             new = 0.0
         realized = 0.0
         avg = float(self.avg_price[i])
-        if old == 0.0 or (old > 0) == (signed > 0):
-            avg = (avg * abs(old) + price * abs(signed)) / abs(new)
-        else:
+        if old != 0.0 and (old > 0) != (signed > 0):
             closed = min(abs(signed), abs(old))
             realized = closed * (price - avg) * (1.0 if old > 0 else -1.0)
             if new == 0.0:
                 avg = 0.0
             elif (new > 0) != (old > 0):
                 avg = price
+        elif new != 0.0:
+            avg = (avg * abs(old) + price * abs(signed)) / abs(new)
+        else:  # a fill too small to leave a position
+            avg = 0.0
         self.qty[i] = new
         self.avg_price[i] = avg
         self.realized_pnl[i] += realized

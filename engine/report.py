@@ -42,7 +42,22 @@ _PERCENT = {
     "win_rate",
     "time_in_market",
 }
-_COUNTS = {"n_trades", "n_fills", "n_periods", "bars"}
+_COUNTS = {
+    "n_trades",
+    "n_fills",
+    "n_periods",
+    "bars",
+    "trading_state",
+    "risk_events",
+    "risk_orders_rejected",
+    "risk_orders_resized",
+    "risk_stop_exits",
+    "risk_take_profits",
+    "risk_daily_loss_breaches",
+    "risk_halts",
+    "bars_reducing",
+    "bars_halted",
+}
 _MONEY = {"final_equity", "fees"}
 _LABELS = {
     "total_return": "Total return",

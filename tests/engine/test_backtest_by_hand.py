@@ -109,3 +109,22 @@ def test_equity_and_trades_match_hand_computation(tmp_path):
     journal = (tmp_path / "journal.jsonl").read_text().splitlines()
     kinds = [json.loads(line)["event"] for line in journal]
     assert kinds.count("Order") == 4 and kinds.count("Fill") == 4 and kinds.count("PositionUpdate") == 4
+
+
+def test_portfolio_books_flips_and_dust():
+    from engine.events import Fill, Side
+    from engine.portfolio import Portfolio
+
+    pf = Portfolio(("X",), 1_000.0)
+    pf.on_fill(Fill(1, 1, "a", "X", Side.BUY, 10, 10.0, 0.0))
+    pf.on_fill(Fill(2, 2, "b", "X", Side.BUY, 10, 12.0, 0.0))
+    assert pf.avg_price[0] == 11.0
+    pf.on_fill(Fill(3, 3, "c", "X", Side.SELL, 25, 13.0, 1.0))  # close 20 at +2 each, open 5 short
+    assert pf.qty[0] == -5 and pf.avg_price[0] == 13.0 and pf.realized_pnl[0] == 40.0
+    assert pf.trade_pnls == [39.0]
+    pf.on_fill(Fill(4, 4, "d", "X", Side.BUY, 5, 12.0, 0.0))
+    assert pf.qty[0] == 0 and pf.avg_price[0] == 0 and pf.realized_pnl[0] == 45.0
+    assert pf.trade_pnls == [39.0, 5.0]
+    pf.on_fill(Fill(5, 5, "e", "X", Side.BUY, 1e-15, 12.0, 0.0))  # dust: no position, no crash
+    assert pf.qty[0] == 0 and pf.avg_price[0] == 0
+    assert pf.cash == pytest.approx(1_000 - 100 - 120 + 325 - 1 - 60)
