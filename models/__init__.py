@@ -12,13 +12,44 @@ Plain PyTorch; nothing here imports the engine, connectors or strategies. Typica
     signals = stepper.step({"us": newest_returns})       # {"us": array of next positions}
 """
 
-from models.checkpoint import Checkpoint, CheckpointMismatch, check_assets, load_checkpoint, save_checkpoint
-from models.config import BASELINE_VARIANTS, TRANSFER_VARIANTS, ModelConfig, TrainConfig
-from models.data import FEATURES, Market, infer_periods_per_year, markets_from_frame, returns_from_closes
-from models.loss import market_sharpe, quantnet_loss, sharpe_ratios
-from models.network import QuantNet
-from models.stepper import SignalStepper
-from models.training import TrainResult, evaluate, train
+import importlib
+from typing import Any
+
+# Loaded on first use: `import models.config` (the CLI's config schema) must not pay for torch.
+_EXPORTS = {
+    "Checkpoint": "models.checkpoint",
+    "CheckpointMismatch": "models.checkpoint",
+    "check_assets": "models.checkpoint",
+    "load_checkpoint": "models.checkpoint",
+    "save_checkpoint": "models.checkpoint",
+    "BASELINE_VARIANTS": "models.config",
+    "TRANSFER_VARIANTS": "models.config",
+    "ModelConfig": "models.config",
+    "TrainConfig": "models.config",
+    "FEATURES": "models.data",
+    "Market": "models.data",
+    "infer_periods_per_year": "models.data",
+    "markets_from_frame": "models.data",
+    "returns_from_closes": "models.data",
+    "market_sharpe": "models.loss",
+    "quantnet_loss": "models.loss",
+    "sharpe_ratios": "models.loss",
+    "QuantNet": "models.network",
+    "SignalStepper": "models.stepper",
+    "TrainResult": "models.training",
+    "evaluate": "models.training",
+    "train": "models.training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BASELINE_VARIANTS",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import pandas as pd
 import typer
@@ -20,19 +20,10 @@ from rich.table import Table
 
 from connectors.replay import DataError, load_ohlcv
 from engine.config import ConfigError, read_toml, validate
-from models import (
-    CheckpointMismatch,
-    Market,
-    ModelConfig,
-    QuantNet,
-    TrainConfig,
-    check_assets,
-    evaluate,
-    load_checkpoint,
-    markets_from_frame,
-    save_checkpoint,
-    train,
-)
+from models.config import ModelConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from models import Market, QuantNet
 from quantnet.commands.common import err_console, fail
 
 DEFAULT_DATASET = "us_sectors"
@@ -48,6 +39,8 @@ def _stem(path: Path) -> str:
 
 
 def load_markets(path: Path | None, *, start: str | None = None, end: str | None = None) -> list[Market]:
+    from models import markets_from_frame
+
     """Markets from a file, a directory of files or a built-in dataset name (default: the built-in
     multi-market dataset)."""
     from connectors import datasets
@@ -101,6 +94,8 @@ def _fmt(x: float | None) -> str:
 
 
 def _summary(markets: Sequence[Market], model: QuantNet, cfg: TrainConfig, ppy: float) -> Table:
+    from models import evaluate
+
     kw = {"val_fraction": cfg.val_fraction, "seq_len": cfg.seq_len, "periods_per_year": ppy}
     tr = evaluate(model, markets, rows="train", cost_bps=cfg.cost_bps, **kw)
     va = evaluate(model, markets, rows="val", cost_bps=cfg.cost_bps, **kw)
@@ -165,6 +160,15 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda")] = None,
     ) -> None:
         """Train QuantNet (paper algorithm 1) with early stopping on a validation tail of each market."""
+        from models import (  # torch loads here, not on every `quantnet` start
+            CheckpointMismatch,
+            QuantNet,
+            check_assets,
+            load_checkpoint,
+            save_checkpoint,
+            train,
+        )
+
         try:
             model_raw, cfg = _configs(
                 config,
