@@ -22,6 +22,7 @@ from pydantic import Field
 from engine.events import BarSet
 from engine.strategy import Params, Strategy, StrategyContext, StrategyError
 from models.checkpoint import load_checkpoint
+from models.data import returns_from_closes
 from models.stepper import SignalStepper
 
 log = structlog.get_logger("strategies.quantnet")
@@ -104,6 +105,24 @@ class QuantNetStrategy(Strategy):
         if self._bars <= self.params.warmup:
             return None
         return self._targets(seen)
+
+    def warm_up(self, closes: np.ndarray) -> None:
+        """Settle states and volatility estimates from past closes (T × universe, NaN = no bar),
+        e.g. the exchange's REST history before a live start; trading starts with the next bar.
+
+        One full-sequence pass per market instead of T incremental steps.
+        """
+        closes = np.asarray(closes, dtype=float)
+        r = returns_from_closes(np.vstack([self._prev, closes]))[1:]
+        seen = ~np.isnan(closes)
+        histories = {m: r[:, idx][seen[:, idx].any(axis=1)] for m, idx in self.market_index.items()}
+        for m, signal in self.stepper.warm_up(histories).items():
+            self._signal[self.market_index[m]] = signal
+        for row in r:
+            self._update_vol(row, np.isfinite(row))
+        for row in closes:
+            np.copyto(self._prev, row, where=row == row)
+        self._bars = max(self._bars + len(closes), self.params.warmup)
 
     def _update_vol(self, r: np.ndarray, fresh: np.ndarray) -> None:
         sq = np.where(fresh, r * r, np.nan)

@@ -150,3 +150,24 @@ def test_a_closed_market_keeps_its_state(model_path):
     open_days = np.isin(matrix.ts_event, own.index.as_unit("ns").asi8)
     got = held[["A", "B"]].to_numpy()[open_days][:-1]
     np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_warm_up_from_history_equals_stepping_through_it(model_path):
+    """A live start warms up on REST history in one pass; it must leave the same state as
+    having traded through those bars one at a time."""
+    data = make_bars(tuple("ABCDE"), 70, seed=12)
+    matrix = BarMatrix.from_frame(data, timestamps="close")
+    params = {"model": str(model_path), "vol_target": 0.1, "warmup": 0}
+    stepped = create("quantnet", params)
+    warmed = create("quantnet", params)
+    ctx_symbols = matrix.symbols
+    stepped.on_start(ctx_symbols)
+    warmed.on_start(ctx_symbols)
+    split = 50
+    for bars in list(matrix.bar_sets())[:split]:
+        stepped.on_bars(bars, None)  # type: ignore[arg-type]
+    warmed.warm_up(matrix.close[:split])
+    for bars in list(matrix.bar_sets())[split:]:
+        a = stepped.on_bars(bars, None)  # type: ignore[arg-type]
+        b = warmed.on_bars(bars, None)  # type: ignore[arg-type]
+        np.testing.assert_allclose(a, b, atol=1e-6)
