@@ -8,6 +8,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from engine.events import BarSet
+from engine.strategy import Strategy, StrategyContext
+
+
+class Scripted(Strategy):
+    """Target weights decided at given bar indices (NaN: leave as is)."""
+
+    name = "scripted"
+
+    def __init__(self, plan: dict[int, list[float]]) -> None:
+        super().__init__()
+        self.plan = plan
+
+    def on_bars(self, bars: BarSet, ctx: StrategyContext) -> np.ndarray | None:
+        step = self.plan.get(bars.index)
+        return None if step is None else np.array(step, dtype=float)
+
 
 def make_bars(
     symbols: tuple[str, ...] = ("AAA", "BBB"),

@@ -8,10 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.events import BarSet
-from engine.strategy import Strategy, StrategyContext
 from quantnet.backtest import run_backtest
 from quantnet.config import load_config
+from tests.conftest import Scripted
 
 # (open, high, low, close) per day for two assets
 A = [
@@ -22,20 +21,6 @@ A = [
     (103, 105, 102, 102),
 ]
 B = [(50, 51, 49, 50), (49, 50, 48, 49), (48, 49, 47, 47), (46, 47, 45, 46), (47, 48, 46, 48)]
-
-
-class Scripted(Strategy):
-    """Target weights decided at given bar indices (NaN: leave as is)."""
-
-    name = "scripted"
-
-    def __init__(self, plan: dict[int, list[float]]) -> None:
-        super().__init__()
-        self.plan = plan
-
-    def on_bars(self, bars: BarSet, ctx: StrategyContext) -> np.ndarray | None:
-        step = self.plan.get(bars.index)
-        return None if step is None else np.array(step, dtype=float)
 
 
 def frame() -> pd.DataFrame:

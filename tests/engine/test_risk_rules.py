@@ -11,7 +11,6 @@ import json
 import math
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 from structlog.testing import capture_logs
@@ -22,29 +21,15 @@ from connectors.replay import BarMatrix
 from engine.bus import EventBus
 from engine.clock import ReplayClock
 from engine.config import ConfigError, CostConfig
-from engine.events import BarSet, Order, OrderType, Side, TradingState
+from engine.events import Order, OrderType, Side, TradingState
 from engine.risk import RiskManager, _headroom, clear_halt, read_state
-from engine.strategy import Strategy, StrategyContext
 from quantnet.backtest import BacktestResult, assemble, run_backtest
 from quantnet.cli import app
 from quantnet.config import load_config
+from tests.conftest import Scripted
 
 DAYS = pd.date_range("2024-01-01", periods=12, freq="D", tz="UTC")
 NAN = math.nan
-
-
-class Scripted(Strategy):
-    """Target weights decided at given bar indices (NaN: leave as is)."""
-
-    name = "scripted"
-
-    def __init__(self, plan: dict[int, list[float]]) -> None:
-        super().__init__()
-        self.plan = plan
-
-    def on_bars(self, bars: BarSet, ctx: StrategyContext) -> np.ndarray | None:
-        step = self.plan.get(bars.index)
-        return None if step is None else np.array(step, dtype=float)
 
 
 def frame(**paths: list[tuple[float, float, float, float]]) -> pd.DataFrame:
