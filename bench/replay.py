@@ -64,7 +64,7 @@ def run_engine(case: str, n_symbols: int, n_bars: int, queue: mp.Queue) -> None:
     queue.put((f"engine {case}", result.bars, result.seconds, peak_rss_mb(), result.metrics["n_fills"]))
 
 
-def run_quantnet(queue: mp.Queue) -> None:
+def run_quantnet(min_change: float, queue: mp.Queue) -> None:
     """QuantNet through the full pipeline on the built-in 20-stock, 6-market dataset, with a real
     checkpoint file (paper-default architecture; weights untrained: the cost is the same)."""
     import tempfile
@@ -85,7 +85,7 @@ def run_quantnet(queue: mp.Queue) -> None:
     markets = {str(m): sorted(g["symbol"].unique()) for m, g in data.groupby("market")}
     path = Path(tempfile.mkdtemp()) / "bench.pt"
     save_checkpoint(path, QuantNet(ModelConfig(), markets, seed=0), periods_per_year=252.0)
-    strategy = create("quantnet", {"model": str(path), "min_change": 0.01})
+    strategy = create("quantnet", {"model": str(path), "min_change": min_change})
     inner = strategy.on_bars
     spent = [0.0]
 
@@ -161,7 +161,7 @@ def main() -> None:
 
     rows = [in_process(run_engine, case, args.symbols, args.bars) for case in ("noop", "sma_crossover")]
     if not args.no_quantnet:
-        rows.append(in_process(run_quantnet))
+        rows += [in_process(run_quantnet, min_change) for min_change in (0.0, 0.01)]
     if not args.no_backtrader:
         try:
             import backtrader  # noqa: F401
@@ -174,9 +174,9 @@ def main() -> None:
         f"\n{args.symbols} symbols x {args.bars:,} minute bars = {args.symbols * args.bars:,} bars "
         "(quantnet: built-in us_sectors, 20 stocks x 8,313 days), one process each"
     )
-    print(f"{'case':<40}{'bars':>12}{'seconds':>10}{'bars/s':>14}{'peak RSS MB':>14}{'fills':>10}")
+    print(f"{'case':<50}{'bars':>12}{'seconds':>10}{'bars/s':>14}{'peak RSS MB':>14}{'fills':>10}")
     for name, bars, seconds, rss, fills in rows:
-        print(f"{name:<40}{bars:>12,}{seconds:>10.2f}{bars / seconds:>14,.0f}{rss:>14,.0f}{fills:>10.0f}")
+        print(f"{name:<50}{bars:>12,}{seconds:>10.2f}{bars / seconds:>14,.0f}{rss:>14,.0f}{fills:>10.0f}")
     speed = {name: bars / seconds for name, bars, seconds, _, _ in rows}
     if "backtrader sma_crossover" in speed:
         ratio = speed["engine sma_crossover"] / speed["backtrader sma_crossover"]
