@@ -10,6 +10,18 @@ connection, 5xx, 10006, 10016), the adapter first asks ``/v5/order/realtime`` fo
 orderLinkId and resends only if Bybit has no such order; a resend that races a late original is
 refused by Bybit as a duplicate (110072/170141), which is again resolved by reconciliation. So a
 retried decision can never open a second position.
+
+No fill is lost: executions are published once per ``execId`` whichever way they arrive. After
+every private-stream (re)connect, after a reconciliation that finds executed quantity, and every
+few seconds while the stream is down, the adapter reads ``/v5/execution/list`` from the last
+execution it saw (less a margin) and publishes what the stream missed, merged in execution-time
+order with what the stream delivers meanwhile. An order update that reports more executed
+quantity than the fills published so far is held back until those fills are out, so the bus
+always sees a fill before the PARTIALLY_FILLED or FILLED it explains (as the paper broker does).
+
+STOP orders become Bybit conditional market orders (``triggerPrice``; ``triggerDirection`` on
+derivatives, ``orderFilter=StopOrder`` on spot). A stop whose trigger the price has already passed
+is sent as a market order, as the paper broker fills a stop gapped through at the next price.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 
@@ -33,6 +46,7 @@ from connectors.bybit.errors import (
     DuplicateOrder,
     IpBanned,
     OrderNotFound,
+    OrderRejected,
     RateLimited,
     ServerError,
 )
@@ -47,7 +61,13 @@ log = structlog.get_logger("connectors.bybit.execution")
 
 _LINK_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
 _MS = 1_000_000
+_WEEK_MS = 7 * 86_400_000
+_EXEC_PAGE = 100
+_MAX_PAGES = 1000
+_TRIGGER_PASSED = frozenset({110092, 110093})
+"""retCodes of a conditional order whose trigger the last price has already passed."""
 _TERMINAL = (OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED)
+_EXECUTED = (OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED, OrderStatus.CANCELLED)
 STATUS = {
     "Created": OrderStatus.SUBMITTED,
     "New": OrderStatus.ACCEPTED,
@@ -90,6 +110,18 @@ def format_step(value: float, step: float) -> str:
     return f"{value:.{decimals}f}"
 
 
+def execution_key(item: Mapping[str, Any]) -> tuple[int, int, str, float, str]:
+    """Sort key in execution order: time, then Bybit's sequence; within one millisecond of one
+    order the larger ``leavesQty`` came first (Bybit's own advice for equal ``execTime``)."""
+    return (
+        _int(item.get("execTime")),
+        _int(item.get("seq")),
+        str(item.get("orderId") or ""),
+        -_num(item.get("leavesQty")),
+        str(item.get("execId") or ""),
+    )
+
+
 @dataclass(slots=True)
 class _Tracked:
     order: Order
@@ -99,6 +131,11 @@ class _Tracked:
     status: OrderStatus = OrderStatus.SUBMITTED
     venue_order_id: str = ""
     filled: float = 0.0
+    conditional: bool = False
+    """Working at Bybit as a conditional order (a STOP whose trigger had not been passed)."""
+    held: tuple[OrderStatus, str, float] | None = None
+    """A status waiting for its fills: (status, reason, Bybit's cumExecQty)."""
+    note: str = ""
 
 
 class BybitExecution:
@@ -107,6 +144,11 @@ class BybitExecution:
     Construct, then ``await venue.start()`` (credentials from the environment variables named in
     the config, clock offset, instrument rules, private stream) and ``await venue.stop()`` at the
     end. ``rules`` may be given to skip the instruments-info call.
+
+    ``catchup_margin_ms`` is how far before the last execution seen a catch-up starts reading
+    (executions can be indexed late); ``fill_grace`` is how long an order update may wait for the
+    fills it reports before they are fetched for that order; ``outage_poll`` is the catch-up period
+    while the private stream is down.
     """
 
     name = "bybit"
@@ -122,6 +164,9 @@ class BybitExecution:
         max_attempts: int = 4,
         reconcile_delay: float = 0.2,
         private_stream: bool = True,
+        catchup_margin_ms: int = 60_000,
+        fill_grace: float = 2.0,
+        outage_poll: float = 5.0,
     ) -> None:
         self.bus = bus
         self.config = config or BybitConfig()
@@ -132,16 +177,31 @@ class BybitExecution:
         self.max_attempts = max_attempts
         self.reconcile_delay = reconcile_delay
         self.use_private_stream = private_stream
+        self.catchup_margin_ms = catchup_margin_ms
+        self.fill_grace = fill_grace
+        self.outage_poll = outage_poll
         self.orders: dict[str, _Tracked] = {}
         self._by_link: dict[str, _Tracked] = {}
+        self._symbols: set[str] = set()
         self._seen_exec: OrderedDict[str, None] = OrderedDict()
         self._last_price: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self._session_ms = 0
+        self._last_exec_ms = 0
+        self._catchup_from: int | None = None
+        self._catchup_task: asyncio.Task[Any] | None = None
+        self._poll_task: asyncio.Task[Any] | None = None
+        self._live_held: list[Mapping[str, Any]] | None = None
         self.stream: PrivateStream | None = None
         self.duplicate_executions = 0
         self.ignored_duplicates = 0
         self.resends = 0
         self.reconciliations = 0
+        self.catchups = 0
+        self.caught_up = 0
+        self.catchup_failures = 0
+        self.stops_passed = 0
         bus.subscribe(Bar, self._on_bar)
 
     # lifecycle -----------------------------------------------------------------------------
@@ -160,6 +220,7 @@ class BybitExecution:
         elif self._rest.credentials is None:
             self._rest.credentials = creds
         await self.rest.sync_time()
+        self._session_ms = self._last_exec_ms = self.rest.now_ms()
         if not self.rules:
             self.rules = await self.rest.instrument_rules(self.category)
         if self.use_private_stream:
@@ -168,6 +229,7 @@ class BybitExecution:
                 creds,
                 on_message=self.on_private_message,
                 on_connected=self._resync,
+                on_disconnected=self._on_disconnected,
                 now_ms=self.rest.now_ms,
             )
             self._spawn(self.stream.run())
@@ -175,6 +237,7 @@ class BybitExecution:
         self._spawn(self._clock_sync())
 
     async def stop(self) -> None:
+        self._stopping = True
         if self.stream is not None:
             self.stream.stop()
         for task in list(self._tasks):
@@ -186,7 +249,8 @@ class BybitExecution:
             await self._rest.close()
 
     async def drain(self) -> None:
-        """Wait until every scheduled request has finished (tests, orderly shutdown)."""
+        """Wait until every scheduled request and catch-up has finished (tests, orderly
+        shutdown)."""
         while True:
             busy = [t for t in self._tasks if getattr(t, "_qn_request", False) and not t.done()]
             if not busy:
@@ -221,9 +285,10 @@ class BybitExecution:
         if problem:
             self._update(order.client_id, order.symbol, OrderStatus.REJECTED, problem)
             return
-        tracked = _Tracked(order, link, qty, price)
+        tracked = _Tracked(order, link, qty, price, conditional=order.type is OrderType.STOP)
         self.orders[order.client_id] = tracked
         self._by_link[link] = tracked
+        self._symbols.add(order.symbol)
         self._spawn(self._place(tracked), request=True)
 
     def cancel(self, client_id: str) -> None:
@@ -233,7 +298,8 @@ class BybitExecution:
         self._spawn(self._cancel(tracked), request=True)
 
     def amend(self, client_id: str, *, quantity: float | None = None, price: float | None = None) -> None:
-        """Change a working order's quantity and/or limit price (rounded like on submit)."""
+        """Change a working order's quantity and/or price (a limit's price, a stop's trigger),
+        rounded like on submit."""
         tracked = self.orders.get(client_id)
         if tracked is None or tracked.status in _TERMINAL:
             self._update(client_id, "", OrderStatus.REJECTED, f"amend: no working order {client_id}")
@@ -252,8 +318,6 @@ class BybitExecution:
         rules = self.rules.get(order.symbol)
         if rules is None:
             return f"unknown {self.category} symbol {order.symbol!r} on Bybit", 0.0, 0.0
-        if order.type is OrderType.STOP:
-            return "stop orders are not supported by the Bybit adapter", 0.0, 0.0
         if not (order.quantity > 0 and math.isfinite(order.quantity)):
             return f"{order.symbol}: quantity {order.quantity} is not a positive number", 0.0, 0.0
         qty = rules.round_qty(order.quantity)
@@ -266,9 +330,16 @@ class BybitExecution:
                 0.0,
             )
         price = 0.0
-        if order.type is OrderType.LIMIT:
+        if order.type is not OrderType.MARKET:
             if not (order.price > 0 and math.isfinite(order.price)):
-                return f"{order.symbol}: limit order without a valid price ({order.price})", 0.0, 0.0
+                what = (
+                    "limit order without a valid price"
+                    if order.type is OrderType.LIMIT
+                    else ("stop order without a valid trigger price")
+                )
+                return f"{order.symbol}: {what} ({order.price})", 0.0, 0.0
+            # a sell rounds up: a limit never sells cheaper, a protective sell stop triggers no
+            # later than asked (and a buy rounds down, for the same two reasons)
             price = rules.round_price(order.price, up=order.side is Side.SELL)
         reference = price or self._last_price.get(order.symbol, 0.0)
         check = rules if reference > 0 else replace(rules, min_notional=0.0)
@@ -279,29 +350,42 @@ class BybitExecution:
 
     def _body(self, t: _Tracked) -> dict[str, Any]:
         rules = self.rules[t.order.symbol]
+        spot = self.category == "spot"
+        limit = t.order.type is OrderType.LIMIT
         body: dict[str, Any] = {
             "category": self.category,
             "symbol": t.order.symbol,
             "side": "Buy" if t.order.side is Side.BUY else "Sell",
-            "orderType": "Limit" if t.order.type is OrderType.LIMIT else "Market",
+            "orderType": "Limit" if limit else "Market",
             "qty": format_step(t.qty, rules.qty_step),
             "orderLinkId": t.link_id,
         }
-        if t.order.type is OrderType.LIMIT:
+        if limit:
             body["price"] = format_step(t.price, rules.tick_size)
             body["timeInForce"] = "GTC"
-        elif self.category == "spot":
+        elif spot:
             body["marketUnit"] = "baseCoin"  # the engine sizes in base units; spot buys default to quote
-        if t.order.reduce_only and self.category != "spot":
+        if t.conditional:
+            body["triggerPrice"] = format_step(t.price, rules.tick_size)
+            if spot:
+                body["orderFilter"] = "StopOrder"  # spot infers the direction from the last price
+            else:
+                body["triggerDirection"] = 1 if t.order.side is Side.BUY else 2
+                body["triggerBy"] = "LastPrice"
+        if t.order.reduce_only and not spot:
             body["reduceOnly"] = True
         return body
 
     # requests ------------------------------------------------------------------------------
 
     async def _place(self, t: _Tracked) -> None:
+        if t.conditional and self.category == "spot" and await self._spot_trigger_passed(t):
+            self._as_market(t, "the last price is already past the trigger")
         body = self._body(t)
         last_error: BybitError | None = None
-        for attempt in range(1, self.max_attempts + 1):
+        attempt = 0
+        while attempt < self.max_attempts:
+            attempt += 1
             if attempt > 1:
                 self.resends += 1
                 log.warning("resending order", order_link_id=t.link_id, attempt=attempt)
@@ -321,13 +405,45 @@ class BybitExecution:
                 if await self._reconcile(t):
                     return
                 continue
+            except OrderRejected as exc:
+                if t.conditional and exc.ret_code in _TRIGGER_PASSED:
+                    self._as_market(t, str(exc))  # refused before acting: same orderLinkId is free
+                    body = self._body(t)
+                    attempt -= 1
+                    continue
+                self._set(t, OrderStatus.REJECTED, str(exc))
+                return
             except BybitError as exc:
                 self._set(t, OrderStatus.REJECTED, str(exc))
                 return
             t.venue_order_id = str(result.get("orderId", ""))
-            self._set(t, OrderStatus.ACCEPTED)
+            self._set(t, OrderStatus.ACCEPTED, t.note)
             return
         self._set(t, OrderStatus.REJECTED, f"not placed after {self.max_attempts} attempts: {last_error}")
+
+    def _as_market(self, t: _Tracked, why: str) -> None:
+        """A stop whose trigger is already passed would be refused (derivatives) or, on spot, armed
+        in the wrong direction: send it as the market order it would have become."""
+        t.conditional = False
+        t.note = f"stop trigger {t.price:g} already passed; sent as a market order"
+        self.stops_passed += 1
+        log.warning(t.note, order_link_id=t.link_id, symbol=t.order.symbol, venue=why)
+
+    async def _spot_trigger_passed(self, t: _Tracked) -> bool:
+        symbol = t.order.symbol
+        try:
+            result = await self.rest.request(
+                "GET", "/v5/market/tickers", {"category": "spot", "symbol": symbol}
+            )
+            last = float(result["list"][0]["lastPrice"])
+        except (BybitError, LookupError, TypeError, ValueError) as exc:
+            last = self._last_price.get(symbol, 0.0)
+            log.warning(
+                "spot ticker unavailable; judging the stop by the last bar", symbol=symbol, error=str(exc)
+            )
+        if not last > 0:
+            return False
+        return last >= t.price if t.order.side is Side.BUY else last <= t.price
 
     async def _wait_after(self, exc: BybitError) -> None:
         wait = self.reconcile_delay
@@ -339,7 +455,8 @@ class BybitExecution:
 
     async def _reconcile(self, t: _Tracked) -> bool:
         """Look the order up by orderLinkId; apply and return True if Bybit has it. The lookup
-        itself is a read and is retried until it gives an answer."""
+        itself is a read and is retried until it gives an answer. Executed quantity that no
+        published fill accounts for starts a catch-up of executions."""
         self.reconciliations += 1
         for attempt in range(self.max_attempts * 2):
             try:
@@ -361,11 +478,15 @@ class BybitExecution:
                     "order found by reconciliation", order_link_id=t.link_id, status=item.get("orderStatus")
                 )
                 self._apply_order(item)
+                if _num(item.get("cumExecQty")) > t.filled + self._tolerance(t):
+                    self.request_catchup()
                 return True
         return False
 
     async def _cancel(self, t: _Tracked) -> None:
-        body = {"category": self.category, "symbol": t.order.symbol, "orderLinkId": t.link_id}
+        body: dict[str, Any] = {"category": self.category, "symbol": t.order.symbol, "orderLinkId": t.link_id}
+        if t.conditional and self.category == "spot":
+            body["orderFilter"] = "StopOrder"  # spot looks for the order in one book only
         for _ in range(self.max_attempts):
             try:
                 await self.rest.request("POST", "/v5/order/cancel", body, signed=True, idempotent=False)
@@ -395,9 +516,8 @@ class BybitExecution:
                 return
             body["qty"] = format_step(qty, rules.qty_step)
         if price is not None:
-            body["price"] = format_step(
-                rules.round_price(price, up=t.order.side is Side.SELL), rules.tick_size
-            )
+            key = "triggerPrice" if t.conditional else "price"
+            body[key] = format_step(rules.round_price(price, up=t.order.side is Side.SELL), rules.tick_size)
         try:
             await self.rest.request("POST", "/v5/order/amend", body, signed=True, idempotent=False)
         except (ServerError, RateLimited, IpBanned) as exc:
@@ -410,19 +530,150 @@ class BybitExecution:
         if quantity is not None:
             t.qty = float(body["qty"])
         if price is not None:
-            t.price = float(body["price"])
+            t.price = float(body["triggerPrice" if t.conditional else "price"])
+        t.order = replace(t.order, quantity=t.qty, price=t.price if price is not None else t.order.price)
 
     async def _resync(self) -> None:
-        """After a private-stream (re)connect, updates may have been missed: ask for each order
-        still thought to be working."""
+        """After a private-stream (re)connect, updates and executions may have been missed: catch
+        up on executions and ask for each order still thought to be working."""
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            self._poll_task = None
+        self._catch_up_everything()
+
+    def _catch_up_everything(self) -> None:
+        self.request_catchup()
         for t in [t for t in self.orders.values() if t.status not in _TERMINAL]:
             self._spawn(self._reconcile(t))
+
+    def _on_disconnected(self) -> None:
+        """Mark where the gap starts (later live executions must not move it) and poll REST for
+        executions and working orders until the stream is back."""
+        if self._stopping:
+            return
+        self._mark_gap()
+        if self._poll_task is None or self._poll_task.done():
+            self._poll_task = self._spawn(self._poll_during_outage())
+
+    async def _poll_during_outage(self) -> None:
+        while True:
+            await asyncio.sleep(self.outage_poll)
+            if self.stream is not None and self.stream.connected:
+                return
+            self._catch_up_everything()
+
+    # execution catch-up --------------------------------------------------------------------
+
+    def _mark_gap(self) -> None:
+        since = self._last_exec_ms
+        self._catchup_from = since if self._catchup_from is None else min(self._catchup_from, since)
+
+    def request_catchup(self) -> None:
+        """Fetch and publish the executions since the last one seen (less the margin). Requests
+        made while a catch-up runs are merged into one more pass; live executions wait meanwhile
+        so that the merge goes out in execution-time order."""
+        if self._rest is None or self._stopping:
+            return
+        self._mark_gap()
+        if self._live_held is None:
+            self._live_held = []
+        if self._catchup_task is None or self._catchup_task.done():
+            self._catchup_task = self._spawn(self._catchup_loop(), request=True)
+
+    async def _catchup_loop(self) -> None:
+        delay = self.config.backoff_initial
+        while self._catchup_from is not None:
+            since, self._catchup_from = self._catchup_from, None
+            if self._live_held is None:
+                self._live_held = []
+            items: list[Mapping[str, Any]] = []
+            failed = False
+            try:
+                timeout = max(5.0, 3 * self.config.request_timeout)
+                items = await asyncio.wait_for(
+                    self._executions_since(since - self.catchup_margin_ms), timeout
+                )
+                self.catchups += 1
+            except (BybitError, OSError, TimeoutError, ValueError) as exc:
+                failed = True
+                self.catchup_failures += 1
+                self._catchup_from = since if self._catchup_from is None else min(since, self._catchup_from)
+                log.error(
+                    "execution catch-up failed; retrying", since_ms=since, error=str(exc), retry_in=delay
+                )
+            live, self._live_held = self._live_held or [], None
+            batch = [(item, True) for item in items] + [(item, False) for item in live]
+            batch.sort(key=lambda pair: execution_key(pair[0]))
+            for item, late in batch:
+                self._apply_execution(item, late=late)
+            if failed:
+                await asyncio.sleep(delay)  # live fills flow meanwhile; the gap is kept
+                delay = min(delay * 2, self.config.backoff_max)
+
+    async def _executions_since(self, since_ms: int) -> list[Mapping[str, Any]]:
+        """Every execution of the traded symbols from ``since_ms`` on, in windows of at most the
+        seven days Bybit serves per query."""
+        now = self.rest.now_ms()
+        out: list[Mapping[str, Any]] = []
+        for symbol in sorted(self._symbols):
+            start = since_ms
+            while True:
+                if now - start <= _WEEK_MS:  # startTime alone: up to startTime + 7 days
+                    out += await self._execution_pages({"symbol": symbol, "startTime": start})
+                    break
+                end = start + _WEEK_MS
+                out += await self._execution_pages({"symbol": symbol, "startTime": start, "endTime": end})
+                start = end + 1
+        return out
+
+    async def _execution_pages(self, params: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        items: list[Mapping[str, Any]] = []
+        cursor = ""
+        for _ in range(_MAX_PAGES):
+            query: dict[str, Any] = {"category": self.category, **params, "limit": _EXEC_PAGE}
+            if cursor:
+                query["cursor"] = quote(cursor, safe="%")  # Bybit's cursors come URL-encoded already
+            result = await self.rest.request("GET", "/v5/execution/list", query, signed=True)
+            page = result.get("list") or []
+            items.extend(page)
+            cursor = str(result.get("nextPageCursor") or "")
+            if not cursor or not page:
+                return items
+        raise ServerError(f"execution list still paging after {_MAX_PAGES} pages", path="/v5/execution/list")
+
+    async def _await_fills(self, t: _Tracked) -> None:
+        """An order update reported executions no fill has shown: give the stream ``fill_grace``,
+        then read this order's executions, and keep trying (loudly) while the status waits."""
+        delay = self.fill_grace
+        while t.held is not None:
+            await asyncio.sleep(delay)
+            if t.held is None:
+                return
+            try:
+                items = await self._execution_pages({"orderLinkId": t.link_id})
+            except (BybitError, OSError, TimeoutError, ValueError) as exc:
+                log.warning("order executions query failed", order_link_id=t.link_id, error=str(exc))
+                items = []
+            for item in sorted(items, key=execution_key):
+                self._apply_execution(item, late=True, advance=False)
+            if t.held is not None:
+                log.error(
+                    "order reports executions not seen yet; its status waits for them",
+                    client_id=t.order.client_id,
+                    venue_cum_qty=t.held[2],
+                    filled=t.filled,
+                    status=t.held[0].value,
+                )
+                delay = min(delay * 2, 60.0)
 
     # account stream ------------------------------------------------------------------------
 
     def on_private_message(self, msg: dict[str, Any]) -> None:
         topic = str(msg.get("topic", ""))
         if topic.startswith("execution"):
+            if self._live_held is not None:
+                self._live_held.extend(msg["data"])  # a catch-up is running: merged in time order
+                return
             for item in msg["data"]:
                 self._apply_execution(item)
         elif topic.startswith("order"):
@@ -443,24 +694,41 @@ class BybitExecution:
         if status is OrderStatus.REJECTED or (status is OrderStatus.CANCELLED and item.get("rejectReason")):
             code = str(item.get("rejectReason") or "")
             reason = "" if code == "EC_NoError" else code
+        cum = _num(item.get("cumExecQty"))
+        if status in _EXECUTED and cum > t.filled + self._tolerance(t):
+            if t.held is None:
+                self._spawn(self._await_fills(t))
+            if t.held is None or cum >= t.held[2]:
+                t.held = (status, reason, cum)
+            return
         self._set(t, status, reason)
 
-    def _apply_execution(self, item: Mapping[str, Any]) -> None:
+    def _apply_execution(self, item: Mapping[str, Any], *, late: bool = False, advance: bool = True) -> bool:
+        """Publish one execution as a Fill unless its execId was seen; True if published.
+
+        ``late`` marks one read from the trade history; ``advance`` False keeps it from moving
+        the point the next catch-up starts from (a query for one order proves nothing about
+        the others)."""
         exec_id = str(item.get("execId") or "")
         if not exec_id or exec_id in self._seen_exec:
             self.duplicate_executions += 1
-            return
+            return False
+        exec_ms = _int(item.get("execTime"))
+        link = str(item.get("orderLinkId") or "")
+        t = self._by_link.get(link) if link else None
+        if late and t is None and exec_ms < self._session_ms:
+            return False  # before this session and not one of its orders: never the stream's to show
         self._seen_exec[exec_id] = None
         if len(self._seen_exec) > 100_000:
             self._seen_exec.popitem(last=False)
+        if advance and exec_ms > self._last_exec_ms:
+            self._last_exec_ms = exec_ms
         if item.get("execType", "Trade") != "Trade":
-            return  # funding, delivery, ADL bookkeeping: not fills of our orders
-        link = str(item.get("orderLinkId") or "")
-        t = self._by_link.get(link)
+            return False  # funding, delivery, ADL bookkeeping: not fills of our orders
         client_id = t.order.client_id if t is not None else link or str(item.get("orderId", ""))
         qty = float(item["execQty"])
         fill = Fill(
-            int(item.get("execTime") or 0) * _MS,
+            exec_ms * _MS,
             time.time_ns(),
             client_id,
             str(item.get("symbol")),
@@ -472,9 +740,25 @@ class BybitExecution:
             exec_id,
             t.order.tag if t is not None else "",
         )
+        self.bus.post(fill)
+        if late:
+            self.caught_up += 1
+            log.info("missed execution published from trade history", exec_id=exec_id, client_id=client_id)
         if t is not None:
             t.filled += qty
-        self.bus.post(fill)
+            tol = self._tolerance(t)
+            if t.held is not None and t.filled >= t.held[2] - tol:
+                status, reason, _ = t.held
+                t.held = None
+                self._set(t, status, reason)
+            elif t.status in (OrderStatus.SUBMITTED, OrderStatus.ACCEPTED) and t.filled < t.qty - tol:
+                self._set(t, OrderStatus.PARTIALLY_FILLED)
+        return True
+
+    def _tolerance(self, t: _Tracked) -> float:
+        rules = self.rules.get(t.order.symbol)
+        step = rules.qty_step if rules is not None else 0.0
+        return step / 2 if step > 0 else 1e-9 * max(1.0, t.qty)
 
     # events --------------------------------------------------------------------------------
 
@@ -496,3 +780,17 @@ class BybitExecution:
         if status is OrderStatus.REJECTED:
             log.warning("order rejected", client_id=client_id, reason=reason)
         self.bus.post(OrderUpdate(now, now, client_id, symbol, status, reason, venue_id))
+
+
+def _num(value: object) -> float:
+    try:
+        return float(value) if value not in (None, "") else 0.0  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _int(value: object) -> int:
+    try:
+        return int(value) if value not in (None, "") else 0  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0

@@ -31,7 +31,8 @@ AUTH_EXPIRY_MS = 10_000
 
 class PrivateStream:
     """``on_message(msg)`` gets each data message (dict with ``topic`` and ``data``);
-    ``on_connected()`` runs after every successful (re)subscription, for reconciliation."""
+    ``on_connected()`` runs after every successful (re)subscription, for reconciliation, and
+    ``on_disconnected()`` when a subscribed connection is lost, so that the gap can be marked."""
 
     def __init__(
         self,
@@ -40,6 +41,7 @@ class PrivateStream:
         *,
         on_message: Callable[[dict[str, Any]], None],
         on_connected: Callable[[], Awaitable[None]] | None = None,
+        on_disconnected: Callable[[], None] | None = None,
         topics: Sequence[str] = ("order", "execution"),
         now_ms: Callable[[], int] | None = None,
         url: str | None = None,
@@ -50,6 +52,7 @@ class PrivateStream:
         self.topics = list(topics)
         self.on_message = on_message
         self.on_connected = on_connected
+        self.on_disconnected = on_disconnected
         self.now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
         self.connections = 0
         self.malformed = 0
@@ -58,12 +61,18 @@ class PrivateStream:
         self._fatal: BaseException | None = None
         self._stop = asyncio.Event()
         self._ws: ClientConnection | None = None
+        self._subscribed = False
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Until the first authenticated subscription is acknowledged; raises its auth error."""
         await asyncio.wait_for(self._ready.wait(), timeout)
         if self._fatal is not None:
             raise self._fatal
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is authenticated, subscribed and being read."""
+        return self._ws is not None and self._subscribed
 
     def stop(self) -> None:
         self._stop.set()
@@ -116,7 +125,7 @@ class PrivateStream:
                 await self._expect(ws, "auth")
                 await ws.send(json.dumps({"req_id": "sub", "op": "subscribe", "args": self.topics}))
                 await self._expect(ws, "subscribe")
-                subscribed = True
+                subscribed = self._subscribed = True
                 self._ready.set()
                 if self.on_connected is not None:
                     await self.on_connected()
@@ -127,12 +136,16 @@ class PrivateStream:
                         self._handle(raw)
                 finally:
                     heart.cancel()
-                    self._ws = None
         except AuthError:
             raise
         except (OSError, TimeoutError, WebSocketException) as exc:
             if not self._stop.is_set():
                 log.warning("private stream connection lost", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._ws = None
+            self._subscribed = False
+            if subscribed and self.on_disconnected is not None:
+                self.on_disconnected()
         return subscribed
 
     async def _expect(self, ws: ClientConnection, op: str) -> None:

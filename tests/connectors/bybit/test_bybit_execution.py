@@ -4,8 +4,6 @@ fills deduplicated by execId, rounding and refusals, amend/cancel, auth and key 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import pytest
 
@@ -13,59 +11,10 @@ from connectors.bybit.errors import AuthError
 from connectors.bybit.execution import BybitExecution, format_step, link_id_for, order_link_id
 from connectors.bybit.signing import Credentials
 from engine.bus import EventBus
-from engine.events import Bar, Fill, Order, OrderStatus, OrderType, OrderUpdate, Side
+from engine.events import Bar, Fill, OrderStatus, OrderType, Side
 from engine.ports import ExecutionVenue
-from tests.connectors.bybit.conftest import KEY, SECRET, fast_config
+from tests.connectors.bybit.conftest import KEY, SECRET, Harness, fast_config, order
 from tests.fake_bybit import FakeBybit
-
-
-@dataclass
-class Harness:
-    fake: FakeBybit
-    bus: EventBus
-    venue: BybitExecution
-    fills: list[Fill] = field(default_factory=list)
-    updates: list[OrderUpdate] = field(default_factory=list)
-
-    async def settle(self) -> None:
-        await self.venue.drain()
-        await asyncio.sleep(0.15)  # private-stream pushes and the bus dispatch
-
-    def statuses(self, client_id: str) -> list[OrderStatus]:
-        return [u.status for u in self.updates if u.client_id == client_id]
-
-
-@pytest.fixture
-async def h(fake: FakeBybit) -> AsyncIterator[Harness]:
-    bus = EventBus("live")
-    venue = BybitExecution(
-        bus,
-        config=fast_config(fake, request_timeout=0.3),
-        credentials=Credentials(KEY, SECRET),
-        reconcile_delay=0.05,
-    )
-    harness = Harness(fake, bus, venue)
-    bus.subscribe(Fill, harness.fills.append)
-    bus.subscribe(OrderUpdate, harness.updates.append)
-    stop = asyncio.Event()
-    dispatcher = asyncio.ensure_future(bus.run(None, stop))
-    await venue.start()
-    try:
-        yield harness
-    finally:
-        await venue.stop()
-        stop.set()
-        await dispatcher
-
-
-def order(
-    client_id: str = "sma-BTCUSDT-1700000000000",
-    qty: float = 0.0123,
-    side: Side = Side.BUY,
-    symbol: str = "BTCUSDT",
-    **kw: object,
-) -> Order:
-    return Order(client_id, 1_700_000_000_000_000_000, 1, symbol, side, qty, strategy="sma", **kw)  # type: ignore[arg-type]
 
 
 async def test_adapter_is_an_execution_venue(h: Harness) -> None:
@@ -137,7 +86,7 @@ async def test_refusals_carry_clear_reasons(h: Harness) -> None:
     h.venue.submit(order("n-1", symbol="ETHUSDT", qty=0.01, type=OrderType.LIMIT, price=100.0))  # 1 USDT
     h.venue.submit(order("m-3", symbol="ETHUSDT", qty=0.01))  # 30 USDT > 5: fine
     h.venue.submit(order("n-2", symbol="SOLUSDT", qty=0.1))  # market: 15 USDT at the last bar's close
-    h.venue.submit(order("s-1", type=OrderType.STOP, price=1.0))
+    h.venue.submit(order("s-1", type=OrderType.STOP))  # no trigger price
     h.fake.balance = 100.0
     h.venue.submit(order("b-1", qty=1.0))  # 60k USDT of BTC on a 100 USDT account
     h.venue.submit(order("m-3", symbol="ETHUSDT", qty=0.01))  # same client id again
@@ -148,7 +97,7 @@ async def test_refusals_carry_clear_reasons(h: Harness) -> None:
     assert "quantity 0.0012 is below the minimum 0.01" in reasons["m-2"]
     assert "notional 1 below minimum 5" in reasons["n-1"]
     assert "SOLUSDT: notional 1.5 below minimum 5" in reasons["n-2"]
-    assert "stop orders are not supported" in reasons["s-1"]
+    assert "stop order without a valid trigger price (nan)" in reasons["s-1"]
     assert "110007" in reasons["b-1"] and "ab not enough" in reasons["b-1"]
     assert h.statuses("m-3") == [OrderStatus.ACCEPTED, OrderStatus.FILLED]  # the resubmit is a no-op
     assert h.venue.ignored_duplicates == 1
