@@ -100,7 +100,7 @@ def run_quantnet(min_change: float, queue: mp.Queue) -> None:
     share = spent[0] / result.seconds
     queue.put(
         (
-            f"engine quantnet ({share:.0%} in strategy)",
+            f"engine quantnet min_change={min_change:g} ({share:.0%} in strategy)",
             result.bars,
             result.seconds,
             peak_rss_mb(),
