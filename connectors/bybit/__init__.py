@@ -5,7 +5,8 @@
 * :class:`KlineStream`: public websocket → closed :class:`engine.events.Bar` events on a bus,
   exactly once and in order per (symbol, interval), gaps filled through REST.
 * :class:`BybitExecution`: :class:`engine.ports.ExecutionVenue` over private REST and the private
-  websocket; OrderUpdate and Fill events on the bus.
+  websocket; OrderUpdate and Fill events on the bus, executions the stream missed caught up from
+  the trade history; STOP orders as conditional market orders.
 
 Every part takes a :class:`BybitConfig` (the ``[bybit]`` config section); API keys come only from
 the environment variables it names.

@@ -332,10 +332,11 @@ class BybitExecution:
         price = 0.0
         if order.type is not OrderType.MARKET:
             if not (order.price > 0 and math.isfinite(order.price)):
+                limit = order.type is OrderType.LIMIT
                 what = (
                     "limit order without a valid price"
-                    if order.type is OrderType.LIMIT
-                    else ("stop order without a valid trigger price")
+                    if limit
+                    else "stop order without a valid trigger price"
                 )
                 return f"{order.symbol}: {what} ({order.price})", 0.0, 0.0
             # a sell rounds up: a limit never sells cheaper, a protective sell stop triggers no
@@ -575,9 +576,8 @@ class BybitExecution:
         if self._rest is None or self._stopping:
             return
         self._mark_gap()
-        if self._live_held is None:
-            self._live_held = []
         if self._catchup_task is None or self._catchup_task.done():
+            self._live_held = []  # from now on: the loop opens it per attempt, not in its backoff
             self._catchup_task = self._spawn(self._catchup_loop(), request=True)
 
     async def _catchup_loop(self) -> None:
