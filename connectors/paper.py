@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import replace
 
 from engine.bus import EventBus
 from engine.clock import Clock
@@ -55,11 +56,28 @@ class PaperBroker:
                 )
             )
 
+    def amend(self, client_id: str, *, quantity: float | None = None, price: float | None = None) -> None:
+        order = self._working.get(client_id)
+        if order is None:
+            return  # already filled or cancelled: that outcome has been published
+        amended = replace(
+            order,
+            quantity=order.quantity if quantity is None else quantity,
+            price=order.price if price is None else price,
+        )
+        reason = self._rejection(amended, amending=True)
+        if not reason:
+            self._working[client_id] = amended  # same key: keeps its place in the queue
+        now = self.clock.now_ns()
+        self.bus.publish(
+            OrderUpdate(now, now, client_id, order.symbol, OrderStatus.ACCEPTED, reason or "amended")
+        )
+
     def open_orders(self) -> Iterable[Order]:
         return list(self._working.values())
 
-    def _rejection(self, order: Order) -> str:
-        if order.client_id in self._working:
+    def _rejection(self, order: Order, *, amending: bool = False) -> str:
+        if not amending and order.client_id in self._working:
             return f"duplicate client order id {order.client_id}"
         if order.symbol not in self.index:
             return f"unknown symbol {order.symbol}"

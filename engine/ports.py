@@ -25,6 +25,11 @@ class ExecutionVenue(Protocol):
         """Request cancellation; a cancelled order is reported as an OrderUpdate."""
         ...
 
+    def amend(self, client_id: str, *, quantity: float | None = None, price: float | None = None) -> None:
+        """Change a working order in place (keeping its queue position: a trailing stop moves
+        without a moment unprotected); the order's new terms come back as an OrderUpdate."""
+        ...
+
     def open_orders(self) -> Iterable[Order]:
         """Orders the venue still works, for reconciliation after a restart."""
         ...

@@ -496,14 +496,17 @@ class RiskManager:
         if self._stops and stop > 0:  # NaN: no level to place
             price = stop if rules is None else rules.round_price(stop, up=long)
             current = self._exits.get(self._stop_id[i] or "")
-            if current is None or not _same(current.order, side, qty, price):
+            if current is not None and _same(current.order, side, qty, current.order.price):
+                if current.order.price != price:  # a trailing stop moves: amend in place
+                    current.order = replace(current.order, price=price)
+                    self.venue.amend(current.order.client_id, price=price)
+                current.rule = rule
+            else:
                 if current is not None:
                     self._cancel(current)
                 self._stop_id[i] = self._submit(i, side, qty, OrderType.STOP, price, rule, ts)
                 placed = placed and self._stop_id[i] is not None
                 replaced = True
-            else:
-                current.rule = rule
         if self.config.take_profit is not None and tp > 0:
             price = tp if rules is None else rules.round_price(tp, up=long)
             current = self._exits.get(self._tp_id[i] or "")

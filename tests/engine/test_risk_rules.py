@@ -428,3 +428,17 @@ def test_no_rule_no_risk_manager():
     result = run({}, {0: [0.5]}, frame(A=[FLAT] * 3))
     assert "trading_state" not in result.metrics and result.risk_events == []
     assert load_config(None, {"risk": {"instruments": {"A": {"qty_step": 1}}}}).risk.active
+
+
+def test_trailing_stop_is_amended_in_place(tmp_path):
+    """A moving trailing stop is amended at the venue, never cancelled and re-sent, so the position
+    is protected at every moment and the stop keeps its place in the queue."""
+    a = [FLAT, (100, 105, 99, 104), (104, 120, 103, 118), (118, 119, 107, 110), (110, 111, 109, 110)]
+    result = run({"trailing_stop": 0.1}, {0: [0.5]}, frame(A=a), output=tmp_path)
+    assert fills(result) == [(1, "A", "buy", 50, 100), (3, "A", "sell", 50, pytest.approx(108.0))]
+    journal = [json.loads(line) for line in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    stops = [e for e in journal if e["event"] == "Order" and e["strategy"] == "risk"]
+    assert len(stops) == 1
+    updates = [e for e in journal if e["event"] == "OrderUpdate" and e["client_id"] == stops[0]["client_id"]]
+    assert [u["reason"] for u in updates if u["reason"] == "amended"] == ["amended", "amended"]
+    assert "cancelled" not in {u["status"] for u in updates}
