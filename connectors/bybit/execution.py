@@ -51,7 +51,7 @@ from connectors.bybit.errors import (
     ServerError,
 )
 from connectors.bybit.private_ws import PrivateStream
-from connectors.bybit.rest import BybitRest
+from connectors.bybit.rest import BybitRest, as_float, as_int
 from connectors.bybit.signing import Credentials
 from engine.bus import EventBus
 from engine.events import Bar, Fill, Order, OrderStatus, OrderType, OrderUpdate, Side
@@ -114,10 +114,10 @@ def execution_key(item: Mapping[str, Any]) -> tuple[int, int, str, float, str]:
     """Sort key in execution order: time, then Bybit's sequence; within one millisecond of one
     order the larger ``leavesQty`` came first (Bybit's own advice for equal ``execTime``)."""
     return (
-        _int(item.get("execTime")),
-        _int(item.get("seq")),
+        as_int(item.get("execTime")),
+        as_int(item.get("seq")),
         str(item.get("orderId") or ""),
-        -_num(item.get("leavesQty")),
+        -as_float(item.get("leavesQty")),
         str(item.get("execId") or ""),
     )
 
@@ -479,7 +479,7 @@ class BybitExecution:
                     "order found by reconciliation", order_link_id=t.link_id, status=item.get("orderStatus")
                 )
                 self._apply_order(item)
-                if _num(item.get("cumExecQty")) > t.filled + self._tolerance(t):
+                if as_float(item.get("cumExecQty")) > t.filled + self._tolerance(t):
                     self.request_catchup()
                 return True
         return False
@@ -694,7 +694,7 @@ class BybitExecution:
         if status is OrderStatus.REJECTED or (status is OrderStatus.CANCELLED and item.get("rejectReason")):
             code = str(item.get("rejectReason") or "")
             reason = "" if code == "EC_NoError" else code
-        cum = _num(item.get("cumExecQty"))
+        cum = as_float(item.get("cumExecQty"))
         if status in _EXECUTED and cum > t.filled + self._tolerance(t):
             if t.held is None:
                 self._spawn(self._await_fills(t))
@@ -713,7 +713,7 @@ class BybitExecution:
         if not exec_id or exec_id in self._seen_exec:
             self.duplicate_executions += 1
             return False
-        exec_ms = _int(item.get("execTime"))
+        exec_ms = as_int(item.get("execTime"))
         link = str(item.get("orderLinkId") or "")
         t = self._by_link.get(link) if link else None
         if late and t is None and exec_ms < self._session_ms:
@@ -780,17 +780,3 @@ class BybitExecution:
         if status is OrderStatus.REJECTED:
             log.warning("order rejected", client_id=client_id, reason=reason)
         self.bus.post(OrderUpdate(now, now, client_id, symbol, status, reason, venue_id))
-
-
-def _num(value: object) -> float:
-    try:
-        return float(value) if value not in (None, "") else 0.0  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return 0.0
-
-
-def _int(value: object) -> int:
-    try:
-        return int(value) if value not in (None, "") else 0  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return 0

@@ -209,7 +209,7 @@ class BybitRest:
                 "HTTP 429: system protection",
                 ret_code=429,
                 path=path,
-                reset_ms=_int(headers.get("X-Bapi-Limit-Reset-Timestamp")),
+                reset_ms=as_int(headers.get("X-Bapi-Limit-Reset-Timestamp")),
             )
         if status >= 500:
             raise ServerError(f"HTTP {status}", ret_code=status, path=path)
@@ -225,7 +225,7 @@ class BybitRest:
                 f"HTTP {status}: response is not a Bybit envelope: {text[:200]!r}", path=path
             ) from None
         if code != 0:
-            reset = _int(headers.get("X-Bapi-Limit-Reset-Timestamp"))
+            reset = as_int(headers.get("X-Bapi-Limit-Reset-Timestamp"))
             raise error_for(code, self._scrub(str(body.get("retMsg", ""))), path, reset)
         result = body.get("result") or {}
         if isinstance(result, dict) and "time" in body:
@@ -245,7 +245,7 @@ class BybitRest:
         """When Bybit says the quota is spent, hold every request until its reset time."""
         remaining = headers.get("X-Bapi-Limit-Status")
         if remaining is not None and remaining.strip() == "0":
-            reset = _int(headers.get("X-Bapi-Limit-Reset-Timestamp"))
+            reset = as_int(headers.get("X-Bapi-Limit-Reset-Timestamp"))
             if reset:
                 wait = min(max(reset - self.now_ms(), 0) / 1000.0, self.config.backoff_max)
                 self.throttle.pause(wait)
@@ -366,19 +366,19 @@ def rules_from_info(item: Mapping[str, Any], category: str) -> InstrumentRules:
     notional ``minOrderAmt``; derivatives have ``qtyStep`` and ``minNotionalValue``."""
     price = item.get("priceFilter") or {}
     lot = item.get("lotSizeFilter") or {}
-    min_qty = _float(lot.get("minOrderQty"))
+    min_qty = as_float(lot.get("minOrderQty"))
     if category == "spot":
         min_qty = 0.0  # deprecated on spot, "no longer checked"; minOrderAmt is what counts
-        step = _float(lot.get("basePrecision"))
-        min_notional = _float(lot.get("minOrderAmt"))
-        max_qty = _float(lot.get("maxLimitOrderQty") or lot.get("maxOrderQty"))
+        step = as_float(lot.get("basePrecision"))
+        min_notional = as_float(lot.get("minOrderAmt"))
+        max_qty = as_float(lot.get("maxLimitOrderQty") or lot.get("maxOrderQty"))
     else:
-        step = _float(lot.get("qtyStep"))
-        min_notional = _float(lot.get("minNotionalValue"))
-        max_qty = _float(lot.get("maxOrderQty"))
+        step = as_float(lot.get("qtyStep"))
+        min_notional = as_float(lot.get("minNotionalValue"))
+        max_qty = as_float(lot.get("maxOrderQty"))
     return InstrumentRules(
         symbol=str(item.get("symbol")),
-        tick_size=_float(price.get("tickSize")),
+        tick_size=as_float(price.get("tickSize")),
         qty_step=step,
         min_qty=min_qty,
         max_qty=max_qty,
@@ -386,14 +386,15 @@ def rules_from_info(item: Mapping[str, Any], category: str) -> InstrumentRules:
     )
 
 
-def _float(value: object) -> float:
+def as_float(value: object) -> float:
+    """Bybit sends numbers as strings and empty strings for none: read both as 0."""
     try:
         return float(value) if value not in (None, "") else 0.0  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return 0.0
 
 
-def _int(value: object) -> int:
+def as_int(value: object) -> int:
     try:
         return int(value) if value not in (None, "") else 0  # type: ignore[arg-type]
     except (TypeError, ValueError):
