@@ -31,6 +31,18 @@ FLUSH_EVERY_PAGES = 20
 COLUMNS = ["timestamp", "symbol", "open", "high", "low", "close", "volume"]
 
 
+def symbols_and_interval(symbols: str, interval: str) -> tuple[list[str], str]:
+    """``--symbols A,B`` and ``--interval`` as the Bybit commands take them, or a clean exit."""
+    try:
+        code = check_interval(interval)
+    except ValueError as exc:
+        fail(str(exc))
+    names = [s.strip().upper() for s in symbols.split(",") if s.strip()]
+    if not names:
+        fail("--symbols is empty")
+    return names, code
+
+
 def load_bybit_config(path: Path | None, **overrides: Any) -> BybitConfig:
     """The ``[bybit]`` section of ``path`` (or ./config.toml when present), with overrides."""
     raw: dict[str, Any] = {}
@@ -185,13 +197,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Download closed Bybit klines to parquet (resumable)."""
-        try:
-            code = check_interval(interval)
-        except ValueError as exc:
-            fail(str(exc))
-        names = [s.strip().upper() for s in symbols.split(",") if s.strip()]
-        if not names:
-            fail("--symbols is empty")
+        names, code = symbols_and_interval(symbols, interval)
         start_ms = parse_utc(start, "--start")
         end_ms = parse_utc(end, "--end") if end else int(datetime.now(UTC).timestamp() * 1000)
         if end_ms <= start_ms:

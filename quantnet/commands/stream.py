@@ -19,12 +19,11 @@ import typer
 
 from connectors.bybit.config import BybitConfig
 from connectors.bybit.errors import BybitError
-from connectors.bybit.intervals import check_interval
 from connectors.bybit.kline_stream import KlineStream
 from engine.config import ConfigError
 from engine.events import Bar
 from quantnet.commands.common import fail
-from quantnet.commands.data import load_bybit_config
+from quantnet.commands.data import load_bybit_config, symbols_and_interval
 
 
 def bar_line(bar: Bar) -> str:
@@ -91,13 +90,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Stream closed klines from Bybit as JSON lines until stopped or --max-bars."""
-        try:
-            code = check_interval(interval)
-        except ValueError as exc:
-            fail(str(exc))
-        names = [s.strip().upper() for s in symbols.split(",") if s.strip()]
-        if not names:
-            fail("--symbols is empty")
+        names, code = symbols_and_interval(symbols, interval)
         try:
             cfg = load_bybit_config(config, category=category, rest_url=rest_url, ws_public_url=ws_url)
         except ConfigError as exc:
