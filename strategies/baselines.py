@@ -7,6 +7,8 @@ weights of equity; ``weight`` defaults to 1/N so that gross exposure stays at or
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import numpy as np
 from pydantic import Field, model_validator
 
@@ -181,8 +183,9 @@ class _WindowStrategy(Strategy):
         targets = self.weights(returns, live)
         return np.where(live, targets, np.where(np.isnan(bars.close), np.nan, 0.0))
 
+    @abstractmethod
     def weights(self, returns: np.ndarray, live: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Target weights from the window's returns, for the ``live`` assets."""
 
 
 class TimeSeriesMomentum(_WindowStrategy):

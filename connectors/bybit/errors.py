@@ -65,7 +65,7 @@ class OrderRejected(BybitError):
 
 
 class InsufficientBalance(OrderRejected):
-    pass
+    """110004/110007/110012/170131: not enough margin or balance; resending cannot help."""
 
 
 class DuplicateOrder(OrderRejected):
@@ -73,11 +73,11 @@ class DuplicateOrder(OrderRejected):
 
 
 class OrderNotFound(OrderRejected):
-    pass
+    """110001/170213: no such order (filled, cancelled, or never placed) to amend or cancel."""
 
 
 class BelowMinimum(OrderRejected):
-    pass
+    """110094/170136/170140: the quantity or notional is under the instrument's minimum."""
 
 
 _BY_CODE: dict[int, type[BybitError]] = {
