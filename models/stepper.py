@@ -5,7 +5,9 @@ training but would cost one kernel launch per market and layer on every bar. The
 packs each LSTM layer's weights for all markets into zero-padded stacked tensors (markets × in × out)
 so one bar of *all* markets is a handful of batched products, whatever the number of markets; linear
 layers (no activation) and the input scaling are folded into the next projection. Zero padding is
-exact: padded inputs are zero and padded outputs are dropped.
+exact: padded inputs are zero and padded outputs are dropped. The per-bar step runs in numpy on one
+state vector (torch's per-op dispatch cost dwarfs the arithmetic at these sizes); small problems
+take each layer as a single block-diagonal product over all markets (see ``_DENSE_MAX_MACS``).
 
 Contract (same as the full-sequence forward pass, to 1e-6): feeding the return vector of bar t
 (NaN = missing, fed as 0) yields the signal for bar t+1. ``warm_up`` runs a history through the
@@ -33,16 +35,35 @@ SNAPSHOT_VERSION = 1
 ReturnsLike = np.ndarray | Sequence[float] | Mapping[str, float]
 
 
+# Below this many multiply-adds per layer, one dense product with block-diagonal weights (all markets
+# at once, gates laid out gate-major so every elementwise op runs on a contiguous vector) beats a
+# batched product per market: numpy's per-op cost on strided views is ~3× that on contiguous ones.
+_DENSE_MAX_MACS = 150_000
+
+
 @dataclass(frozen=True, slots=True)
 class _Layer:
-    """One LSTM layer of all markets (linear layers are folded away when packing)."""
+    """One LSTM layer of all markets as numpy views into the stepper's state vector (linear layers
+    are folded away when packing). One bar: ``z = x @ w + h @ u + b`` with the sigmoid gates'
+    weights pre-halved, ``t = tanh(z)``, sigmoid gates ``(1 + t) / 2``, then the cell and hidden
+    updates (sigmoid(z) = (1 + tanh(z / 2)) / 2)."""
 
-    w: Tensor  # (M, in, 4H) input weights, gates reordered i, f, o, g
-    u: Tensor  # (M, H, 4H) recurrent weights
-    b: Tensor  # (M, 1, 4H) both biases
-    hidden: int
-    slot: int  # index into the state lists
-    split: tuple[int, int]  # (3H, H): sigmoid gates, cell candidate
+    dense: bool
+    xh: np.ndarray  # dense: [x of all markets, h of all markets (, 1)]; batched: (M, 1, in) input
+    w: np.ndarray  # dense: (M·in + M·H (+ 1), 4·M·H) block-diagonal; batched: (M, in, 4H)
+    h_in: np.ndarray | None  # batched: (M, 1, H) hidden state
+    u: np.ndarray | None  # batched: (M, H, 4H)
+    b: np.ndarray | None  # added bias (None when folded into w through a constant-1 input)
+    gates: np.ndarray  # scratch: dense (4·M·H,) gate-major; batched (M, 1, 4H)
+    rec: np.ndarray | None  # batched: (M, 1, 4H) scratch for the recurrent product
+    sig: np.ndarray  # the three sigmoid gates
+    i: np.ndarray  # (M, 1, H) views of the gates
+    f: np.ndarray
+    o: np.ndarray
+    g: np.ndarray
+    tmp: np.ndarray  # (M, 1, H) scratch
+    c: np.ndarray  # (M, 1, H) view: cell state
+    h: np.ndarray  # (M, 1, H) view: hidden state (the next layer's input)
 
 
 class SignalStepper:
@@ -50,7 +71,8 @@ class SignalStepper:
 
     Build with :meth:`from_checkpoint` (or from a model in memory; later changes to the model's
     weights are not seen). Not thread-safe: one owner calls it, as the strategy does per bar.
-    ``threads`` is torch's intra-op thread count during a call (restored after; None: untouched).
+    ``threads`` is torch's intra-op thread count during ``warm_up`` (restored after; None:
+    untouched); ``step`` runs in numpy (the packed tensors are tiny: per-op dispatch dominates).
     """
 
     def __init__(
@@ -97,25 +119,140 @@ class SignalStepper:
             for i, net in enumerate(nets):
                 a[i, : self._n[i], : self._n[i]] = torch.diag(1.0 / net.input_scale.double().cpu())
             c = torch.zeros(m, 1, self._n_max, dtype=torch.float64)
-            layers: list[_Layer] = []
+            packed: list[tuple[Tensor, Tensor, Tensor]] = []
             for w, u, b in units:
                 w, b = _fit_rows(a, w), torch.baddbmm(b, c, _fit_rows(c, w))
                 w = torch.bmm(a, w)
                 if u is None:
                     a, c = w, b
                     continue
+                packed.append((w, u, b))
                 hd = u.shape[1]
-                dt = self.dtype
-                layers.append(_Layer(w.to(dt), u.to(dt), b.to(dt), hd, len(layers), (3 * hd, hd)))
                 a = torch.eye(hd, dtype=torch.float64).expand(m, hd, hd)
                 c = torch.zeros(m, 1, hd, dtype=torch.float64)
-            self._head_w = torch.bmm(a, _fit_rows(a, head_w)).to(self.dtype)
-            self._head_b = torch.baddbmm(head_b, c, _fit_rows(c, head_w)).to(self.dtype)
-        self._layers = tuple(layers)
-        self._hidden = tuple(layer.hidden for layer in layers)
-        self._in = np.zeros((m, self._n_max), dtype=torch.empty(0, dtype=self.dtype).numpy().dtype)
-        self._x = torch.from_numpy(self._in).unsqueeze(1)
+            head_b = torch.baddbmm(head_b, c, _fit_rows(c, head_w))
+            head_w = torch.bmm(a, _fit_rows(a, head_w))
+        self._build(packed, head_w, head_b)
         self.reset()
+
+    def _build(self, packed: list[tuple[Tensor, Tensor, Tensor]], head_w: Tensor, head_b: Tensor) -> None:
+        """Lay out all per-market state in one vector and bind the numpy views ``step`` uses.
+
+        Layout, each block market-major: ``[x | h_0 | … | h_{L-1} | 1 | c_0 | … | c_{L-1} | signals]``,
+        so layer l's input and own state ``[h_{l-1}, h_l]`` (x for l = 0) are one contiguous slice:
+        small problems do each layer as one dense product with block-diagonal weights (the last layer
+        and the head also read the constant 1, which carries their bias); large ones as batched
+        per-market products. New states are written in place, where the next layer reads them.
+        """
+        m = len(self.markets)
+        dt = torch.empty(0, dtype=self.dtype).numpy().dtype
+        hidden = [u.shape[1] for _, u, _ in packed]
+        n_layers = len(hidden)
+        off = [m * self._n_max]  # start of x (0), then of each h block
+        for hd in hidden:
+            off.append(off[-1] + m * hd)
+        off.insert(0, 0)
+        one = off[-1]
+        c_off = [one + 1 + m * sum(hidden[:k]) for k in range(n_layers)]
+        last = one + 1 + m * sum(hidden)
+        state = np.zeros(last + m * self._n_max, dtype=dt)
+        owner = np.full(len(state), -1, dtype=np.intp)  # market of each entry (-1: the constant 1)
+        spans = [*zip(off[1:-1], hidden, strict=True), *zip(c_off, hidden, strict=True)]
+        for lo, width in [(0, self._n_max), *spans, (last, self._n_max)]:
+            owner[lo : lo + m * width] = np.repeat(np.arange(m), width)
+
+        def blocks(lo: int, width: int) -> np.ndarray:
+            return state[lo : lo + m * width].reshape(m, 1, width)
+
+        layers = []
+        for k, ((w, u, b), hd) in enumerate(zip(packed, hidden, strict=True)):
+            scale = torch.ones(4 * hd, dtype=torch.float64)
+            scale[: 3 * hd] = 0.5  # exact: halves the sigmoid gates' pre-activations
+            w, u, b = w * scale, u * scale, b * scale
+            n_in = w.shape[1]
+            fold = k == n_layers - 1
+            dense = m * (n_in + hd) * 4 * m * hd <= _DENSE_MAX_MACS
+            h, c = blocks(off[k + 1], hd), blocks(c_off[k], hd)
+            tmp = np.zeros((m, 1, hd), dtype=dt)
+            if dense:
+                # rows: x of market j, then h of market j (then 1); columns: gate q of market j
+                wd = torch.zeros(m * (n_in + hd) + int(fold), 4, m, hd, dtype=torch.float64)
+                for j in range(m):
+                    wd[j * n_in : (j + 1) * n_in, :, j] = w[j].reshape(n_in, 4, hd)
+                    r = m * n_in + j * hd
+                    wd[r : r + hd, :, j] = u[j].reshape(hd, 4, hd)
+                bd = b.reshape(m, 4, hd).transpose(0, 1).reshape(-1)
+                if fold:
+                    wd[-1] = bd.reshape(4, m, hd)
+                gates = np.zeros(4 * m * hd, dtype=dt)
+                q = gates.reshape(4, m, 1, hd)
+                layers.append(
+                    _Layer(
+                        dense=True,
+                        xh=state[off[k] : off[k + 2] + int(fold)],
+                        w=wd.reshape(len(wd), -1).numpy().astype(dt),
+                        h_in=None,
+                        u=None,
+                        b=None if fold else bd.numpy().astype(dt),
+                        gates=gates,
+                        rec=None,
+                        sig=gates[: 3 * m * hd],
+                        i=q[0],
+                        f=q[1],
+                        o=q[2],
+                        g=q[3],
+                        tmp=tmp,
+                        c=c,
+                        h=h,
+                    )
+                )
+                continue
+            gates = np.zeros((m, 1, 4 * hd), dtype=dt)
+            layers.append(
+                _Layer(
+                    dense=False,
+                    xh=blocks(off[k], n_in),
+                    w=w.numpy().astype(dt),
+                    h_in=h,
+                    u=u.numpy().astype(dt),
+                    b=b.numpy().astype(dt),
+                    gates=gates,
+                    rec=np.zeros_like(gates),
+                    sig=gates[:, :, : 3 * hd],
+                    i=gates[:, :, :hd],
+                    f=gates[:, :, hd : 2 * hd],
+                    o=gates[:, :, 2 * hd : 3 * hd],
+                    g=gates[:, :, 3 * hd :],
+                    tmp=tmp,
+                    c=c,
+                    h=h,
+                )
+            )
+        self._layers = tuple(layers)
+        self._state = state
+        self._owner = owner
+        self._one = one
+        n_in, n_out = head_w.shape[1], self._n_max
+        self._head_dense = m * n_in * m * n_out <= _DENSE_MAX_MACS
+        if self._head_dense:
+            wd = torch.zeros(m * n_in + 1, m, n_out, dtype=torch.float64)
+            for j in range(m):
+                wd[j * n_in : (j + 1) * n_in, j] = head_w[j]
+            wd[-1] = head_b[:, 0]
+            self._head_in = state[off[-2] : one + 1]
+            self._head_w = wd.reshape(len(wd), -1).numpy().astype(dt)
+            self._head_b = None
+        else:
+            self._head_in = blocks(off[-2], n_in)
+            self._head_w = head_w.numpy().astype(dt)
+            self._head_b = head_b.numpy().astype(dt)
+        self._sig = state[last:]
+        self._in = state[: m * self._n_max].reshape(m, self._n_max)
+        self._out = self._sig.reshape(m, self._n_max)
+        # torch views of the same memory (warm-up loads, snapshots, per-market resets)
+        self._h = [torch.from_numpy(layer.h) for layer in layers]
+        self._c = [torch.from_numpy(layer.c) for layer in layers]
+        self._last = torch.from_numpy(self._out)
 
     # -- construction -----------------------------------------------------------------------------
 
@@ -141,12 +278,10 @@ class SignalStepper:
 
     def reset(self, markets: Sequence[str] | None = None) -> None:
         """Zero the states (all markets, or the ones named), as at the start of a training window."""
-        m = len(self.markets)
         if markets is None:
-            self._h = [torch.zeros(m, 1, h, dtype=self.dtype) for h in self._hidden]
-            self._c = [torch.zeros(m, 1, h, dtype=self.dtype) for h in self._hidden]
-            self._last = torch.zeros(m, self._n_max, dtype=self.dtype)
-            self._bars = [0] * m
+            self._state.fill(0)
+            self._state[self._one] = 1
+            self._bars = [0] * len(self.markets)
             return
         for name in markets:
             i = self._market_pos(name)
@@ -187,25 +322,15 @@ class SignalStepper:
                 buf[i, : n[i]] = self._vector(name, i, r)
             active.append(i)
         np.copyto(buf, 0.0, where=~np.isfinite(buf))
-        # No grad mode needed: packed tensors never require grad. Threads switched inline (hot path).
-        prev = torch.get_num_threads()
-        switch = bool(self._threads) and prev != self._threads
-        if switch:
-            torch.set_num_threads(self._threads)  # type: ignore[arg-type]
-        try:
-            h_new, c_new, sig = self._advance(self._x)
-        finally:
-            if switch:
-                torch.set_num_threads(prev)
         if len(active) == len(self.markets):
-            self._h, self._c, self._last = h_new, c_new, sig
-        else:
-            on = torch.zeros(len(self.markets), 1, 1, dtype=torch.bool)
-            on[active] = True
-            self._h = [torch.where(on, new, old) for new, old in zip(h_new, self._h, strict=True)]
-            self._c = [torch.where(on, new, old) for new, old in zip(c_new, self._c, strict=True)]
-            self._last = torch.where(on[:, 0], sig, self._last)
-        out = sig.numpy().astype(np.float64)
+            self._advance()
+        else:  # markets not named keep their state: compute all rows, then put theirs back
+            idle = np.ones(len(self.markets) + 1, dtype=bool)  # last entry: owner -1, the constant
+            idle[active] = False
+            saved = self._state.copy()
+            self._advance()
+            np.copyto(self._state, saved, where=idle[self._owner])
+        out = self._out.astype(np.float64)
         result = {}
         for i in active:
             self._bars[i] += 1
@@ -216,18 +341,35 @@ class SignalStepper:
         """``step`` for one market."""
         return self.step({market: returns})[market]
 
-    def _advance(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
-        h_new: list[Tensor] = []
-        c_new: list[Tensor] = []
+    def _advance(self) -> None:
+        """One bar of every market, in place (inputs already in ``self._in``)."""
+        mul, tanh, matmul = np.multiply, np.tanh, np.matmul
         for layer in self._layers:
-            gates = torch.baddbmm(torch.baddbmm(layer.b, x, layer.w), self._h[layer.slot], layer.u)
-            sig, g = gates.split_with_sizes(layer.split, 2)
-            i, f, o = sig.sigmoid().chunk(3, 2)
-            c = torch.addcmul(f * self._c[layer.slot], i, g.tanh())
-            x = o * c.tanh()
-            h_new.append(x)
-            c_new.append(c)
-        return h_new, c_new, torch.tanh(torch.baddbmm(self._head_b, x, self._head_w)).squeeze(1)
+            gates = layer.gates
+            matmul(layer.xh, layer.w, out=gates)
+            if not layer.dense:
+                matmul(layer.h_in, layer.u, out=layer.rec)
+                gates += layer.rec
+            if layer.b is not None:
+                gates += layer.b
+            tanh(gates, out=gates)
+            sig = layer.sig
+            sig += 1.0
+            sig *= 0.5
+            c, tmp = layer.c, layer.tmp
+            mul(layer.i, layer.g, out=tmp)
+            c *= layer.f
+            c += tmp
+            tanh(c, out=tmp)
+            mul(layer.o, tmp, out=layer.h)
+        sig = self._sig
+        if self._head_dense:
+            matmul(self._head_in, self._head_w, out=sig)
+        else:
+            out = sig.reshape(self._head_b.shape)  # type: ignore[union-attr]
+            matmul(self._head_in, self._head_w, out=out)
+            out += self._head_b
+        tanh(sig, out=sig)
 
     def _vector(self, name: str, i: int, r: ReturnsLike) -> np.ndarray:
         if isinstance(r, Mapping):
@@ -328,9 +470,9 @@ class SignalStepper:
             raise ValueError(f"snapshot version {data.get('version')} unsupported (want {SNAPSHOT_VERSION})")
         if data["fingerprint"] != self.fingerprint or list(data["markets"]) != list(self.markets):
             raise ValueError("snapshot was taken with a different model or market set")
-        self._h = [t.to(self.dtype) for t in data["h"]]
-        self._c = [t.to(self.dtype) for t in data["c"]]
-        self._last = data["last"].to(self.dtype)
+        saved = (*data["h"], *data["c"], data["last"])
+        for dst, src in zip((*self._h, *self._c, self._last), saved, strict=True):
+            dst.copy_(src)  # in place: the tensors are views of the state vector
         self._bars = [int(b) for b in data["bars"]]
 
 
