@@ -58,3 +58,23 @@ def test_repository_config_is_valid():
 def test_unset_options_leave_defaults():
     cfg = load_config(None, {"data": {"path": None, "start": None}, "costs": {"slippage_bps": 4}})
     assert cfg.data.path == "" and cfg.costs.slippage_bps == 4 and cfg.costs.taker_fee_bps == 5.5
+
+
+def test_config_show_prints_effective_settings_and_hides_secrets(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from quantnet.cli import app
+
+    path = write(tmp_path, '[costs]\nslippage_bps = 3.5\n[bybit]\napi_secret_env = "MY_SECRET"\n')
+    monkeypatch.setenv("MY_SECRET", "s3cr3t-value")
+    monkeypatch.delenv("BYBIT_API_KEY", raising=False)
+    result = CliRunner().invoke(app, ["config", "show", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["costs"]["slippage_bps"] == 3.5 and shown["costs"]["taker_fee_bps"] == 5.5
+    assert shown["secrets"] == {"BYBIT_API_KEY": "missing", "MY_SECRET": "set (hidden)"}
+    assert "s3cr3t-value" not in result.output
+    bad = CliRunner().invoke(app, ["config", "show", "--config", str(write(tmp_path, "[costs]\nfee = 1\n"))])
+    assert bad.exit_code == 2 and "unknown key 'costs.fee'" in bad.output
