@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from connectors.bybit.config import BybitConfig
 from connectors.bybit.errors import BybitError
-from connectors.bybit.intervals import ceil_start, check_interval, interval_ms
+from connectors.bybit.intervals import ceil_start, check_interval, interval_ms, next_start
 from connectors.bybit.rest import BybitRest, Kline
 from engine.config import ConfigError, read_toml, validate
 from quantnet.commands.common import err_console, fail
@@ -100,9 +100,12 @@ def write_merged(path: Path, existing: pd.DataFrame, new: list[pd.DataFrame]) ->
     return merged
 
 
-def missing_ranges(existing: pd.DataFrame, start_ms: int, end_ms: int, step_ms: int) -> list[tuple[int, int]]:
+def missing_ranges(
+    existing: pd.DataFrame, start_ms: int, end_ms: int, interval: str
+) -> list[tuple[int, int]]:
     """[first, last] start ranges (inclusive) not yet covered: before the first stored bar and
-    after the last one. Holes inside stored data are the venue's and are not refetched."""
+    after the last one. Holes inside stored data are the venue's and are not refetched. The bar
+    after the last one is found by calendar (months differ in length), not by a fixed step."""
     if existing.empty:
         return [(start_ms, end_ms)]
     stamps = pd.to_datetime(existing["timestamp"], utc=True)
@@ -111,8 +114,9 @@ def missing_ranges(existing: pd.DataFrame, start_ms: int, end_ms: int, step_ms: 
     ranges = []
     if start_ms < first:
         ranges.append((start_ms, first - 1))
-    if last + step_ms <= end_ms:
-        ranges.append((last + step_ms, end_ms))
+    after = next_start(last, interval)
+    if after <= end_ms:
+        ranges.append((after, end_ms))
     return ranges
 
 
@@ -139,7 +143,7 @@ async def fetch(
             first = ceil_start(max(start_ms, launch), interval)
             path = symbol_file(out, category, interval, symbol)
             existing = read_existing(path)
-            ranges = missing_ranges(existing, first, end_ms, step)
+            ranges = missing_ranges(existing, first, end_ms, interval)
             total = sum(max(0, (b - a) // step + 1) for a, b in ranges)
             task = progress.add_task(symbol, total=max(total, 1)) if progress else None
             count = 0

@@ -166,3 +166,12 @@ def test_stream_prints_confirmed_bars_as_json_lines(threaded: ThreadedFake) -> N
             if d["symbol"] == symbol
         ]
         assert mine == fake.series("linear", symbol, "1", mine[0][0], mine[-1][0])
+
+
+def test_resume_of_monthly_bars_starts_at_the_next_calendar_month() -> None:
+    """February is 29 days long in 2024: a resume after it must ask for March 1st, not for the
+    start of February plus a fixed 31 days (which would skip March)."""
+    feb, mar, jun = (pd.Timestamp(d, tz="UTC") for d in ("2024-02-01", "2024-03-01", "2024-06-01"))
+    stored = pd.DataFrame({"timestamp": [pd.Timestamp("2024-01-01", tz="UTC"), feb]})
+    end = jun.value // 1_000_000
+    assert data.missing_ranges(stored, feb.value // 1_000_000, end, "M") == [(mar.value // 1_000_000, end)]
