@@ -39,11 +39,10 @@ def _stem(path: Path) -> str:
 
 
 def load_markets(path: Path | None, *, start: str | None = None, end: str | None = None) -> list[Market]:
-    from models import markets_from_frame
-
     """Markets from a file, a directory of files or a built-in dataset name (default: the built-in
     multi-market dataset)."""
     from connectors import datasets
+    from models import markets_from_frame
 
     if path is None:
         path = datasets.path(DEFAULT_DATASET)
