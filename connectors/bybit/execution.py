@@ -195,6 +195,8 @@ class BybitExecution:
         self._live_held: list[Mapping[str, Any]] | None = None
         self.stream: PrivateStream | None = None
         self.duplicate_executions = 0
+        self.malformed_executions = 0
+        self.task_failures = 0
         self.ignored_duplicates = 0
         self.resends = 0
         self.reconciliations = 0
@@ -261,8 +263,16 @@ class BybitExecution:
         task = asyncio.ensure_future(coro)
         task._qn_request = request  # type: ignore[attr-defined]
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        """A background request that dies must say so in the log, not in a garbage-collector note."""
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.task_failures += 1
+            exc = task.exception()
+            log.error("background exchange task failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _clock_sync(self) -> None:
         while True:
@@ -713,6 +723,17 @@ class BybitExecution:
         if not exec_id or exec_id in self._seen_exec:
             self.duplicate_executions += 1
             return False
+        try:
+            qty = float(item["execQty"])
+            price = float(item["execPrice"])
+            fee = float(item.get("execFee") or 0.0)
+        except (KeyError, TypeError, ValueError):
+            qty = price = math.nan
+        if not (qty > 0 and math.isfinite(qty) and price > 0 and math.isfinite(price) and math.isfinite(fee)):
+            # not marked as seen: the trade history may still deliver it whole
+            self.malformed_executions += 1
+            log.error("malformed execution skipped", exec_id=exec_id, item=str(dict(item))[:200])
+            return False
         exec_ms = as_int(item.get("execTime"))
         link = str(item.get("orderLinkId") or "")
         t = self._by_link.get(link) if link else None
@@ -726,7 +747,6 @@ class BybitExecution:
         if item.get("execType", "Trade") != "Trade":
             return False  # funding, delivery, ADL bookkeeping: not fills of our orders
         client_id = t.order.client_id if t is not None else link or str(item.get("orderId", ""))
-        qty = float(item["execQty"])
         fill = Fill(
             exec_ms * _MS,
             time.time_ns(),
@@ -734,8 +754,8 @@ class BybitExecution:
             str(item.get("symbol")),
             Side.BUY if item.get("side") == "Buy" else Side.SELL,
             qty,
-            float(item["execPrice"]),
-            float(item.get("execFee") or 0.0),
+            price,
+            fee,
             "maker" if item.get("isMaker") else "taker",
             exec_id,
             t.order.tag if t is not None else "",

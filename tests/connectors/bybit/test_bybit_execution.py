@@ -158,3 +158,21 @@ def test_order_link_ids_are_deterministic_and_valid() -> None:
     assert link_id_for(order("has space/slash")).startswith("qn-")
     assert format_step(0.012, 0.001) == "0.012" and format_step(61407.8, 0.1) == "61407.8"
     assert format_step(3.0, 1.0) == "3"
+
+
+async def test_a_malformed_execution_does_not_cost_the_good_ones(h: Harness) -> None:
+    """A garbled item is skipped and counted, not marked seen, and the items after it in the same
+    message still become fills."""
+    h.venue.submit(order(client_id="mix-ETHUSDT-1", symbol="ETHUSDT", qty=0.5, side=Side.SELL))
+    await h.settle()
+    (good,) = h.fake.executions
+    fills_before = len(h.fills)
+    garbled = {**good, "execId": "bad-1", "execQty": "not-a-number"}
+    second = {**good, "execId": "extra-2", "execQty": "0.1"}
+    h.venue.on_private_message({"topic": "execution", "data": [garbled, second]})
+    await h.settle()
+    assert [f.exec_id for f in h.fills[fills_before:]] == ["extra-2"]
+    assert h.venue.malformed_executions == 1
+    h.venue.on_private_message({"topic": "execution", "data": [{**garbled, "execQty": "0.2"}]})
+    await h.settle()
+    assert h.fills[-1].exec_id == "bad-1" and h.fills[-1].quantity == 0.2  # delivered whole later
