@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-_SECRET_KEYS = re.compile(r"(secret|api_?key|password|token|signature|sign)", re.IGNORECASE)
+_SECRET_KEYS = re.compile(r"(secret|api_?key|password|token|signature|^sign$)", re.IGNORECASE)
 
 
 def _mask_secrets(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:

@@ -87,3 +87,16 @@ async def test_live_run_drains_posted_events_in_order():
         await asyncio.sleep(0)
     await asyncio.wait_for(runner, 1)
     assert got == [1, 2, 3]
+
+
+def test_log_masks_secret_fields_but_not_signals(capsys):
+    from engine.logs import configure_logging
+
+    configure_logging(json=True)
+    try:
+        structlog.get_logger("t").info("x", api_key="AKIA-123", sign="abc", signal=0.5, signals=[1])
+    finally:
+        configure_logging()
+    line = capsys.readouterr().err
+    assert "AKIA-123" not in line and '"sign": "***"' in line
+    assert '"signal": 0.5' in line and '"signals": [1]' in line
