@@ -121,28 +121,29 @@ def run_backtest(
     matrix = BarMatrix.from_frame(data, timestamps=cfg.data.timestamps)
     bus = EventBus("backtest")
     clock = ReplayClock()
-    node = assemble(
-        cfg,
-        strategy,
-        matrix.symbols,
-        bus,
-        clock,
-        lambda b, c: PaperBroker(b, c, matrix.symbols, cfg.costs),
-        gates=gates,
-        capacity=len(matrix),
-    )
     out = Path(output) if output is not None else None
     journal = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         if cfg.engine.journal:
             (out / "journal.jsonl").unlink(missing_ok=True)
+            # subscribed first: a fill is on disk before the position change it causes
             journal = Journal(out / "journal.jsonl", bus)
-    events: Iterable[Any] = matrix.bar_sets()
-    if progress is not None:
-        events = progress(events, len(matrix))
-    started = time.perf_counter()
     try:
+        node = assemble(
+            cfg,
+            strategy,
+            matrix.symbols,
+            bus,
+            clock,
+            lambda b, c: PaperBroker(b, c, matrix.symbols, cfg.costs),
+            gates=gates,
+            capacity=len(matrix),
+        )
+        events: Iterable[Any] = matrix.bar_sets()
+        if progress is not None:
+            events = progress(events, len(matrix))
+        started = time.perf_counter()
         replay(bus, events, clock)
     finally:
         if journal is not None:

@@ -94,6 +94,8 @@ def test_equity_and_trades_match_hand_computation(tmp_path):
     journal = (tmp_path / "journal.jsonl").read_text().splitlines()
     kinds = [json.loads(line)["event"] for line in journal]
     assert kinds.count("Order") == 4 and kinds.count("Fill") == 4 and kinds.count("PositionUpdate") == 4
+    # every position change is journaled right after the fill that caused it
+    assert [k for k in kinds if k in ("Fill", "PositionUpdate")] == ["Fill", "PositionUpdate"] * 4
 
 
 def test_portfolio_books_flips_and_dust():
