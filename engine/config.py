@@ -55,9 +55,7 @@ class CostConfig(Section):
 
 
 class EngineConfig(Section):
-    mode: Literal["backtest", "paper", "live"] = "backtest"
     journal: bool = Field(True, description="write every order, fill and position change to journal.jsonl")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 class StrategyConfig(Section):

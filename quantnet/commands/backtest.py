@@ -105,6 +105,6 @@ def register(app: typer.Typer) -> None:
         rate = result.bars / result.seconds if result.seconds > 0 else float("inf")
         Console().print(
             f"{result.bars:,} bars in {result.seconds:.2f} s ({rate:,.0f} bars/s); results in {output}/ "
-            "(metrics.json, equity.csv, trades.csv, report.html, journal.jsonl)",
+            f"(metrics.json, equity.csv, trades.csv, report.html{', journal.jsonl' if cfg.engine.journal else ''})",
             highlight=False,
         )
