@@ -103,8 +103,10 @@ def register(app: typer.Typer) -> None:
             fail(f"backtest stopped: {exc}", code=1)
         Console().print(summary_table(result))
         rate = result.bars / result.seconds if result.seconds > 0 else float("inf")
+        files = "metrics.json, equity.csv, trades.csv, report.html" + (
+            ", journal.jsonl" if cfg.engine.journal else ""
+        )
         Console().print(
-            f"{result.bars:,} bars in {result.seconds:.2f} s ({rate:,.0f} bars/s); results in {output}/ "
-            f"(metrics.json, equity.csv, trades.csv, report.html{', journal.jsonl' if cfg.engine.journal else ''})",
+            f"{result.bars:,} bars in {result.seconds:.2f} s ({rate:,.0f} bars/s); results in {output}/ ({files})",
             highlight=False,
         )
