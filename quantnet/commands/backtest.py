@@ -107,6 +107,7 @@ def register(app: typer.Typer) -> None:
             ", journal.jsonl" if cfg.engine.journal else ""
         )
         Console().print(
-            f"{result.bars:,} bars in {result.seconds:.2f} s ({rate:,.0f} bars/s); results in {output}/ ({files})",
+            f"{result.bars:,} bars in {result.seconds:.2f} s ({rate:,.0f} bars/s); "
+            f"results in {output}/ ({files})",
             highlight=False,
         )
