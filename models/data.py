@@ -129,17 +129,21 @@ def model_arrays(returns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 def infer_periods_per_year(markets: Sequence[Market]) -> float:
     """Bars per year from the bar spacing and calendar: 252 for weekday daily bars, 365 (or the
-    24/7 hourly equivalent) when weekend bars exist; avoids sqrt(252) on hourly crypto."""
-    spacings, per_day, weekend = [], [], False
+    24/7 hourly equivalent) for markets that trade every day; avoids sqrt(252) on hourly crypto."""
+    spacings, per_day = [], []
+    weekdays = np.zeros(7)
     for m in markets:
         if len(m) < 2:
             continue
-        spacings.append(np.median(np.diff(m.index.asi8)))
+        spacings.append(np.median(np.diff(m.index.as_unit("ns").asi8)))
         per_day.append(len(m) / max(1, m.index.normalize().nunique()))
-        weekend = weekend or bool((m.index.day_of_week >= 5).any())
+        weekdays += np.bincount(m.index.day_of_week, minlength=7)
     if not spacings:
         return 252.0
-    days_per_year = 365.0 if weekend else 252.0
+    # 24/7 when (nearly) every weekday carries a real share of the bars, as engine.metrics decides:
+    # an odd Saturday session must not turn an exchange calendar into a 365-day one
+    round_the_clock = np.count_nonzero(weekdays >= 0.25 * weekdays.max()) >= 6
+    days_per_year = 365.0 if round_the_clock else 252.0
     step_s = float(np.median(spacings)) / 1e9
     if step_s >= 20 * 3600:
         days = max(1.0, round(step_s / 86400))

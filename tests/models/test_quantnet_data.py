@@ -75,3 +75,14 @@ def test_market_rejects_bad_shapes() -> None:
         Market("m", ("a", "b"), idx, np.zeros((3, 3)))
     with pytest.raises(ValueError, match="duplicate"):
         Market("m", ("a", "a"), idx, np.zeros((3, 2)))
+
+
+def test_an_odd_saturday_session_keeps_the_exchange_calendar():
+    days = pd.bdate_range("2020-01-01", periods=300, tz="UTC").append(
+        pd.DatetimeIndex(["2020-06-06"], tz="UTC")
+    )
+    days = days.sort_values()
+    exchange = Market("x", ("a",), days, np.zeros((len(days), 1)))
+    assert infer_periods_per_year([exchange]) == 252.0
+    every_day = pd.date_range("2020-01-01", periods=300, freq="D", tz="UTC")
+    assert infer_periods_per_year([Market("c", ("a",), every_day, np.zeros((300, 1)))]) == 365.0
