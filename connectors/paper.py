@@ -70,7 +70,14 @@ class PaperBroker:
             self._working[client_id] = amended  # same key: keeps its place in the queue
         now = self.clock.now_ns()
         self.bus.publish(
-            OrderUpdate(now, now, client_id, order.symbol, OrderStatus.ACCEPTED, reason or "amended")
+            OrderUpdate(
+                now,
+                now,
+                client_id,
+                order.symbol,
+                OrderStatus.ACCEPTED,
+                f"amend refused: {reason}" if reason else "amended",
+            )
         )
 
     def open_orders(self) -> Iterable[Order]:

@@ -543,6 +543,8 @@ class BybitExecution:
         if price is not None:
             t.price = float(body["triggerPrice" if t.conditional else "price"])
         t.order = replace(t.order, quantity=t.qty, price=t.price if price is not None else t.order.price)
+        if t.status not in _TERMINAL:
+            self._set(t, t.status, "amended", force=True)
 
     async def _resync(self) -> None:
         """After a private-stream (re)connect, updates and executions may have been missed: catch

@@ -87,7 +87,9 @@ async def test_trailing_stop_amends_its_trigger(h: Harness) -> None:
     assert [o.price for o in h.venue.open_orders()] == [moved]
     h.venue.amend(stop.client_id, price=last * 1.01)  # above the market: Bybit refuses (110093)
     await h.settle()
-    refused = [u for u in h.updates if u.client_id == stop.client_id and u.reason]
+    amended = [u for u in h.updates if u.client_id == stop.client_id and u.reason == "amended"]
+    assert len(amended) == 1 and amended[0].status is OrderStatus.ACCEPTED  # the successful move
+    refused = [u for u in h.updates if u.client_id == stop.client_id and u.reason.startswith("amend refused")]
     assert len(refused) == 1 and "110093" in refused[0].reason and "amend refused" in refused[0].reason
     assert refused[0].status is OrderStatus.ACCEPTED and placed.trigger_price == moved  # still protecting
     h.fake.set_price("linear", "BTCUSDT", round(last * 0.96, 1))
