@@ -6,10 +6,10 @@ and schedule the work on the running loop; outcomes come back on the bus as
 
 Idempotency: every order carries an ``orderLinkId`` derived from its deterministic client id
 (strategy, instrument, decision time). When the outcome of a create is unknown (timeout, lost
-connection, 5xx, 10006, 10016), the adapter first asks ``/v5/order/realtime`` for that
-orderLinkId and resends only if Bybit has no such order; a resend that races a late original is
-refused by Bybit as a duplicate (110072/170141), which is again resolved by reconciliation. So a
-retried decision can never open a second position.
+connection, 5xx, 10006, 10016), the adapter first asks ``/v5/order/realtime`` and then the order
+history for that orderLinkId and resends only if Bybit has no such order; a resend that races a
+late original is refused by Bybit as a duplicate (110072/170141), which is again resolved by
+reconciliation. So a retried decision can never open a second position.
 
 No fill is lost: executions are published once per ``execId`` whichever way they arrive. After
 every private-stream (re)connect, after a reconciliation that finds executed quantity, and every
@@ -467,32 +467,41 @@ class BybitExecution:
     async def _reconcile(self, t: _Tracked) -> bool:
         """Look the order up by orderLinkId; apply and return True if Bybit has it. The lookup
         itself is a read and is retried until it gives an answer. Executed quantity that no
-        published fill accounts for starts a catch-up of executions."""
+        published fill accounts for starts a catch-up of executions.
+
+        ``/v5/order/realtime`` lists only active orders on spot (and, after a Bybit restart, on
+        unified accounts), so an order that filled or was cancelled is looked for in the order
+        history before the caller concludes that Bybit never had it and resends."""
         self.reconciliations += 1
+        for path in ("/v5/order/realtime", "/v5/order/history"):
+            items = await self._orders_by_link(path, t)
+            if items is None:
+                return False
+            for item in items:
+                if item.get("orderLinkId") == t.link_id:
+                    log.info(
+                        "order found by reconciliation",
+                        order_link_id=t.link_id,
+                        status=item.get("orderStatus"),
+                        source=path,
+                    )
+                    self._apply_order(item)
+                    if as_float(item.get("cumExecQty")) > t.filled + self._tolerance(t):
+                        self.request_catchup()
+                    return True
+        return False
+
+    async def _orders_by_link(self, path: str, t: _Tracked) -> list[Mapping[str, Any]] | None:
+        """The orders ``path`` lists for the order's orderLinkId; None when no answer came."""
+        query = {"category": self.category, "symbol": t.order.symbol, "orderLinkId": t.link_id}
         for attempt in range(self.max_attempts * 2):
             try:
-                result = await self.rest.request(
-                    "GET",
-                    "/v5/order/realtime",
-                    {"category": self.category, "symbol": t.order.symbol, "orderLinkId": t.link_id},
-                    signed=True,
-                )
-                break
+                result = await self.rest.request("GET", path, query, signed=True)
+                return list(result.get("list") or [])
             except BybitError as exc:
-                log.warning("reconciliation query failed", order_link_id=t.link_id, error=str(exc))
+                log.warning("reconciliation query failed", order_link_id=t.link_id, path=path, error=str(exc))
                 await asyncio.sleep(self.config.backoff_initial * 2**attempt)
-        else:
-            return False
-        for item in result.get("list") or []:
-            if item.get("orderLinkId") == t.link_id:
-                log.info(
-                    "order found by reconciliation", order_link_id=t.link_id, status=item.get("orderStatus")
-                )
-                self._apply_order(item)
-                if as_float(item.get("cumExecQty")) > t.filled + self._tolerance(t):
-                    self.request_catchup()
-                return True
-        return False
+        return None
 
     async def _cancel(self, t: _Tracked) -> None:
         body: dict[str, Any] = {"category": self.category, "symbol": t.order.symbol, "orderLinkId": t.link_id}

@@ -277,6 +277,7 @@ class FakeBybit:
         r.add_post("/v5/order/amend", self._amend)
         r.add_post("/v5/order/cancel", self._cancel)
         r.add_get("/v5/order/realtime", self._realtime)
+        r.add_get("/v5/order/history", self._history)
         r.add_get("/v5/public/{category}", self._public_ws)
         r.add_get("/v5/private", self._private_ws)
 
@@ -861,7 +862,9 @@ class FakeBybit:
             if q.get("orderId") and order.order_id != q["orderId"]:
                 continue
             by_id = q.get("orderLinkId") or q.get("orderId")
-            if not by_id and order.status not in ("New", "PartiallyFilled", "Untriggered"):
+            # spot answers with active orders only unless openOnly=1 asks for the recent closed ones
+            closed_too = q.get("openOnly") == "1" if order.category == "spot" else bool(by_id)
+            if not closed_too and order.status not in ("New", "PartiallyFilled", "Untriggered"):
                 continue
             found.append(order.to_json(self.instruments[(order.category, order.symbol)]))
         return self._envelope(
@@ -871,6 +874,28 @@ class FakeBybit:
                 "category": q.get("category", ""),
             }
         )
+
+    async def _history(self, request: web.Request) -> web.StreamResponse:
+        """Order history: orders of any status, newest first, by orderLinkId/orderId/symbol."""
+        q, bad = await self._private_rest(request)
+        if bad is not None:
+            return bad
+        assert q is not None
+        reply, _ = await self._fault(request)
+        if reply is not None:
+            return reply
+        found = [
+            order.to_json(self.instruments[(order.category, order.symbol)])
+            for order in sorted(self.orders.values(), key=lambda o: o.created, reverse=True)
+            if order.category == q.get("category")
+            and all(not q.get(k) or q[k] == v for k, v in self._order_keys(order).items())
+        ]
+        page = found[: int(q.get("limit", 20))]
+        return self._envelope({"list": page, "nextPageCursor": "", "category": q.get("category", "")})
+
+    @staticmethod
+    def _order_keys(order: FakeOrder) -> dict[str, str]:
+        return {"symbol": order.symbol, "orderLinkId": order.link_id, "orderId": order.order_id}
 
     async def _execution_list(self, request: web.Request) -> web.StreamResponse:
         """Trade history, newest first, in pages chained by an opaque (URL-encoded) cursor that

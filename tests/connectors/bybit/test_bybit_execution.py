@@ -13,7 +13,7 @@ from connectors.bybit.signing import Credentials
 from engine.bus import EventBus
 from engine.events import Bar, Fill, OrderStatus, OrderType, Side
 from engine.ports import ExecutionVenue
-from tests.connectors.bybit.conftest import KEY, SECRET, Harness, fast_config, order
+from tests.connectors.bybit.conftest import KEY, SECRET, Harness, fast_config, order, running_venue
 from tests.fake_bybit import FakeBybit
 
 
@@ -176,3 +176,22 @@ async def test_a_malformed_execution_does_not_cost_the_good_ones(h: Harness) -> 
     h.venue.on_private_message({"topic": "execution", "data": [{**garbled, "execQty": "0.2"}]})
     await h.settle()
     assert h.fills[-1].exec_id == "bad-1" and h.fills[-1].quantity == 0.2  # delivered whole later
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_spot_order_filled_while_its_reply_was_lost_is_found_in_history(
+    fake: FakeBybit, stream: bool
+) -> None:
+    """Spot's /v5/order/realtime shows active orders only: a market order that filled before its
+    lost reply could be reconciled must be looked up in the order history, not sent again."""
+    async with running_venue(fake, category="spot", private_stream=stream) as h:
+        fake.faults.rest.append(("/v5/order/create", "lost"))
+        h.venue.submit(order("spot-lost-1", qty=0.01, symbol="ETHUSDT"))
+        await h.settle()
+        await h.until(lambda: bool(h.fills))
+        placed = [o for o in fake.orders.values() if o.link_id == "spot-lost-1"]
+        assert len(placed) == 1 and placed[0].status == "Filled"
+        assert h.venue.resends == 0
+        assert ("GET", "/v5/order/history") in fake.requests
+        assert h.statuses("spot-lost-1")[-1] is OrderStatus.FILLED
+        assert [f.quantity for f in h.fills] == [0.01]
