@@ -52,6 +52,12 @@ class CostConfig(Section):
     taker_fee_bps: float = Field(5.5, ge=0, le=1000)
     maker_fee_bps: float = Field(2.0, ge=-100, le=1000)
     slippage_bps: float = Field(1.0, ge=0, le=1000)
+    funding_rate_bps: float = Field(
+        0.0, ge=-1000, le=1000, description="perpetual funding per interval, bps of position value; longs pay"
+    )
+    funding_interval_hours: float = Field(
+        8.0, gt=0, le=24 * 7, description="funding every N hours from 00:00 UTC"
+    )
 
 
 class EngineConfig(Section):

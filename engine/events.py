@@ -156,6 +156,20 @@ class PositionUpdate:
 
 
 @dataclass(slots=True)
+class Funding:
+    """A perpetual's funding payment on a position: ``amount`` is cash paid (negative: received).
+    With a positive rate longs pay shorts."""
+
+    ts_event: int
+    ts_init: int
+    symbol: str
+    quantity: float
+    price: float
+    rate: float
+    amount: float
+
+
+@dataclass(slots=True)
 class RiskEvent:
     """A risk rule fired: an order was rejected or resized, a stop triggered, a limit breached, or
     the trading state changed."""
@@ -178,4 +192,4 @@ class Heartbeat:
     source: str
 
 
-Event = Bar | BarSet | Signal | Order | OrderUpdate | Fill | PositionUpdate | RiskEvent | Heartbeat
+Event = Bar | BarSet | Signal | Order | OrderUpdate | Fill | Funding | PositionUpdate | RiskEvent | Heartbeat

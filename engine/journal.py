@@ -1,4 +1,5 @@
-"""Append-only journal: every order, order update, fill, position change and risk event, one JSON
+"""Append-only journal: every order, order update, fill, funding payment, position change and risk
+event, one JSON
 line each, written before anything else can forget it. A restart rebuilds state from it."""
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from engine.bus import EventBus
-from engine.events import Fill, Order, OrderUpdate, PositionUpdate, RiskEvent
+from engine.events import Fill, Funding, Order, OrderUpdate, PositionUpdate, RiskEvent
 
-JOURNALED = (Order, OrderUpdate, Fill, PositionUpdate, RiskEvent)
+JOURNALED = (Order, OrderUpdate, Fill, Funding, PositionUpdate, RiskEvent)
 
 
 def _plain(value: Any) -> Any:

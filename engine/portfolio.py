@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from engine.bus import EventBus
-from engine.events import BarSet, Fill, PositionUpdate
+from engine.events import BarSet, Fill, Funding, PositionUpdate
 
 _EPS = 1e-12
 
@@ -62,6 +62,7 @@ class Portfolio:
         self.realized_pnl = np.zeros(n)
         self.last_price = np.zeros(n)
         self.fees = 0.0
+        self.funding = 0.0
         self.turnover_notional = 0.0
         self.n_fills = 0
         self.trade_pnls: list[float] = []
@@ -75,6 +76,7 @@ class Portfolio:
         self._positions = _Series(n, capacity) if record_positions else None
         if bus is not None:
             bus.subscribe(Fill, self.on_fill)
+            bus.subscribe(Funding, self.on_funding)
             bus.subscribe(BarSet, self.on_bars)
 
     # events ---------------------------------------------------------------------------------
@@ -138,6 +140,14 @@ class Portfolio:
                     fill.ts_event, fill.ts_init, fill.symbol, new, avg, float(self.realized_pnl[i])
                 )
             )
+
+    def on_funding(self, funding: Funding) -> None:
+        i = self.index.get(funding.symbol)
+        if i is None or not math.isfinite(funding.amount):
+            raise ValueError(f"refusing funding payment {funding}")
+        self.cash -= funding.amount
+        self.funding += funding.amount
+        self._trade_acc[i] -= funding.amount
 
     # views ----------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from connectors import datasets
+from connectors.funding import SimulatedFunding
 from connectors.paper import PaperBroker
 from connectors.replay import BarMatrix, load_ohlcv
 from engine.bus import EventBus, replay
@@ -92,6 +93,15 @@ class BacktestResult:
     seconds: float
 
 
+def simulated_venue(bus: EventBus, clock: Clock, symbols: tuple[str, ...], cfg: AppConfig) -> PaperBroker:
+    """The paper broker, and perpetual funding when a rate is configured (after the broker, so it
+    charges the position that the bar's opening fills leave)."""
+    broker = PaperBroker(bus, clock, symbols, cfg.costs)
+    if cfg.costs.funding_rate_bps:
+        SimulatedFunding(bus, clock, symbols, cfg.costs)
+    return broker
+
+
 def data_path(cfg: AppConfig) -> Path:
     """The configured file or directory; a built-in dataset's name works as a path too."""
     if not cfg.data.path:
@@ -136,7 +146,7 @@ def run_backtest(
             matrix.symbols,
             bus,
             clock,
-            lambda b, c: PaperBroker(b, c, matrix.symbols, cfg.costs),
+            lambda b, c: simulated_venue(b, c, matrix.symbols, cfg),
             gates=gates,
             capacity=len(matrix),
         )
@@ -188,6 +198,7 @@ def _result(
     )
     metrics["periods_per_year"] = ppy
     metrics["fees"] = pf.fees
+    metrics["funding"] = pf.funding
     if node.risk is not None:
         metrics.update(node.risk.metrics())
     risk = [
