@@ -58,7 +58,7 @@ _COUNTS = {
     "bars_reducing",
     "bars_halted",
 }
-_MONEY = {"final_equity", "fees"}
+_MONEY = {"final_equity", "fees", "funding"}
 _LABELS = {
     "total_return": "Total return",
     "annual_return": "Annual return",
@@ -79,6 +79,7 @@ _LABELS = {
     "exposure": "Exposure (mean gross / equity)",
     "time_in_market": "Time in market",
     "fees": "Fees paid",
+    "funding": "Funding paid",
     "final_equity": "Final equity",
     "years": "Years",
     "n_periods": "Periods",
