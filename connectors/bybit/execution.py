@@ -19,6 +19,9 @@ order with what the stream delivers meanwhile. An order update that reports more
 quantity than the fills published so far is held back until those fills are out, so the bus
 always sees a fill before the PARTIALLY_FILLED or FILLED it explains (as the paper broker does).
 
+Fees are booked in the quote coin: a spot buy's fee, charged in the base coin (``feeCurrency``),
+is converted at the execution price.
+
 STOP orders become Bybit conditional market orders (``triggerPrice``; ``triggerDirection`` on
 derivatives, ``orderFilter=StopOrder`` on spot). A stop whose trigger the price has already passed
 is sent as a market order, as the paper broker fills a stop gapped through at the next price.
@@ -204,6 +207,8 @@ class BybitExecution:
         self.caught_up = 0
         self.catchup_failures = 0
         self.stops_passed = 0
+        self.foreign_fees = 0
+        """Executions whose fee was in neither the base nor the quote coin (booked as reported)."""
         bus.subscribe(Bar, self._on_bar)
 
     # lifecycle -----------------------------------------------------------------------------
@@ -758,6 +763,7 @@ class BybitExecution:
         if item.get("execType", "Trade") != "Trade":
             return False  # funding, delivery, ADL bookkeeping: not fills of our orders
         client_id = t.order.client_id if t is not None else link or str(item.get("orderId", ""))
+        fee = self._fee_in_quote(item, fee, price)
         fill = Fill(
             exec_ms * _MS,
             time.time_ns(),
@@ -785,6 +791,28 @@ class BybitExecution:
             elif t.status in (OrderStatus.SUBMITTED, OrderStatus.ACCEPTED) and t.filled < t.qty - tol:
                 self._set(t, OrderStatus.PARTIALLY_FILLED)
         return True
+
+    def _fee_in_quote(self, item: Mapping[str, Any], fee: float, price: float) -> float:
+        """The execution's fee in the quote coin, which the portfolio books it in.
+
+        Spot charges a buy's fee in the base coin it receives (``feeCurrency``), worth
+        ``fee · execPrice`` in quote. A fee in a third coin (a fee-deduction token) has no price
+        here: it is booked as reported, with a warning and a count, rather than guessed."""
+        currency = str(item.get("feeCurrency") or "")
+        symbol = str(item.get("symbol") or "")
+        if self.category != "spot" or not currency or not fee or symbol.endswith(currency):
+            return fee
+        if symbol.startswith(currency):
+            return fee * price
+        self.foreign_fees += 1
+        log.warning(
+            "execution fee in a coin that is neither base nor quote; booked as reported",
+            exec_id=item.get("execId"),
+            symbol=symbol,
+            fee=fee,
+            fee_currency=currency,
+        )
+        return fee
 
     def _tolerance(self, t: _Tracked) -> float:
         rules = self.rules.get(t.order.symbol)

@@ -724,7 +724,11 @@ class FakeBybit:
             self._execute(order, inst, lots * inst.step, price, maker=maker)
 
     def _execute(self, order: FakeOrder, inst: Instrument, qty: float, price: float, *, maker: bool) -> None:
-        fee = qty * price * (MAKER_FEE if maker else TAKER_FEE)
+        rate = MAKER_FEE if maker else TAKER_FEE
+        fee, fee_currency = qty * price * rate, "USDT"
+        if order.category == "spot" and order.side == "Buy":
+            # a spot buy pays its fee out of the coin it receives
+            fee, fee_currency = qty * rate, order.symbol.removesuffix("USDT")
         order.cum_qty += qty
         order.cum_value += qty * price
         order.cum_fee += fee
@@ -740,7 +744,7 @@ class FakeBybit:
             execPrice=_fmt(price, inst.tick),
             execQty=_fmt(qty, inst.step),
             execValue=str(round(qty * price, 8)),
-            feeRate=str(MAKER_FEE if maker else TAKER_FEE),
+            feeRate=str(rate),
             leavesQty=_fmt(max(order.qty - order.cum_qty, 0.0), inst.step),
             orderId=order.order_id,
             orderLinkId=order.link_id,
@@ -753,7 +757,7 @@ class FakeBybit:
             isMaker=maker,
             seq=len(self.executions) + 1,
             closedSize="0",
-            feeCurrency="USDT",
+            feeCurrency=fee_currency,
         )
         self.executions.append(execution)
         if self.faults.order_before_execution:

@@ -195,3 +195,21 @@ async def test_spot_order_filled_while_its_reply_was_lost_is_found_in_history(
         assert ("GET", "/v5/order/history") in fake.requests
         assert h.statuses("spot-lost-1")[-1] is OrderStatus.FILLED
         assert [f.quantity for f in h.fills] == [0.01]
+
+
+async def test_spot_fees_are_booked_in_the_quote_coin(fake: FakeBybit) -> None:
+    """A spot buy pays its fee in the base coin (``feeCurrency``): the fill's fee is its value in
+    the quote coin, as for a sell; a fee in a third coin is booked as reported and counted."""
+    async with running_venue(fake, category="spot") as h:
+        last = fake.last_price("spot", "ETHUSDT")
+        h.venue.submit(order("spot-buy-1", qty=0.5, symbol="ETHUSDT"))
+        h.venue.submit(order("spot-sell-1", qty=0.5, symbol="ETHUSDT", side=Side.SELL))
+        await h.settle()
+        await h.until(lambda: len(h.fills) == 2)
+        buy, sell = sorted(h.fills, key=lambda f: f.side is Side.SELL)
+        assert [e["feeCurrency"] for e in fake.executions] == ["ETH", "USDT"]
+        assert buy.fee == pytest.approx(0.5 * last * 0.00055) and sell.fee == pytest.approx(buy.fee)
+        item = {**fake.executions[0], "execId": "mnt-fee-1", "feeCurrency": "MNT", "execFee": "0.3"}
+        h.venue.on_private_message({"topic": "execution", "data": [item]})
+        await h.settle()
+        assert h.fills[-1].fee == 0.3 and h.venue.foreign_fees == 1
