@@ -9,7 +9,9 @@ Idempotency: every order carries an ``orderLinkId`` derived from its determinist
 connection, 5xx, 10006, 10016), the adapter first asks ``/v5/order/realtime`` and then the order
 history for that orderLinkId and resends only if Bybit has no such order; a resend that races a
 late original is refused by Bybit as a duplicate (110072/170141), which is again resolved by
-reconciliation. So a retried decision can never open a second position.
+reconciliation. So a retried decision can never open a second position. A cancel asked for while
+the create is unresolved waits for its outcome (or keeps it from being sent): sent at once, it could
+overtake the create, find nothing, and leave the order working.
 
 No fill is lost: executions are published once per ``execId`` whichever way they arrive. After
 every private-stream (re)connect, after a reconciliation that finds executed quantity, and every
@@ -139,6 +141,11 @@ class _Tracked:
     held: tuple[OrderStatus, str, float] | None = None
     """A status waiting for its fills: (status, reason, Bybit's cumExecQty)."""
     note: str = ""
+    placing: bool = True
+    """The create has not resolved yet (sent or about to be, outcome unknown)."""
+    cancel_wanted: bool = False
+    """Cancel asked for while the create was unresolved: sent once Bybit is known to have it."""
+    cancel_sent: bool = False
 
 
 class BybitExecution:
@@ -307,10 +314,19 @@ class BybitExecution:
         self._spawn(self._place(tracked), request=True)
 
     def cancel(self, client_id: str) -> None:
+        """Cancel now if Bybit is known to have the order; otherwise remember it: a cancel that
+        overtook its create would find nothing, and the create would then leave the order working."""
         tracked = self.orders.get(client_id)
         if tracked is None or tracked.status in _TERMINAL:
             return
-        self._spawn(self._cancel(tracked), request=True)
+        tracked.cancel_wanted = True
+        if tracked.placing and tracked.status is OrderStatus.SUBMITTED:
+            return  # _place sends it, or does not send the create at all
+        self._send_cancel(tracked)
+
+    def _send_cancel(self, t: _Tracked) -> None:
+        t.cancel_sent = True
+        self._spawn(self._cancel(t), request=True)
 
     def amend(self, client_id: str, *, quantity: float | None = None, price: float | None = None) -> None:
         """Change a working order's quantity and/or price (a limit's price, a stop's trigger),
@@ -395,6 +411,15 @@ class BybitExecution:
     # requests ------------------------------------------------------------------------------
 
     async def _place(self, t: _Tracked) -> None:
+        """Create the order; a cancel asked for meanwhile follows once the outcome is known."""
+        try:
+            await self._create(t)
+        finally:
+            t.placing = False
+            if t.cancel_wanted and not t.cancel_sent and t.status not in _TERMINAL:
+                self._send_cancel(t)
+
+    async def _create(self, t: _Tracked) -> None:
         if t.conditional and self.category == "spot" and await self._spot_trigger_passed(t):
             self._as_market(t, "the last price is already past the trigger")
         body = self._body(t)
@@ -402,6 +427,11 @@ class BybitExecution:
         attempt = 0
         while attempt < self.max_attempts:
             attempt += 1
+            if t.cancel_wanted:
+                # not sent, or sent and not found by reconciliation: not (re)sent now
+                why = "before it was sent" if attempt == 1 else "after Bybit had not received it"
+                self._set(t, OrderStatus.CANCELLED, f"cancelled {why}")
+                return
             if attempt > 1:
                 self.resends += 1
                 log.warning("resending order", order_link_id=t.link_id, attempt=attempt)
@@ -716,6 +746,13 @@ class BybitExecution:
             return  # an order this engine did not send (manual, another bot): not ours to report
         if item.get("orderId"):
             t.venue_order_id = str(item["orderId"])
+        if (
+            t.cancel_wanted
+            and not t.cancel_sent
+            and not t.placing
+            and status in (OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED)
+        ):
+            self._send_cancel(t)  # a create given up after its cancel has reached Bybit late
         reason = ""
         if status is OrderStatus.REJECTED or (status is OrderStatus.CANCELLED and item.get("rejectReason")):
             code = str(item.get("rejectReason") or "")

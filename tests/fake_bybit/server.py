@@ -200,8 +200,9 @@ class Faults:
     skip_confirm: set[int] = field(default_factory=set)
     rest: list[tuple[str, str]] = field(default_factory=list)
     """(path prefix, fault): fault is "10006", "10016", "403", "500", "drop" (connection closed,
-    nothing done), "lost" (order placed, then the connection closed), "slow:<seconds>" (act, then
-    answer late) or "reject:<retCode>"."""
+    nothing done), "lost" (order placed, then the connection closed), "late:<seconds>" (a create
+    still on its way: wait, then act and answer), "slow:<seconds>" (act, then answer late) or
+    "reject:<retCode>"."""
     duplicate_executions: bool = False
     fill_parts: int = 1
     """Each fill of an order is split into this many executions (partial fills), each pushed with
@@ -439,6 +440,8 @@ class FakeBybit:
             return web.Response(status=500), 0.0
         if fault.startswith("slow:"):
             return None, float(fault.split(":", 1)[1])
+        if fault.startswith("late:"):
+            return None, -float(fault.split(":", 1)[1])
         if fault.startswith("reject:"):
             return self._error(int(fault.split(":", 1)[1]), "injected rejection"), 0.0
         return None, 0.0
@@ -598,6 +601,9 @@ class FakeBybit:
         reply, delay = await self._fault(request)
         if reply is not None:
             return reply
+        if delay < 0:  # "late": the order reaches the matching engine only now
+            await asyncio.sleep(-delay)
+            delay = 0.0
         result = self._place(body)
         if delay:
             await asyncio.sleep(delay)

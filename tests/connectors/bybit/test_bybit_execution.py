@@ -213,3 +213,36 @@ async def test_spot_fees_are_booked_in_the_quote_coin(fake: FakeBybit) -> None:
         h.venue.on_private_message({"topic": "execution", "data": [item]})
         await h.settle()
         assert h.fills[-1].fee == 0.3 and h.venue.foreign_fees == 1
+
+
+async def test_cancel_of_an_order_whose_create_is_in_flight_is_not_lost(h: Harness) -> None:
+    """A cancel that would reach Bybit before the create finds nothing to cancel; it is held until
+    the create's outcome is known, so the order ends cancelled instead of left working."""
+    last = h.fake.last_price("linear", "BTCUSDT")
+    h.fake.faults.rest.append(("/v5/order/create", "late:0.3"))
+    h.venue.submit(order("fly-1", qty=0.01, type=OrderType.LIMIT, price=last * 0.8))
+    await asyncio.sleep(0.1)  # the create has left and not arrived
+    h.venue.cancel("fly-1")
+    await h.settle(0.3)
+    placed = [o for o in h.fake.orders.values() if o.link_id == "fly-1"]
+    assert [o.status for o in placed] == ["Cancelled"]
+    assert h.statuses("fly-1")[-1] is OrderStatus.CANCELLED
+    assert list(h.venue.open_orders()) == []
+
+
+async def test_cancel_before_the_create_leaves_sends_nothing(h: Harness) -> None:
+    h.venue.submit(order("fly-2", qty=0.01))
+    h.venue.cancel("fly-2")
+    await h.settle()
+    assert not [o for o in h.fake.orders.values() if o.link_id == "fly-2"]
+    assert h.statuses("fly-2") == [OrderStatus.CANCELLED] and not h.fills
+
+
+async def test_cancel_of_a_market_order_in_flight_that_fills_first_ends_filled(h: Harness) -> None:
+    h.fake.faults.rest.append(("/v5/order/create", "late:0.3"))
+    h.venue.submit(order("fly-3", qty=0.01))
+    await asyncio.sleep(0.1)
+    h.venue.cancel("fly-3")
+    await h.settle(0.3)
+    assert h.statuses("fly-3")[-1] is OrderStatus.FILLED and [f.quantity for f in h.fills] == [0.01]
+    assert list(h.venue.open_orders()) == []
