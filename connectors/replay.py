@@ -167,9 +167,9 @@ def load_ohlcv(
                 f"{r['_file']}: symbol {r['symbol']}: {r['timestamp']} also appears in another file"
             )
     if start:
-        data = data[data["timestamp"] >= _utc(start)]
+        data = data[data["timestamp"] >= parse_time(start)]
     if end:
-        data = data[data["timestamp"] <= _utc(end, end_of_day=True)]
+        data = data[data["timestamp"] <= parse_time(end, end_of_day=True)]
     if symbols is not None:
         unknown = sorted(set(symbols) - set(data["symbol"]))
         if unknown:
@@ -180,7 +180,8 @@ def load_ohlcv(
     return data[keep].sort_values(["timestamp", "symbol"], kind="stable").reset_index(drop=True)
 
 
-def _utc(value: str | pd.Timestamp, *, end_of_day: bool = False) -> pd.Timestamp:
+def parse_time(value: str | pd.Timestamp, *, end_of_day: bool = False) -> pd.Timestamp:
+    """A UTC timestamp from ISO 8601; ``end_of_day`` makes a bare date inclusive of that day."""
     try:
         ts = pd.Timestamp(value)
     except ValueError:

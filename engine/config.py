@@ -33,6 +33,10 @@ class DataConfig(Section):
     timestamps: Literal["open", "close"] = Field(
         "open", description="whether file timestamps label the bar's open (as Bybit) or its close"
     )
+    warmup: bool = Field(
+        True,
+        description="feed the strategy the bars it needs before `start` (no trading) when the data has them",
+    )
     calendar: Literal["auto", "exchange", "24/7"] = "auto"
     periods_per_year: float | None = Field(None, gt=0, description="annualisation override")
 

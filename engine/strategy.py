@@ -98,6 +98,12 @@ class Strategy(ABC):
     def __init__(self, params: Params | None = None) -> None:
         self.params = params if params is not None else self.Params()
 
+    @property
+    def warmup_bars(self) -> int:
+        """Bars before the start that settle this strategy's state (replay feeds them when the data
+        has them, without trading)."""
+        return self.window
+
     @classmethod
     def from_params(cls, raw: dict[str, Any]) -> Strategy:
         return cls(cls.Params.model_validate(raw))
@@ -129,16 +135,36 @@ class StrategyHost:
         self.max_weight = max_weight
         self.ctx = StrategyContext(symbols, strategy.window, weights)
         self.invalid_targets = 0
+        self._standing: np.ndarray | None = None
         strategy.on_start(symbols)
         bus.subscribe(BarSet, self.on_bars)
 
+    def warm(self, bars: BarSet) -> None:
+        """Feed a bar from before the start: the strategy settles its state and its targets are
+        remembered, not traded; the first live bar sends the targets standing by then."""
+        targets = self._decide(bars)
+        if self._standing is None:
+            self._standing = np.full(len(self.ctx.symbols), np.nan)
+        if targets is not None:
+            np.copyto(self._standing, targets, where=~np.isnan(targets))
+
     def on_bars(self, bars: BarSet) -> None:
+        targets = self._decide(bars)
+        if self._standing is not None:
+            standing, self._standing = self._standing, None
+            targets = standing if targets is None else np.where(np.isnan(targets), standing, targets)
+        if targets is None or np.isnan(targets).all():
+            return
+        self.bus.publish(Signal(bars.ts_event, self.clock.now_ns(), self.strategy.name, targets))
+
+    def _decide(self, bars: BarSet) -> np.ndarray | None:
+        """The strategy's answer for this bar, with invalid targets turned into "no change"."""
         ctx = self.ctx
         ctx.now_ns = bars.ts_event
         ctx._append(bars.close)
         targets = self.strategy.on_bars(bars, ctx)
         if targets is None:
-            return
+            return None
         targets = np.array(targets, dtype=float, copy=True)
         if targets.shape != (len(ctx.symbols),):
             raise ValueError(
@@ -156,6 +182,4 @@ class StrategyHost:
                 max_weight=self.max_weight,
             )
             targets[bad] = np.nan
-        if np.isnan(targets).all():
-            return
-        self.bus.publish(Signal(bars.ts_event, self.clock.now_ns(), self.strategy.name, targets))
+        return targets

@@ -6,6 +6,7 @@ source and the venue differ.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -19,7 +20,7 @@ import pandas as pd
 from connectors import datasets
 from connectors.funding import SimulatedFunding
 from connectors.paper import PaperBroker
-from connectors.replay import BarMatrix, load_ohlcv
+from connectors.replay import BarMatrix, DataError, load_ohlcv, parse_time
 from engine.bus import EventBus, replay
 from engine.clock import Clock, ReplayClock
 from engine.events import Fill, RiskEvent
@@ -112,9 +113,27 @@ def data_path(cfg: AppConfig) -> Path:
     return given
 
 
-def load_data(cfg: AppConfig) -> pd.DataFrame:
-    path = data_path(cfg)
-    return load_ohlcv(path, start=cfg.data.start or None, end=cfg.data.end or None)
+def load_data(cfg: AppConfig, *, history: bool = False) -> pd.DataFrame:
+    """The configured bars from ``start`` to ``end``; with ``history``, also every bar before
+    ``start`` (for warm-up)."""
+    start = None if history else cfg.data.start or None
+    return load_ohlcv(data_path(cfg), start=start, end=cfg.data.end or None)
+
+
+def split_warmup(data: pd.DataFrame, start: str, bars: int) -> tuple[pd.DataFrame, int]:
+    """Keep the bars from ``start`` on, preceded by at most ``bars`` earlier timestamps for warm-up;
+    returns the frame and how many of its timestamps are warm-up."""
+    if not start:
+        return data, 0
+    first = parse_time(start)
+    before = data["timestamp"] < first
+    if before.all():
+        raise DataError(f"no bars from {start} on")
+    if bars <= 0 or not before.any():
+        return data[~before], 0
+    earlier = data.loc[before, "timestamp"].drop_duplicates().nlargest(bars)
+    keep = ~before | data["timestamp"].isin(earlier)
+    return data[keep], len(earlier)
 
 
 def run_backtest(
@@ -127,7 +146,8 @@ def run_backtest(
     progress: Callable[[Iterable[Any], int], Iterator[Any]] | None = None,
 ) -> BacktestResult:
     strategy = strategy or create(cfg.strategy.name, cfg.strategy.params)
-    data = load_data(cfg) if data is None else data
+    data = load_data(cfg, history=cfg.data.warmup) if data is None else data
+    data, warm = split_warmup(data, cfg.data.start, strategy.warmup_bars if cfg.data.warmup else 0)
     matrix = BarMatrix.from_frame(data, timestamps=cfg.data.timestamps)
     bus = EventBus("backtest")
     clock = ReplayClock()
@@ -150,23 +170,27 @@ def run_backtest(
             gates=gates,
             capacity=len(matrix),
         )
-        events: Iterable[Any] = matrix.bar_sets()
+        bar_sets = matrix.bar_sets()
+        for bars in itertools.islice(bar_sets, warm):  # before the start: the strategy only
+            clock.advance(bars.ts_event)
+            node.host.warm(bars)
+        events: Iterable[Any] = bar_sets
         if progress is not None:
-            events = progress(events, len(matrix))
+            events = progress(events, len(matrix) - warm)
         started = time.perf_counter()
         replay(bus, events, clock)
     finally:
         if journal is not None:
             journal.close()
     seconds = time.perf_counter() - started
-    result = _result(cfg, strategy, matrix, node, seconds)
+    result = _result(cfg, strategy, matrix, node, seconds, warm)
     if out is not None:
         write_outputs(result, out)
     return result
 
 
 def _result(
-    cfg: AppConfig, strategy: Strategy, matrix: BarMatrix, node: TradingNode, seconds: float
+    cfg: AppConfig, strategy: Strategy, matrix: BarMatrix, node: TradingNode, seconds: float, warm: int
 ) -> BacktestResult:
     pf = node.portfolio
     times = pf.times()
@@ -217,7 +241,8 @@ def _result(
         "symbols": list(matrix.symbols),
         "first_bar": str(stamp[0]) if len(stamp) else "",
         "last_bar": str(stamp[-1]) if len(stamp) else "",
-        "bars": len(matrix),
+        "bars": len(matrix) - warm,
+        "warmup_bars": warm,
         "cash": cfg.portfolio.cash,
         "costs": cfg.costs.model_dump(),
         "data": cfg.data.path or f"built-in dataset {cfg.data.dataset}",
@@ -225,7 +250,14 @@ def _result(
         "trading_state": node.risk.state.value if node.risk is not None else "active (no risk rules)",
     }
     return BacktestResult(
-        metrics, equity, positions, trades, risk, settings, len(matrix) * len(matrix.symbols), seconds
+        metrics,
+        equity,
+        positions,
+        trades,
+        risk,
+        settings,
+        (len(matrix) - warm) * len(matrix.symbols),
+        seconds,
     )
 
 

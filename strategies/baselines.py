@@ -73,6 +73,10 @@ class SmaCrossover(Strategy):
     name = "sma_crossover"
     Params = SmaCrossoverParams
 
+    @property
+    def warmup_bars(self) -> int:
+        return self.params.slow
+
     def on_start(self, symbols: tuple[str, ...]) -> None:
         p = self.params
         n = len(symbols)

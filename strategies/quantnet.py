@@ -51,6 +51,10 @@ class QuantNetStrategy(Strategy):
     name = "quantnet"
     Params = QuantNetParams
 
+    @property
+    def warmup_bars(self) -> int:
+        return self.params.warmup
+
     def on_start(self, symbols: tuple[str, ...]) -> None:
         p = self.params
         path = Path(p.model)
