@@ -244,6 +244,7 @@ class RiskManager:
         self._side = np.zeros(n)  # sign of each position, kept by on_fill
         self._best = np.full(n, np.nan)  # best price since the position opened (trailing stop)
         self._seq = 0
+        self._flattening: dict[str, tuple[int, float]] = {}  # flatten orders working: (index, signed left)
 
         self._state_path = Path(config.state_file) if config.state_file else None
         self._startup: list[tuple[str, str]] = []
@@ -259,6 +260,9 @@ class RiskManager:
         if self._exits_on:
             bus.subscribe(Fill, self.on_fill)
             bus.subscribe(OrderUpdate, self.on_order_update)
+        if config.max_drawdown is not None or self._state_path is not None:
+            bus.subscribe(Fill, self._flatten_on_fill)
+            bus.subscribe(OrderUpdate, self._flatten_on_update)
 
     # pre-trade --------------------------------------------------------------------------------
 
@@ -272,7 +276,11 @@ class RiskManager:
         price = order.price if priced else float(pf.last_price[i])
         if not (math.isfinite(price) and price > 0):
             return self._reject(order, "no_price", "no price to value the order against the limits")
-        held = float(pf.qty[i] + self.orders.pending[i])
+        if order.client_id in self._flattening:
+            # sized from the position: orders still being cancelled must not shrink it
+            held = float(pf.qty[i]) + self._flatten_pending(i, but=order.client_id)
+        else:
+            held = float(pf.qty[i] + self.orders.pending[i])
         delta = order.quantity * order.side
         reducing = min(1.0, abs(held) / order.quantity) if held * delta < 0 else 0.0
         t, rule, why = 1.0, "", ""
@@ -640,7 +648,12 @@ class RiskManager:
         self._flatten(ts)
 
     def _flatten(self, ts: int) -> None:
-        """Cancel every working order, then close every position at market."""
+        """Cancel every working order, then close every position at market.
+
+        A venue that answers later (live) still counts the orders being cancelled as pending, so
+        the flatten is sized from the position itself, and what fills before a cancel resolves is
+        closed by a further flatten once nothing but flattens is pending (:meth:`_top_up`). The
+        orders are reduce-only: one that turns out larger than the position cannot flip it."""
         for order in list(self.venue.open_orders()):
             self.venue.cancel(order.client_id)
         self._exits.clear()
@@ -649,23 +662,69 @@ class RiskManager:
         self._synced.fill(math.nan)
         qty = self.portfolio.qty
         for i in np.flatnonzero(qty):
-            q = float(qty[i])
-            self._seq += 1
-            symbol = self.symbols[i]
-            self.orders.submit(
-                Order(
-                    client_order_id("risk", symbol, ts, f"flatten{self._seq}"),
-                    ts,
-                    self.clock.now_ns(),
-                    symbol,
-                    Side.SELL if q > 0 else Side.BUY,
-                    abs(q),
-                    OrderType.MARKET,
-                    reduce_only=True,
-                    strategy="risk",
-                    tag="flatten",
-                )
+            self._submit_flatten(int(i), float(qty[i]), ts)
+
+    def _submit_flatten(self, i: int, q: float, ts: int) -> None:
+        """A reduce-only market order closing ``q`` of symbol ``i``."""
+        self._seq += 1
+        symbol = self.symbols[i]
+        order = Order(
+            client_order_id("risk", symbol, ts, f"flatten{self._seq}"),
+            ts,
+            self.clock.now_ns(),
+            symbol,
+            Side.SELL if q > 0 else Side.BUY,
+            abs(q),
+            OrderType.MARKET,
+            reduce_only=True,
+            strategy="risk",
+            tag="flatten",
+        )
+        self._flattening[order.client_id] = (i, -q)
+        if not self.orders.submit(order):
+            self._flattening.pop(order.client_id, None)
+
+    def _flatten_pending(self, i: int, *, but: str = "") -> float:
+        return sum(left for cid, (j, left) in self._flattening.items() if j == i and cid != but)
+
+    def _flatten_on_fill(self, fill: Fill) -> None:
+        entry = self._flattening.get(fill.client_id)
+        if entry is not None:
+            i, left = entry
+            self._flattening[fill.client_id] = (i, left - fill.quantity * fill.side)
+        i = self._index.get(fill.symbol)
+        if self.halted and i is not None:
+            self._top_up(i, fill.ts_event)
+
+    def _flatten_on_update(self, update: OrderUpdate) -> None:
+        if update.status not in _DONE:
+            return
+        entry = self._flattening.pop(update.client_id, None)
+        if entry is not None and update.status is OrderStatus.REJECTED:
+            self._emit(
+                update.ts_event,
+                "flatten_rejected",
+                f"venue rejected the flatten order: {update.reason}",
+                update.symbol,
+                level="error",
             )
+            return  # not retried: a venue that refuses it would refuse the next one too
+        i = self._index.get(update.symbol)
+        if self.halted and i is not None:
+            self._top_up(i, update.ts_event)
+
+    def _top_up(self, i: int, ts: int) -> None:
+        """Once every order but the flattens has resolved, close what the flattens on their way
+        leave open (fills that came before their cancels)."""
+        flattening = self._flatten_pending(i)
+        others = float(self.orders.pending[i]) - flattening
+        q = float(self.portfolio.qty[i])
+        tol = 1e-9 * max(1.0, abs(q))
+        if abs(others) > tol:
+            return  # cancels still in flight: their outcome decides the rest
+        left = q + flattening
+        if abs(left) > tol and left * q > 0:
+            self._submit_flatten(i, left, ts)
 
     def reset_halt(self, *, by: str = "operator") -> None:
         """Leave HALTED in a running engine: the drawdown is measured afresh from current equity."""
