@@ -10,6 +10,9 @@ Execution rules, the same for every strategy:
 * A stop order triggers when a later bar's range reaches the stop and fills at the stop price, or
   at the open if the bar gaps through it; it then behaves as a market order (slippage, taker fee).
 * An order for an instrument without a bar waits for that instrument's next bar.
+* A reduce-only order never increases or flips a position, as on Bybit: its fill is capped at the
+  position when it fills (the rest is cancelled), and it is cancelled if there is nothing to reduce.
+  The position is the broker's own book of its fills, which is the portfolio's in paper trading.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import replace
+
+import numpy as np
 
 from engine.bus import EventBus
 from engine.clock import Clock
@@ -36,6 +41,8 @@ class PaperBroker:
         self.slippage = costs.slippage_bps / 1e4
         self._working: dict[str, Order] = {}
         self._seq = 0
+        self.position = np.zeros(len(symbols))
+        """Signed quantity per symbol from this broker's fills (what reduce-only is judged by)."""
         bus.subscribe(BarSet, self.on_bars)
 
     def submit(self, order: Order) -> None:
@@ -109,7 +116,28 @@ class PaperBroker:
                 continue
             if self._working.pop(order.client_id, None) is None:
                 continue  # cancelled by a handler of an earlier fill in this bar (one-cancels-other)
-            self._fill(order, price, bars.ts_event)
+            qty = self._reducible(order, i) if order.reduce_only else order.quantity
+            if qty <= 0.0:
+                self._cancelled(order, bars.ts_event, "reduce-only: no position to reduce")
+                continue
+            self._fill(order, price, bars.ts_event, qty)
+            if qty < order.quantity:
+                why = f"reduce-only: filled {qty:.8g} of {order.quantity:.8g}, the whole position"
+                self._cancelled(order, bars.ts_event, why)
+
+    def _reducible(self, order: Order, i: int) -> float:
+        """How much of a reduce-only order the position lets fill now (0: nothing to reduce)."""
+        held = float(self.position[i])
+        if held * order.side >= 0.0:
+            return 0.0
+        if order.quantity <= abs(held) * (1.0 + 1e-12):
+            return order.quantity
+        return abs(held)
+
+    def _cancelled(self, order: Order, ts: int, reason: str) -> None:
+        self.bus.publish(
+            OrderUpdate(ts, self.clock.now_ns(), order.client_id, order.symbol, OrderStatus.CANCELLED, reason)
+        )
 
     def _fill_price(self, order: Order, opn: float, high: float, low: float) -> float | None:
         buy = order.side is Side.BUY
@@ -124,13 +152,16 @@ class PaperBroker:
             return opn if opn >= p else p if high >= p else None
         return opn if opn <= p else p if low <= p else None
 
-    def _fill(self, order: Order, price: float, ts: int) -> None:
+    def _fill(self, order: Order, price: float, ts: int, qty: float) -> None:
         if order.type is OrderType.LIMIT:
             rate, liquidity = self.maker, "maker"
         else:
             price *= 1.0 + self.slippage * order.side
             rate, liquidity = self.taker, "taker"
-        fee = order.quantity * price * rate
+        fee = qty * price * rate
+        i = self.index[order.symbol]
+        held = self.position[i] + qty * order.side
+        self.position[i] = 0.0 if abs(held) <= 1e-12 * max(1.0, qty) else held
         self._seq += 1
         now = self.clock.now_ns()
         self.bus.publish(
@@ -140,7 +171,7 @@ class PaperBroker:
                 order.client_id,
                 order.symbol,
                 order.side,
-                order.quantity,
+                qty,
                 price,
                 fee,
                 liquidity,
@@ -148,4 +179,5 @@ class PaperBroker:
                 order.tag,
             )
         )
-        self.bus.publish(OrderUpdate(ts, now, order.client_id, order.symbol, OrderStatus.FILLED))
+        if qty == order.quantity:
+            self.bus.publish(OrderUpdate(ts, now, order.client_id, order.symbol, OrderStatus.FILLED))
