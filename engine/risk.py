@@ -708,7 +708,10 @@ class RiskManager:
                 update.symbol,
                 level="error",
             )
-            return  # not retried: a venue that refuses it would refuse the next one too
+            q = float(self.portfolio.qty[entry[0]])
+            if abs(entry[1]) <= abs(q) * (1.0 + 1e-9):
+                return  # not retried: a venue that refuses it would refuse the same order again
+            # larger than the position (a spot sell beyond the balance): retried at its size
         i = self._index.get(update.symbol)
         if self.halted and i is not None:
             self._top_up(i, update.ts_event)

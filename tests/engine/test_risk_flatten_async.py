@@ -109,3 +109,16 @@ def test_a_partly_filled_sell_before_its_cancel_does_not_grow_the_flatten() -> N
     w.fill("s-more", Side.SELL, 10.0, 70.0)
     w.done("s-more", OrderStatus.CANCELLED)
     assert len(w.flattens()) == 1  # 40 left, 50 on its way: reduce-only caps it at the venue
+
+
+def test_a_flatten_refused_for_exceeding_the_position_is_resent_at_its_size() -> None:
+    """Spot has no reduce-only: a sell beyond the balance is refused, not capped."""
+    w = long_then_halt(Side.SELL, 30.0)
+    w.fill("s-more", Side.SELL, 10.0, 70.0)
+    w.done("s-more", OrderStatus.CANCELLED)
+    (first,) = w.flattens()
+    w.done(first.client_id, OrderStatus.REJECTED)
+    second = w.flattens()[-1]
+    assert second is not first and second.quantity == 40.0
+    w.done(second.client_id, OrderStatus.REJECTED)  # refused at the right size: not again
+    assert len(w.flattens()) == 2 and w.risk.counts["flatten_rejected"] == 2
