@@ -70,9 +70,17 @@ class Harness:
         self.events.append(event)
         (self.fills if isinstance(event, Fill) else self.updates).append(event)  # type: ignore[arg-type]
 
-    async def settle(self, pause: float = 0.15) -> None:
-        await self.venue.drain()
-        await asyncio.sleep(pause)  # private-stream pushes and the bus dispatch
+    async def settle(self, pause: float = 0.15, timeout: float = 5.0) -> None:
+        """Wait until requests are done and no event has arrived for ``pause`` seconds: a quiet
+        period rather than a fixed sleep, so a loaded machine's late pushes are still waited for."""
+        deadline = time.monotonic() + timeout
+        seen = -1
+        while time.monotonic() < deadline:
+            await self.venue.drain()
+            if len(self.events) == seen:
+                return
+            seen = len(self.events)
+            await asyncio.sleep(pause)
 
     async def until(self, condition: Callable[[], bool], timeout: float = 3.0) -> None:
         deadline = time.monotonic() + timeout
