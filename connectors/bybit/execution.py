@@ -59,7 +59,7 @@ from connectors.bybit.private_ws import PrivateStream
 from connectors.bybit.rest import BybitRest, as_float, as_int
 from connectors.bybit.signing import Credentials
 from engine.bus import EventBus
-from engine.events import Bar, Fill, Order, OrderStatus, OrderType, OrderUpdate, Side
+from engine.events import Bar, Fill, Funding, Order, OrderStatus, OrderType, OrderUpdate, Side
 from engine.instruments import InstrumentRules
 
 log = structlog.get_logger("connectors.bybit.execution")
@@ -206,6 +206,7 @@ class BybitExecution:
         self.stream: PrivateStream | None = None
         self.duplicate_executions = 0
         self.malformed_executions = 0
+        self.funding_payments = 0
         self.task_failures = 0
         self.ignored_duplicates = 0
         self.resends = 0
@@ -797,8 +798,25 @@ class BybitExecution:
             self._seen_exec.popitem(last=False)
         if advance and exec_ms > self._last_exec_ms:
             self._last_exec_ms = exec_ms
-        if item.get("execType", "Trade") != "Trade":
-            return False  # funding, delivery, ADL bookkeeping: not fills of our orders
+        kind = item.get("execType", "Trade")
+        if kind == "Funding":
+            # settled on the position, not an order's fill: still cash, so it is booked and journaled
+            signed = qty if item.get("side") == "Buy" else -qty
+            self.bus.post(
+                Funding(
+                    exec_ms * _MS,
+                    time.time_ns(),
+                    str(item.get("symbol")),
+                    signed,
+                    price,
+                    as_float(item.get("feeRate")),
+                    fee,
+                )
+            )
+            self.funding_payments += 1
+            return True
+        if kind != "Trade":
+            return False  # delivery, ADL and other bookkeeping: not fills of our orders
         client_id = t.order.client_id if t is not None else link or str(item.get("orderId", ""))
         fee = self._fee_in_quote(item, fee, price)
         fill = Fill(

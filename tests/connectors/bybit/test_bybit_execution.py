@@ -246,3 +246,34 @@ async def test_cancel_of_a_market_order_in_flight_that_fills_first_ends_filled(h
     await h.settle(0.3)
     assert h.statuses("fly-3")[-1] is OrderStatus.FILLED and [f.quantity for f in h.fills] == [0.01]
     assert list(h.venue.open_orders()) == []
+
+
+async def test_funding_executions_become_funding_events_once(h: Harness) -> None:
+    """Bybit settles perpetual funding as executions of type Funding (side: the position's; fee:
+    paid, negative when received): cash the portfolio must book."""
+    from engine.events import Funding
+
+    paid: list[Funding] = []
+    h.bus.subscribe(Funding, paid.append)
+    item = {
+        "category": "linear",
+        "symbol": "BTCUSDT",
+        "execId": "fund-1",
+        "execType": "Funding",
+        "execQty": "0.5",
+        "execPrice": "60000",
+        "execFee": "3.0",
+        "feeRate": "0.0001",
+        "side": "Buy",
+        "execTime": "1700000000000",
+        "orderId": "",
+        "orderLinkId": "",
+    }
+    short = {**item, "execId": "fund-2", "side": "Sell", "execFee": "-1.5", "execQty": "0.25"}
+    h.venue.on_private_message({"topic": "execution", "data": [item, short, item]})
+    await h.settle()
+    assert [(f.symbol, f.quantity, f.price, f.rate, f.amount) for f in paid] == [
+        ("BTCUSDT", 0.5, 60000.0, 0.0001, 3.0),
+        ("BTCUSDT", -0.25, 60000.0, 0.0001, -1.5),
+    ]
+    assert h.fills == [] and h.venue.funding_payments == 2
