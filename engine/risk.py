@@ -302,8 +302,9 @@ class RiskManager:
                 return self._reject(order, "instrument", problem.removeprefix(f"{order.symbol}: "))
         new_price = order.price
         if priced and rules is not None and rules.tick_size > 0:
-            buy = order.side is Side.BUY
-            new_price = rules.round_price(order.price, up=buy if order.type is OrderType.STOP else not buy)
+            # one policy with the venues: a sell rounds up, a buy down (a limit never trades at a
+            # worse price, a stop triggers no later than asked)
+            new_price = rules.round_price(order.price, up=order.side is Side.SELL)
         if rule and qty < order.quantity * (1 - 1e-9):
             self.resized += 1
             self._emit(

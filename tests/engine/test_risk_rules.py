@@ -387,8 +387,9 @@ def test_review_rounds_limit_and_stop_prices_and_quantities():
 
     assert risk.review(order(Side.BUY, OrderType.LIMIT, 100.37)).price == 100.25
     assert risk.review(order(Side.SELL, OrderType.LIMIT, 100.37)).price == 100.5
-    assert risk.review(order(Side.BUY, OrderType.STOP, 100.37)).price == 100.5
-    assert risk.review(order(Side.SELL, OrderType.STOP, 100.37)).price == 100.25
+    # stops trigger no later than asked, as the venues round them: a buy stop down, a sell stop up
+    assert risk.review(order(Side.BUY, OrderType.STOP, 100.37)).price == 100.25
+    assert risk.review(order(Side.SELL, OrderType.STOP, 100.37)).price == 100.5
     assert risk.review(order(Side.BUY, OrderType.MARKET, NAN)).quantity == 1.2
     assert risk.state is TradingState.ACTIVE
 
