@@ -93,18 +93,20 @@ class QuantNetStrategy(Strategy):
 
     def on_bars(self, bars: BarSet, ctx: StrategyContext) -> np.ndarray | None:
         close = bars.close
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r = close / self._prev - 1.0
+        r = close / self._prev - 1.0  # prices are positive: NaN where either close is missing
         seen = close == close
         np.copyto(self._prev, close, where=seen)
-        fresh = np.isfinite(r)
-        self._update_vol(r, fresh)
+        self._update_vol(r, r == r)
         # a market without a single bar (its exchange was closed) keeps its state: such a bar
         # never appears in its training data either
-        live = {m: r[idx] for m, idx in self.market_index.items() if seen[idx].any()}
+        if seen.all():
+            live = {m: r[idx] for m, idx in self.market_index.items()}
+        else:
+            live = {m: r[idx] for m, idx in self.market_index.items() if seen[idx].any()}
         if live:
-            for m, signal in self.stepper.step(live).items():
-                self._signal[self.market_index[m]] = signal
+            signal = self._signal
+            for m, s in self.stepper.step(live).items():
+                signal[self.market_index[m]] = s
         self._bars += 1
         if self._bars <= self.params.warmup:
             return None
@@ -129,28 +131,31 @@ class QuantNetStrategy(Strategy):
         self._bars = max(self._bars + len(closes), self.params.warmup)
 
     def _update_vol(self, r: np.ndarray, fresh: np.ndarray) -> None:
-        sq = np.where(fresh, r * r, np.nan)
-        first = fresh & np.isnan(self._var)
-        self._var = np.where(first, sq, self._var)
-        later = fresh & ~first
-        self._var = np.where(later, (1 - self._alpha) * self._var + self._alpha * sq, self._var)
+        """EWM of squared returns, seeded by an asset's first return; untouched where none is new."""
+        var = self._var
+        sq = r * r
+        first = fresh & (var != var)
+        np.copyto(var, sq, where=first)
+        np.copyto(var, var + self._alpha * (sq - var), where=fresh & ~first)
 
     def _targets(self, seen: np.ndarray) -> np.ndarray | None:
         p = self.params
-        s = np.where(np.abs(self._signal) < p.threshold, 0.0, self._signal)
+        s = self._signal
+        if p.threshold > 0:
+            s = np.where(np.abs(s) < p.threshold, 0.0, s)
         if p.vol_target is None:
             w = s / self.n_assets
         else:
             vol = np.sqrt(self._var * self.ppy)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                w = s * p.vol_target / vol / self.n_assets
-        tradable = self.covered & seen & np.isfinite(w)
-        w = np.clip(np.where(tradable, w, 0.0), -p.max_position, p.max_position)
+            w = np.divide(s * (p.vol_target / self.n_assets), vol, out=np.full_like(s, np.nan), where=vol > 0)
+        tradable = self.covered & seen & (w == w)
+        w = np.where(tradable, w, 0.0)
+        np.clip(w, -p.max_position, p.max_position, out=w)
         gross = np.abs(w).sum()
         if gross > p.max_gross:
             w *= p.max_gross / gross
         change = tradable & (np.abs(w - self._held) > p.min_change)
         if not change.any():
             return None
-        self._held = np.where(change, w, self._held)
+        np.copyto(self._held, w, where=change)
         return np.where(change, w, np.nan)
