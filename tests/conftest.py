@@ -1,4 +1,4 @@
-"""Shared fixtures: small price files the tests build themselves (no ../shared)."""
+"""Shared fixtures: small price files the tests build themselves."""
 
 from __future__ import annotations
 

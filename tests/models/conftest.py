@@ -1,4 +1,4 @@
-"""Tiny synthetic markets built in memory (tests never read /work/shared)."""
+"""Tiny synthetic markets built in memory: tests never read the development data."""
 
 from __future__ import annotations
 
