@@ -473,6 +473,16 @@ class FakeBybit:
             return self._error(10004, f"error sign! origin_string[{origin}]")
         return None
 
+    async def _checked(self, request: web.Request) -> tuple[dict[str, Any], web.StreamResponse | None]:
+        """A signed private call past authentication and the injected faults, or the reply that
+        ends it early."""
+        body, bad = await self._private_rest(request)
+        if bad is not None:
+            return {}, bad
+        assert body is not None
+        reply, _ = await self._fault(request)
+        return body, reply
+
     async def _private_rest(self, request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
         # Bybit hashes what it received: the raw query (not a decoded one) or the raw body
         raw = request.raw_path.partition("?")[2] if request.method == "GET" else await request.text()
@@ -806,13 +816,9 @@ class FakeBybit:
                     self._fill(order, price, maker=False)
 
     async def _amend(self, request: web.Request) -> web.StreamResponse:
-        body, bad = await self._private_rest(request)
-        if bad is not None:
-            return bad
-        assert body is not None
-        reply, _ = await self._fault(request)
-        if reply is not None:
-            return reply
+        body, early = await self._checked(request)
+        if early is not None:
+            return early
         order = self._find(body)
         if order is None or order.status not in ("New", "PartiallyFilled", "Untriggered"):
             return self._error(110001, "order not exists or too late to replace")
@@ -836,13 +842,9 @@ class FakeBybit:
         return self._envelope({"orderId": order.order_id, "orderLinkId": order.link_id})
 
     async def _cancel(self, request: web.Request) -> web.StreamResponse:
-        body, bad = await self._private_rest(request)
-        if bad is not None:
-            return bad
-        assert body is not None
-        reply, _ = await self._fault(request)
-        if reply is not None:
-            return reply
+        body, early = await self._checked(request)
+        if early is not None:
+            return early
         order = self._find(body)
         if order is None or order.status not in ("New", "PartiallyFilled", "Untriggered"):
             return self._error(110001, "order not exists or too late to cancel")
@@ -854,13 +856,9 @@ class FakeBybit:
         return self._envelope({"orderId": order.order_id, "orderLinkId": order.link_id})
 
     async def _realtime(self, request: web.Request) -> web.StreamResponse:
-        q, bad = await self._private_rest(request)
-        if bad is not None:
-            return bad
-        assert q is not None
-        reply, _ = await self._fault(request)
-        if reply is not None:
-            return reply
+        q, early = await self._checked(request)
+        if early is not None:
+            return early
         found = []
         for order in sorted(self.orders.values(), key=lambda o: o.created, reverse=True):
             if q.get("category") and order.category != q["category"]:
@@ -887,13 +885,9 @@ class FakeBybit:
 
     async def _history(self, request: web.Request) -> web.StreamResponse:
         """Order history: orders of any status, newest first, by orderLinkId/orderId/symbol."""
-        q, bad = await self._private_rest(request)
-        if bad is not None:
-            return bad
-        assert q is not None
-        reply, _ = await self._fault(request)
-        if reply is not None:
-            return reply
+        q, early = await self._checked(request)
+        if early is not None:
+            return early
         found = [
             order.to_json(self.instruments[(order.category, order.symbol)])
             for order in sorted(self.orders.values(), key=lambda o: o.created, reverse=True)
