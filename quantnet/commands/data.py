@@ -24,8 +24,9 @@ from connectors.bybit.config import BybitConfig
 from connectors.bybit.errors import BybitError
 from connectors.bybit.intervals import ceil_start, check_interval, interval_ms, next_start
 from connectors.bybit.rest import BybitRest, Kline
-from engine.config import ConfigError, read_toml, validate
+from engine.config import ConfigError
 from quantnet.commands.common import err_console, fail
+from quantnet.config import load_config
 
 FLUSH_EVERY_PAGES = 20
 COLUMNS = ["timestamp", "symbol", "open", "high", "low", "close", "volume"]
@@ -43,16 +44,13 @@ def symbols_and_interval(symbols: str, interval: str) -> tuple[list[str], str]:
     return names, code
 
 
-def load_bybit_config(path: Path | None, **overrides: Any) -> BybitConfig:
-    """The ``[bybit]`` section of ``path`` (or ./config.toml when present), with overrides."""
-    raw: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None or Path("config.toml").is_file():
-        file = path or Path("config.toml")
-        raw = dict(read_toml(file).get("bybit") or {})
-        source = f"{file} [bybit]"
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    return validate(BybitConfig, raw, source)
+def bybit_config(path: Path | None, **overrides: Any) -> BybitConfig:
+    """The ``[bybit]`` section of the validated app config (``path`` or ./config.toml), with the
+    command-line overrides; a bad file ends the command with one clear message."""
+    try:
+        return load_config(path, {"bybit": overrides}).bybit
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 def parse_utc(text: str, option: str) -> int:
@@ -206,10 +204,7 @@ def register(app: typer.Typer) -> None:
         end_ms = parse_utc(end, "--end") if end else int(datetime.now(UTC).timestamp() * 1000)
         if end_ms <= start_ms:
             fail(f"--end {end} is not after --start {start}")
-        try:
-            cfg = load_bybit_config(config, category=category, rest_url=rest_url)
-        except ConfigError as exc:
-            fail(str(exc))
+        cfg = bybit_config(config, category=category, rest_url=rest_url)
         progress = Progress(
             TextColumn("{task.description:<22}"),
             BarColumn(),

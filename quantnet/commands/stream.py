@@ -20,10 +20,9 @@ import typer
 from connectors.bybit.config import BybitConfig
 from connectors.bybit.errors import BybitError
 from connectors.bybit.kline_stream import KlineStream
-from engine.config import ConfigError
 from engine.events import Bar
 from quantnet.commands.common import fail
-from quantnet.commands.data import load_bybit_config, symbols_and_interval
+from quantnet.commands.data import bybit_config, symbols_and_interval
 
 
 def bar_line(bar: Bar) -> str:
@@ -91,10 +90,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Stream closed klines from Bybit as JSON lines until stopped or --max-bars."""
         names, code = symbols_and_interval(symbols, interval)
-        try:
-            cfg = load_bybit_config(config, category=category, rest_url=rest_url, ws_public_url=ws_url)
-        except ConfigError as exc:
-            fail(str(exc))
+        cfg = bybit_config(config, category=category, rest_url=rest_url, ws_public_url=ws_url)
         try:
             asyncio.run(stream_bars(cfg, names, code, max_bars, _print_line))
         except KeyboardInterrupt:
