@@ -9,7 +9,7 @@ per-bar cost does not depend on the number of rows behind it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ log = structlog.get_logger("connectors.replay")
 PRICE_COLUMNS = ("open", "high", "low", "close")
 COLUMNS = ("timestamp", "symbol", *PRICE_COLUMNS, "volume")
 _SUFFIXES = (".parquet", ".pq", ".csv", ".csv.gz")
+_DAY_NS = 86_400_000_000_000
 
 
 class DataError(ValueError):
@@ -43,29 +44,105 @@ def _files(path: Path) -> list[Path]:
     return [path]
 
 
-def _parse_timestamps(raw: pd.Series, file: Path) -> pd.Series:
+_NUMERIC_UNITS = ("s", "ms", "us", "ns", "D", "excel")
+# Epoch magnitudes that can only be one unit for dates from 1973 to 2286; anything else is ambiguous.
+_EPOCH_BANDS = (("s", 1e8, 1e10), ("ms", 1e11, 1e13), ("us", 1e14, 1e16), ("ns", 1e17, 1e19))
+
+
+def _numeric_timestamps(raw: pd.Series, at: Callable[[int], str], unit: str) -> pd.Series:
+    """Integer ``YYYYMMDD`` dates, or epoch numbers whose magnitude leaves one unit possible.
+
+    Other numbers (Excel serial days, seconds before 1973, a mix of units) could be several
+    things, so they need ``[data] timestamp_unit``; guessing turned 2021 into 1970 before.
+    """
+    if unit == "excel":
+        return pd.to_datetime(raw, unit="D", origin="1899-12-30", utc=True, errors="coerce")
+    if unit:
+        return pd.to_datetime(raw, unit=unit, utc=True, errors="coerce")
+    values = raw.to_numpy(dtype="float64")
+    finite = values[np.isfinite(values)]
+    if len(finite) and (finite == np.floor(finite)).all() and 1e7 <= finite.min() and finite.max() < 1e8:
+        text = pd.Series(values, index=raw.index).astype("Int64").astype("str")
+        return pd.to_datetime(text, format="%Y%m%d", utc=True, errors="coerce")
+    typical = float(np.median(finite)) if len(finite) else 0.0
+    for name, low, high in _EPOCH_BANDS:
+        if low <= abs(typical) < high:
+            outside = np.isfinite(values) & ~((low <= np.abs(values)) & (np.abs(values) < high))
+            if not outside.any():
+                return pd.to_datetime(raw, unit=name, utc=True, errors="coerce")
+            row = int(np.flatnonzero(outside)[0])
+            break
+    else:
+        row = int(np.flatnonzero(np.isfinite(values))[0]) if len(finite) else 0
+    raise DataError(
+        f"{at(row)}: timestamp {raw.iloc[row]!r} is a number of unknown unit; set [data] "
+        f"timestamp_unit ({', '.join(_NUMERIC_UNITS)}) or write dates as YYYYMMDD or ISO 8601"
+    )
+
+
+def _text_timestamps(raw: pd.Series, at: Callable[[int], str], fmt: str) -> pd.Series:
+    """ISO 8601, or other text whose reading does not depend on day-first or month-first order."""
+    if fmt:
+        return pd.to_datetime(raw, format=fmt, utc=True, errors="coerce")
+    ts = pd.to_datetime(raw, format="ISO8601", utc=True, errors="coerce")
+    other = (ts.isna() & raw.notna()).to_numpy()
+    if other.any():
+        rest = raw[other]
+        month_first = pd.to_datetime(rest, format="mixed", utc=True, errors="coerce")
+        day_first = pd.to_datetime(rest, format="mixed", dayfirst=True, utc=True, errors="coerce")
+        differ = (month_first.notna() | day_first.notna()) & (month_first != day_first)
+        if differ.any():
+            row = int(np.flatnonzero(other)[np.flatnonzero(differ.to_numpy())[0]])
+            raise DataError(
+                f"{at(row)}: timestamp {raw.iloc[row]!r} reads differently day-first and month-first; "
+                "set [data] timestamp_format (e.g. '%d/%m/%Y') or write ISO 8601 (2023-02-01)"
+            )
+        ts = ts.copy()
+        ts[other] = month_first
+    return ts
+
+
+def _parse_timestamps(raw: pd.Series, at: Callable[[int], str], unit: str = "", fmt: str = "") -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(raw):
         ts = raw
-    elif pd.api.types.is_numeric_dtype(raw):
-        values = raw.to_numpy(dtype="float64")
-        top = np.nanmax(np.abs(values)) if len(values) else 0
-        unit = "s" if top < 1e11 else "ms" if top < 1e14 else "us" if top < 1e17 else "ns"
-        ts = pd.to_datetime(raw, unit=unit, utc=True, errors="coerce")
+    elif pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        ts = _numeric_timestamps(raw, at, unit)
     else:
-        ts = pd.to_datetime(raw, utc=True, errors="coerce", format="mixed")
+        ts = _text_timestamps(raw, at, fmt)
     if ts.dt.tz is None:
         ts = ts.dt.tz_localize("UTC")
     ts = ts.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
     bad = ts.isna()
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(f"{file}: row {row + 1}: timestamp {raw.iloc[row]!r} cannot be parsed")
+        raise DataError(f"{at(row)}: timestamp {raw.iloc[row]!r} cannot be parsed")
     return ts
 
 
-def _read_one(file: Path) -> pd.DataFrame:
+def _read_table(file: Path) -> pd.DataFrame:
+    """The file as a frame, its symbol column as text exactly as written (``0700``, ``NA``)."""
+    if file.name.endswith((".parquet", ".pq")):
+        return pd.read_parquet(file)
+    header = pd.read_csv(file, nrows=0).columns
+    symbol = [c for c in header if str(c).strip().lower() == "symbol"]
+    df = pd.read_csv(file, dtype=dict.fromkeys(symbol, str))
+    if symbol and df[symbol[0]].isna().any():  # NA-like tickers: read that column again, verbatim
+        df[symbol[0]] = pd.read_csv(file, usecols=symbol, dtype=str, keep_default_na=False)[symbol[0]]
+    return df
+
+
+def _symbols(raw: pd.Series, file: Path) -> pd.Series:
+    text = raw.astype("str")
+    empty = (raw.isna() | (text.str.strip() == "")).to_numpy()
+    if empty.any():
+        row = int(np.flatnonzero(empty)[0])
+        raise DataError(f"{file}: row {row + 1}: empty symbol")
+    return text
+
+
+def _read_one(file: Path, timestamp_unit: str = "", timestamp_format: str = "") -> pd.DataFrame:
     try:
-        df = pd.read_parquet(file) if file.name.endswith((".parquet", ".pq")) else pd.read_csv(file)
+        df = _read_table(file)
     except Exception as exc:
         raise DataError(f"{file}: cannot be read: {exc}") from None
     df.columns = [str(c).strip().lower() for c in df.columns]
@@ -73,11 +150,22 @@ def _read_one(file: Path) -> pd.DataFrame:
     if missing:
         raise DataError(f"{file}: missing column(s) {', '.join(missing)}; found {', '.join(df.columns)}")
     df = df.reset_index(drop=True)
-    df["timestamp"] = _parse_timestamps(df["timestamp"], file)
-    df["symbol"] = df["symbol"].astype(str)
+    df["symbol"] = symbols = _symbols(df["symbol"], file)
+
+    def at(row: int) -> str:
+        return f"{file}: symbol {symbols.iloc[row]}: row {row + 1}"
+
+    df["timestamp"] = stamps = _parse_timestamps(df["timestamp"], at, timestamp_unit, timestamp_format)
     for col in (*PRICE_COLUMNS, "volume"):
         if col in df.columns:
-            df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+            raw = df[col]
+            df[col] = number = pd.to_numeric(raw, errors="coerce").astype("float64")
+            if pd.api.types.is_numeric_dtype(raw):
+                continue
+            text = (number.isna() & raw.notna() & (raw.astype("str").str.strip() != "")).to_numpy()
+            if text.any():
+                row = int(np.flatnonzero(text)[0])
+                raise DataError(f"{at(row)} ({stamps.iloc[row]}): {col} {raw.iloc[row]!r} is not a number")
     return df
 
 
@@ -114,13 +202,29 @@ def _validate(df: pd.DataFrame, file: Path) -> None:
         k = int(np.flatnonzero(nan)[0])
         cols = [c for c, v in zip(PRICE_COLUMNS, prices[k], strict=True) if np.isnan(v)]
         fail(nan, f"NaN price in {', '.join(cols)}")
+    infinite = np.isinf(prices).any(axis=1)
+    if infinite.any():
+        k = int(np.flatnonzero(infinite)[0])
+        cols = [c for c, v in zip(PRICE_COLUMNS, prices[k], strict=True) if np.isinf(v)]
+        fail(infinite, f"infinite price in {', '.join(cols)}")
     nonpos = (prices <= 0).any(axis=1)
     if nonpos.any():
         fail(nonpos, f"non-positive price {prices[int(np.flatnonzero(nonpos)[0])].min()}")
-    hl = df["high"].to_numpy() < df["low"].to_numpy()
+    high, low = df["high"].to_numpy(), df["low"].to_numpy()
+    hl = high < low
     if hl.any():
         k = int(np.flatnonzero(hl)[0])
-        fail(hl, f"high {df['high'].iloc[k]} < low {df['low'].iloc[k]}")
+        fail(hl, f"high {high[k]} < low {low[k]}")
+    for col in ("open", "close"):
+        price = df[col].to_numpy()
+        outside = (price < low) | (price > high)
+        if outside.any():
+            k = int(np.flatnonzero(outside)[0])
+            fail(outside, f"{col} {price[k]} outside [low {low[k]}, high {high[k]}]")
+    volume = df["volume"].to_numpy()
+    bad_volume = ~np.isfinite(volume)
+    if bad_volume.any():
+        fail(bad_volume, f"volume {volume[int(np.flatnonzero(bad_volume)[0])]} is not finite")
     ts = _ns(df["timestamp"])
     sym = df["symbol"].to_numpy()
     order = np.lexsort((np.arange(len(df)), sym))
@@ -143,22 +247,27 @@ def load_ohlcv(
     start: str | pd.Timestamp | None = None,
     end: str | pd.Timestamp | None = None,
     symbols: Sequence[str] | None = None,
+    timestamp_unit: str = "",
+    timestamp_format: str = "",
 ) -> pd.DataFrame:
     """Read and validate long-format OHLCV from files or directories, sorted by (timestamp, symbol).
 
-    ``start``/``end`` are inclusive and filter on the file's timestamps.
+    ``start``/``end`` are inclusive and filter on the file's timestamps. ``timestamp_unit`` and
+    ``timestamp_format`` say how to read numbers and text that could mean more than one time.
     """
     paths = [path] if isinstance(path, str | Path) else list(path)
     frames = []
     for p in paths:
         for file in _files(Path(p)):
-            df = _fill_close_only(_read_one(file), file)
+            df = _fill_close_only(_read_one(file, timestamp_unit, timestamp_format), file)
             if symbols is not None:
                 df = df[df["symbol"].isin(symbols)]
             _validate(df, file)
             df["_file"] = str(file)
+            df["_row"] = df.index + 1
             frames.append(df)
     data = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    bar_interval_ns(data)
     if len(frames) > 1:
         dup = data.duplicated(["symbol", "timestamp"], keep="first")
         if dup.any():
@@ -176,7 +285,7 @@ def load_ohlcv(
             raise DataError(f"no data for symbol(s) {', '.join(unknown)} in {', '.join(map(str, paths))}")
     if data.empty:
         raise DataError(f"no bars in {', '.join(map(str, paths))} between {start or '-'} and {end or '-'}")
-    keep = [c for c in data.columns if c != "_file"]
+    keep = [c for c in data.columns if c not in ("_file", "_row")]
     return data[keep].sort_values(["timestamp", "symbol"], kind="stable").reset_index(drop=True)
 
 
@@ -196,17 +305,54 @@ def _ns(ts: pd.Series) -> np.ndarray:
     return ts.dt.as_unit("ns").astype("int64").to_numpy()
 
 
-def bar_interval_ns(data: pd.DataFrame) -> int:
-    """The bar length: the most common spacing between a symbol's consecutive bars."""
-    ts = _ns(data["timestamp"])
-    sym = data["symbol"].to_numpy()
-    order = np.lexsort((ts, sym))
-    same = sym[order][1:] == sym[order][:-1]
+def _span(ns: int) -> str:
+    return str(pd.Timedelta(ns)).replace("0 days ", "").replace(" 00:00:00", "")
+
+
+def _intervals(ts: np.ndarray, codes: np.ndarray) -> tuple[int, np.ndarray]:
+    """The most common spacing between a symbol's consecutive bars, over all symbols and for
+    each symbol on its own (0 for a symbol with one bar; ties go to the shorter spacing)."""
+    n_symbols = int(codes.max()) + 1 if len(codes) else 0
+    order = np.lexsort((ts, codes))
+    c = codes[order]
+    same = c[1:] == c[:-1]
     steps = np.diff(ts[order])[same]
-    if len(steps) == 0:
-        return 86_400_000_000_000
+    owner = c[1:][same]
+    del order, c, same
+    own = np.zeros(n_symbols, dtype=np.int64)
+    if not len(steps):
+        return _DAY_NS, own
     values, counts = np.unique(steps, return_counts=True)
-    return int(values[np.argmax(counts)])
+    by = np.lexsort((steps, owner))
+    steps, owner = steps[by], owner[by]
+    starts = np.flatnonzero(np.r_[True, (owner[1:] != owner[:-1]) | (steps[1:] != steps[:-1])])
+    runs = np.diff(np.r_[starts, len(steps)])
+    run_owner, run_step = owner[starts], steps[starts]
+    best = np.lexsort((run_step, -runs, run_owner))
+    first = best[np.r_[True, run_owner[best][1:] != run_owner[best][:-1]]]
+    own[run_owner[first]] = run_step[first]
+    return int(values[np.argmax(counts)]), own
+
+
+def bar_interval_ns(data: pd.DataFrame) -> int:
+    """The bar length: the most common spacing between a symbol's consecutive bars.
+
+    A symbol whose bars are spaced otherwise (weekly among daily) is refused: one bar length stamps
+    every close, and a weekly bar stamped one day after its open would be read six days early.
+    """
+    codes, names = pd.factorize(data["symbol"], sort=True)
+    interval, own = _intervals(_ns(data["timestamp"]), codes)
+    mixed = np.flatnonzero((own != 0) & (own != interval))
+    if len(mixed):
+        j = int(mixed[0])
+        k = int(np.flatnonzero(codes == j)[0])
+        r = data.iloc[k]
+        where = f"{r['_file']}: symbol {names[j]}: row {r['_row']}" if "_file" in data else f"symbol {names[j]}"
+        raise DataError(
+            f"{where} ({r['timestamp']}): bars every {_span(int(own[j]))}, but most symbols' every "
+            f"{_span(interval)}; mixed bar frequencies cannot share one close stamp (replay them separately)"
+        )
+    return interval
 
 
 @dataclass(frozen=True, slots=True)

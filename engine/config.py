@@ -33,6 +33,16 @@ class DataConfig(Section):
     timestamps: Literal["open", "close"] = Field(
         "open", description="whether file timestamps label the bar's open (as Bybit) or its close"
     )
+    timestamp_unit: Literal["", "s", "ms", "us", "ns", "D", "excel"] = Field(
+        "",
+        description="unit of numeric timestamps: epoch s/ms/us/ns, days since the epoch (D) or Excel "
+        "serial days; empty: YYYYMMDD integers and unmistakable epoch magnitudes only",
+    )
+    timestamp_format: str = Field(
+        "",
+        description="strptime format of text timestamps (e.g. %d/%m/%Y); empty: ISO 8601, or text "
+        "that reads the same day-first and month-first",
+    )
     warmup: bool = Field(
         True,
         description="feed the strategy the bars it needs before `start` (no trading) when the data has them",

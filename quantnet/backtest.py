@@ -117,7 +117,13 @@ def load_data(cfg: AppConfig, *, history: bool = False) -> pd.DataFrame:
     """The configured bars from ``start`` to ``end``; with ``history``, also every bar before
     ``start`` (for warm-up)."""
     start = None if history else cfg.data.start or None
-    return load_ohlcv(data_path(cfg), start=start, end=cfg.data.end or None)
+    return load_ohlcv(
+        data_path(cfg),
+        start=start,
+        end=cfg.data.end or None,
+        timestamp_unit=cfg.data.timestamp_unit,
+        timestamp_format=cfg.data.timestamp_format,
+    )
 
 
 def split_warmup(data: pd.DataFrame, start: str, bars: int) -> tuple[pd.DataFrame, int]:
