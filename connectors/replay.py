@@ -44,6 +44,11 @@ def _files(path: Path) -> list[Path]:
     return [path]
 
 
+def _shown(value: object) -> str:
+    """A cell as a user wrote it: text quoted, numbers plain."""
+    return repr(value) if isinstance(value, str) else str(value)
+
+
 _NUMERIC_UNITS = ("s", "ms", "us", "ns", "D", "excel")
 # Epoch magnitudes that can only be one unit for dates from 1973 to 2286; anything else is ambiguous.
 _EPOCH_BANDS = (("s", 1e8, 1e10), ("ms", 1e11, 1e13), ("us", 1e14, 1e16), ("ns", 1e17, 1e19))
@@ -75,7 +80,7 @@ def _numeric_timestamps(raw: pd.Series, at: Callable[[int], str], unit: str) -> 
     else:
         row = int(np.flatnonzero(np.isfinite(values))[0]) if len(finite) else 0
     raise DataError(
-        f"{at(row)}: timestamp {raw.iloc[row]!r} is a number of unknown unit; set [data] "
+        f"{at(row)}: timestamp {_shown(raw.iloc[row])} is a number of unknown unit; set [data] "
         f"timestamp_unit ({', '.join(_NUMERIC_UNITS)}) or write dates as YYYYMMDD or ISO 8601"
     )
 
@@ -115,7 +120,7 @@ def _parse_timestamps(raw: pd.Series, at: Callable[[int], str], unit: str = "", 
     bad = ts.isna()
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(f"{at(row)}: timestamp {raw.iloc[row]!r} cannot be parsed")
+        raise DataError(f"{at(row)}: timestamp {_shown(raw.iloc[row])} cannot be parsed")
     return ts
 
 

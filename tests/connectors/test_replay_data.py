@@ -140,3 +140,138 @@ def test_epoch_millisecond_timestamps(tmp_path, clean):
     df["timestamp"] = df["timestamp"].astype("int64") // 1_000_000
     data = load_ohlcv(write(tmp_path, df))
     assert data["timestamp"].iloc[0] == pd.Timestamp("2020-01-01", tz="UTC")
+
+
+def daily(symbol: str = "AAA", n: int = 5, start: str = "2021-01-04", step: str = "D") -> pd.DataFrame:
+    """Flat, consistent bars: open 100, high 102, low 98, close 101."""
+    times = pd.date_range(start, periods=n, freq=step, tz="UTC")
+    return pd.DataFrame(
+        {"timestamp": times, "symbol": symbol, "open": 100.0, "high": 102.0, "low": 98.0, "close": 101.0}
+        | {"volume": 10.0}
+    )
+
+
+def test_yyyymmdd_integer_dates_are_dates(tmp_path):
+    df = daily()
+    df["timestamp"] = df["timestamp"].dt.strftime("%Y%m%d").astype(int)  # 20210104, ...
+    data = load_ohlcv(write(tmp_path, df))
+    assert data["timestamp"].tolist() == list(pd.date_range("2021-01-04", periods=5, freq="D", tz="UTC"))
+    assert BarMatrix.from_frame(data).interval_ns == 86_400 * 10**9
+
+
+def test_excel_serial_dates_need_a_unit(tmp_path):
+    df = daily()
+    df["timestamp"] = np.arange(44200, 44205)  # Excel's day numbers for 2021-01-04 .. 2021-01-08
+    path = write(tmp_path, df)
+    with pytest.raises(DataError) as err:
+        load_ohlcv(path)
+    assert str(err.value) == (
+        f"{path}: symbol AAA: row 1: timestamp 44200 is a number of unknown unit; "
+        "set [data] timestamp_unit (s, ms, us, ns, D, excel) or write dates as YYYYMMDD or ISO 8601"
+    )
+    excel = load_ohlcv(path, timestamp_unit="excel")
+    assert excel["timestamp"].iloc[0] == pd.Timestamp("2021-01-04", tz="UTC")
+    days = load_ohlcv(path, timestamp_unit="D")  # read as days since 1970-01-01, because told so
+    assert days["timestamp"].iloc[0] == pd.Timestamp("1970-01-01", tz="UTC") + pd.Timedelta(days=44200)
+
+
+def test_epoch_numbers_in_two_units_are_refused(tmp_path):
+    df = daily()
+    df["timestamp"] = df["timestamp"].astype("int64") // 10**6  # milliseconds ...
+    df.loc[3, "timestamp"] //= 1000  # ... and one row in seconds
+    path = write(tmp_path, df)
+    with pytest.raises(DataError, match=rf"^{path}: symbol AAA: row 4: timestamp .* unknown unit"):
+        load_ohlcv(path)
+
+
+def test_infinite_price_is_refused(tmp_path, clean):
+    df = clean.copy()
+    df.loc[12, "high"] = np.inf
+    path = write(tmp_path, df)
+    with pytest.raises(DataError) as err:
+        load_ohlcv(path)
+    assert str(err.value) == f"{path}: symbol BBB: row 13 (2020-01-03 00:00:00+00:00): infinite price in high"
+
+
+@pytest.mark.parametrize(("col", "value"), [("open", 103.0), ("close", 97.5)])
+def test_open_or_close_outside_the_bar_range_is_refused(tmp_path, col, value):
+    df = daily()
+    df.loc[2, col] = value
+    path = write(tmp_path, df)
+    with pytest.raises(DataError) as err:
+        load_ohlcv(path)
+    assert str(err.value) == (
+        f"{path}: symbol AAA: row 3 (2021-01-06 00:00:00+00:00): {col} {value} outside [low 98.0, high 102.0]"
+    )
+
+
+@pytest.mark.parametrize("col", ["open", "high", "low", "close", "volume"])
+def test_text_in_a_number_column_is_refused(tmp_path, col):
+    df = pd.concat([daily("AAA"), daily("BBB")], ignore_index=True).astype({col: object})
+    df.loc[7, col] = "abc"
+    path = write(tmp_path, df)
+    with pytest.raises(DataError) as err:
+        load_ohlcv(path)
+    assert str(err.value) == f"{path}: symbol BBB: row 8 (2021-01-06 00:00:00+00:00): {col} 'abc' is not a number"
+
+
+def test_symbols_are_text_as_written(tmp_path):
+    df = pd.concat([daily("NA"), daily("0700"), daily("NULL")], ignore_index=True)
+    data = load_ohlcv(write(tmp_path, df))
+    assert sorted(set(data["symbol"])) == ["0700", "NA", "NULL"]
+    assert BarMatrix.from_frame(data).symbols == ("0700", "NA", "NULL")
+
+
+def test_empty_symbol_is_refused(tmp_path):
+    df = pd.concat([daily("AAA"), daily("BBB")], ignore_index=True)
+    df.loc[6, "symbol"] = ""
+    path = write(tmp_path, df)
+    with pytest.raises(DataError) as err:
+        load_ohlcv(path)
+    assert str(err.value) == f"{path}: row 7: empty symbol"
+
+
+def test_mixed_bar_frequencies_are_refused(tmp_path):
+    write(tmp_path, daily("DAY", 30), "day.csv")
+    weekly = write(tmp_path, daily("WEEK", 4, step="7D"), "week.csv")
+    with pytest.raises(DataError) as err:
+        load_ohlcv(tmp_path)
+    assert str(err.value) == (
+        f"{weekly}: symbol WEEK: row 1 (2021-01-04 00:00:00+00:00): bars every 7 days, but most symbols' "
+        "every 1 days; mixed bar frequencies cannot share one close stamp (replay them separately)"
+    )
+    frame = pd.concat([daily("DAY", 30), daily("WEEK", 4, step="7D")], ignore_index=True)
+    with pytest.raises(DataError, match=r"^symbol WEEK \(2021-01-04 00:00:00\+00:00\): bars every 7 days"):
+        BarMatrix.from_frame(frame)
+
+
+def test_day_first_or_month_first_dates_need_a_format(tmp_path):
+    df = daily()
+    df["timestamp"] = df["timestamp"].dt.strftime("%d/%m/%Y")  # 04/01/2021 = 4 January
+    path = write(tmp_path, df)
+    with pytest.raises(DataError) as err:
+        load_ohlcv(path)
+    assert str(err.value) == (
+        f"{path}: symbol AAA: row 1: timestamp '04/01/2021' reads differently day-first and month-first; "
+        "set [data] timestamp_format (e.g. '%d/%m/%Y') or write ISO 8601 (2023-02-01)"
+    )
+    data = load_ohlcv(path, timestamp_format="%d/%m/%Y")
+    assert data["timestamp"].iloc[0] == pd.Timestamp("2021-01-04", tz="UTC")
+
+
+def test_iso_and_unambiguous_text_dates_need_no_format(tmp_path):
+    df = daily(n=3)
+    df["timestamp"] = ["2021-01-04", "2021-01-05T00:00:00Z", "Jan 6, 2021"]
+    data = load_ohlcv(write(tmp_path, df))
+    assert data["timestamp"].tolist() == list(pd.date_range("2021-01-04", periods=3, freq="D", tz="UTC"))
+
+
+def test_timestamp_settings_come_from_the_data_section(tmp_path):
+    from quantnet.backtest import load_data
+    from quantnet.config import load_config
+
+    df = daily()
+    df["timestamp"] = df["timestamp"].dt.strftime("%d/%m/%Y")
+    path = write(tmp_path, df)
+    cfg = load_config(None, {"data": {"path": str(path), "timestamp_format": "%d/%m/%Y"}})
+    assert load_data(cfg)["timestamp"].iloc[1] == pd.Timestamp("2021-01-05", tz="UTC")
