@@ -66,7 +66,7 @@ def _numeric_timestamps(raw: pd.Series, at: Callable[[int], str], unit: str) -> 
         return pd.to_datetime(raw, unit=unit, utc=True, errors="coerce")
     values = raw.to_numpy(dtype="float64")
     finite = values[np.isfinite(values)]
-    if len(finite) and (finite == np.floor(finite)).all() and 1e7 <= finite.min() and finite.max() < 1e8:
+    if len(finite) and (finite == np.floor(finite)).all() and finite.min() >= 1e7 and finite.max() < 1e8:
         text = pd.Series(values, index=raw.index).astype("Int64").astype("str")
         return pd.to_datetime(text, format="%Y%m%d", utc=True, errors="coerce")
     typical = float(np.median(finite)) if len(finite) else 0.0
@@ -352,7 +352,9 @@ def bar_interval_ns(data: pd.DataFrame) -> int:
         j = int(mixed[0])
         k = int(np.flatnonzero(codes == j)[0])
         r = data.iloc[k]
-        where = f"{r['_file']}: symbol {names[j]}: row {r['_row']}" if "_file" in data else f"symbol {names[j]}"
+        where = f"symbol {names[j]}"
+        if "_file" in data:
+            where = f"{r['_file']}: {where}: row {r['_row']}"
         raise DataError(
             f"{where} ({r['timestamp']}): bars every {_span(int(own[j]))}, but most symbols' every "
             f"{_span(interval)}; mixed bar frequencies cannot share one close stamp (replay them separately)"

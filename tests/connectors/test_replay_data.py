@@ -212,7 +212,8 @@ def test_text_in_a_number_column_is_refused(tmp_path, col):
     path = write(tmp_path, df)
     with pytest.raises(DataError) as err:
         load_ohlcv(path)
-    assert str(err.value) == f"{path}: symbol BBB: row 8 (2021-01-06 00:00:00+00:00): {col} 'abc' is not a number"
+    where = f"{path}: symbol BBB: row 8 (2021-01-06 00:00:00+00:00)"
+    assert str(err.value) == f"{where}: {col} 'abc' is not a number"
 
 
 def test_symbols_are_text_as_written(tmp_path):
