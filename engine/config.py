@@ -47,7 +47,10 @@ class DataConfig(Section):
         True,
         description="feed the strategy the bars it needs before `start` (no trading) when the data has them",
     )
-    calendar: Literal["auto", "exchange", "24/7"] = "auto"
+    calendar: Literal["auto", "exchange", "24/7", "24/6"] = Field(
+        "auto",
+        description="trading days for annualisation: 252, 365, 365*6/7 (FX Sun..Fri); auto: from the data",
+    )
     periods_per_year: float | None = Field(None, gt=0, description="annualisation override")
 
 

@@ -28,7 +28,9 @@ _SESSION_HOURS = 6.5
 # A per-period standard deviation below this is rounding noise of a constant series, not risk.
 _ZERO_STD = 1e-12
 
-_CALENDARS = {"auto": "auto", "exchange": "exchange", "24/7": "24/7", "crypto": "24/7"}
+_CALENDARS = {"auto": "auto", "exchange": "exchange", "24/7": "24/7", "crypto": "24/7", "24/6": "24/6"}
+# Days with bars per year: an exchange's trading days, every day, or six days a week (FX, Sun..Fri).
+_DAYS_PER_YEAR = {"exchange": _EXCHANGE_DAYS, "24/7": _CALENDAR_DAYS, "24/6": _CALENDAR_DAYS * 6 / 7}
 
 
 def _as_ns(timestamps: np.ndarray | Sequence[object] | pd.Index | pd.Series) -> np.ndarray:
@@ -45,25 +47,27 @@ def _as_ns(timestamps: np.ndarray | Sequence[object] | pd.Index | pd.Series) -> 
     return pd.DatetimeIndex(pd.to_datetime(arr, utc=True)).as_unit("ns").asi8
 
 
-def _runs_round_the_clock(ts: np.ndarray) -> bool:
-    """True when the bars follow a 24/7 calendar.
+def _week_kind(ts: np.ndarray) -> str:
+    """The calendar the bars follow: ``"24/7"``, ``"24/6"`` or ``"exchange"``.
 
     Weekend bars are the sign, but timestamps may label a bar's open or its close: an exchange's
     Monday..Friday daily bars stamped at the close fall on Tuesday..Saturday. So the test counts
     weekdays that carry a real share of the bars (at least a quarter of the busiest weekday's): an
-    exchange fills five, a 24/7 market seven, and the odd Saturday session does not tip it.
-    Samples shorter than a week cannot show a weekend; intraday bars then count as 24/7 when they
-    cover at least 20 distinct hours of the day, which no exchange session does.
+    exchange fills five, FX daily bars six (Sunday to Friday), a 24/7 market seven, and the odd
+    Saturday session does not tip it. Samples shorter than a week cannot show a weekend; intraday
+    bars then count as 24/7 when they cover at least 20 distinct hours of the day, which no exchange
+    session does.
     """
     days = ts // _NS_PER_DAY
     weekday = (days + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
     counts = np.bincount(weekday, minlength=7)
-    if np.count_nonzero(counts >= 0.25 * counts.max()) >= 6:
-        return True
+    busy = np.count_nonzero(counts >= 0.25 * counts.max())
+    if busy >= 6:
+        return "24/7" if busy == 7 else "24/6"
     if ts[-1] - ts[0] >= 7 * _NS_PER_DAY:
-        return False
+        return "exchange"
     hours = np.unique((ts % _NS_PER_DAY) // _NS_PER_HOUR)
-    return len(hours) >= 20
+    return "24/7" if len(hours) >= 20 else "exchange"
 
 
 def periods_per_year(
@@ -76,13 +80,15 @@ def periods_per_year(
 
     - yearly (>= 300 days): 1; quarterly (>= 80 days): 4; monthly (>= 20 days): 12;
       weekly (>= 4 days): 52;
-    - daily (>= 18 hours): 252 on an exchange calendar, 365 on a 24/7 one;
-    - intraday: 24/7 bars fill the whole year, ``365 * 1 day / interval`` (8760 for hourly);
+    - daily (>= 18 hours): 252 on an exchange calendar, 365 on a 24/7 one, 365 * 6/7 (about 313)
+      on a six-day week like FX's Sunday..Friday daily bars;
+    - intraday: 24/7 bars fill the whole year, ``365 * 1 day / interval`` (8760 for hourly), 24/6
+      bars six sevenths of it;
       exchange bars fill a 6.5-hour session on 252 days, ``252 * 6.5 h / interval``
       (98,280 for minute bars). Sessions of other lengths need ``override``.
 
-    ``calendar`` is ``"exchange"``, ``"24/7"`` (alias ``"crypto"``) or ``"auto"``, which infers it
-    from the data (see :func:`_runs_round_the_clock`). ``override``, when given, wins: it is how a
+    ``calendar`` is ``"exchange"``, ``"24/7"`` (alias ``"crypto"``), ``"24/6"`` or ``"auto"``, which
+    infers it from the data (see :func:`_week_kind`). ``override``, when given, wins: it is how a
     user states a calendar the data cannot reveal. With fewer than two distinct timestamps there is
     no spacing to measure, and the calendar's daily figure is returned.
     """
@@ -96,8 +102,8 @@ def periods_per_year(
     ts = np.unique(_as_ns(timestamps_ns))
     kind = _CALENDARS[calendar]
     if kind == "auto":
-        kind = "24/7" if len(ts) >= 2 and _runs_round_the_clock(ts) else "exchange"
-    days_per_year = _CALENDAR_DAYS if kind == "24/7" else _EXCHANGE_DAYS
+        kind = _week_kind(ts) if len(ts) >= 2 else "exchange"
+    days_per_year = _DAYS_PER_YEAR[kind]
     if len(ts) < 2:
         return days_per_year
     interval = float(np.median(np.diff(ts)))
@@ -107,8 +113,8 @@ def periods_per_year(
             return per_year
     if interval >= 0.75 * day:
         return days_per_year
-    if kind == "24/7":
-        return _CALENDAR_DAYS * day / interval
+    if kind != "exchange":
+        return days_per_year * day / interval
     return _EXCHANGE_DAYS * _SESSION_HOURS * _NS_PER_HOUR / interval
 
 

@@ -227,3 +227,20 @@ def test_annualisation_weekly_monthly_override_and_errors() -> None:
         periods_per_year(t, "lunar")
     with pytest.raises(ValueError, match="positive"):
         periods_per_year(t, override=0)
+
+
+def fx_days(n: int) -> pd.DatetimeIndex:
+    """FX daily bars: Sunday to Friday, no Saturday."""
+    days = pd.date_range("2019-01-06", periods=2 * n, freq="D", tz="UTC")
+    return days[days.day_of_week != 5][:n]
+
+
+def test_annualisation_daily_fx_six_day_weeks() -> None:
+    t = ns(fx_days(600))
+    six_day = 365 * 6 / 7  # about 313 bars a year, not 365 (Sharpe sqrt(365/313) = 8% too high)
+    assert periods_per_year(t) == pytest.approx(six_day)
+    assert periods_per_year(t + DAY_NS) == pytest.approx(six_day)  # stamped at the close: Mon..Sat
+    assert periods_per_year(t, "24/6") == pytest.approx(six_day)
+    assert periods_per_year(ns(exchange_days(50)), "24/6") == pytest.approx(six_day)
+    bars_per_year = len(t) / ((t[-1] - t[0]) / DAY_NS / 365)  # what the data actually has
+    assert periods_per_year(t) == pytest.approx(bars_per_year, rel=0.01)
