@@ -1,15 +1,19 @@
 """Replay throughput: bars per second and peak memory through bus + portfolio + paper broker.
 
-    python bench/replay.py [--symbols 10] [--bars 100000] [--no-backtrader]
+    python bench/replay.py [--symbols 10] [--bars 100000] [--no-backtrader] [--no-quantnet]
+                           [--staggered-symbols 10000] [--staggered-bars 500] [--no-staggered]
 
-Cases run in fresh processes so each peak RSS is its own. The timed span is the replay loop only
-(data generation and loading are reported apart). With the ``bench`` extra installed, the same SMA
-crossover also runs in backtrader on the same bars and the ratio is printed.
+Cases run in fresh processes so each peak RSS is its own; it is measured while the backtest runs,
+after the data was generated, and compared with the data frame's own size. The staggered case
+replays a universe whose symbols list and delist over 25 years (mostly empty time x symbol cells).
+The timed span is the replay loop only. With the ``bench`` extra installed, the same SMA crossover
+also runs in backtrader on the same bars and the ratio is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import multiprocessing as mp
 import resource
 import sys
@@ -22,6 +26,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 FAST, SLOW = 10, 30
+STAGGERED_DAYS = 6_499  # 25 years of business days
 
 
 def minute_bars(n_symbols: int, n_bars: int, seed: int = 42) -> pd.DataFrame:
@@ -48,20 +53,73 @@ def minute_bars(n_symbols: int, n_bars: int, seed: int = 42) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).sort_values(["timestamp", "symbol"], ignore_index=True)
 
 
+def staggered_bars(n_symbols: int, n_bars: int, n_days: int, seed: int = 7) -> pd.DataFrame:
+    """A universe that turns over: each symbol lists for ``n_bars`` business days, the listings
+    staggered evenly over ``n_days`` (10,000 x 500 over 6,499 days: 5M bars, about 770 listed at a
+    time), so most cells of a time x symbol grid hold no bar."""
+    rng = np.random.default_rng(seed)
+    days = pd.bdate_range("2000-01-03", periods=n_days, tz="UTC").as_unit("ns").asi8
+    first = np.round(np.arange(n_symbols) * (n_days - n_bars) / max(n_symbols - 1, 1)).astype(np.int64)
+    day = (first[:, None] + np.arange(n_bars)).ravel()
+    sym = np.repeat(np.arange(n_symbols), n_bars)
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0, 0.01, (n_symbols, n_bars)), axis=1)).ravel()
+    opn = close * np.exp(rng.normal(0, 0.002, close.size))
+    order = np.lexsort((sym, day))
+    names = np.array([f"S{k:05d}" for k in range(n_symbols)], dtype=object)
+    return pd.DataFrame(
+        {
+            "timestamp": pd.to_datetime(days[day[order]], utc=True),
+            "symbol": pd.array(names[sym[order]], dtype="str"),
+            "open": opn[order],
+            "high": np.maximum(opn, close)[order] * 1.001,
+            "low": np.minimum(opn, close)[order] * 0.999,
+            "close": close[order],
+            "volume": np.ones(close.size),
+        }
+    )
+
+
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """The process's peak RSS since :func:`reset_peak_rss` (since start where Linux cannot reset)."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_engine(case: str, n_symbols: int, n_bars: int, queue: mp.Queue) -> None:
+def reset_peak_rss() -> None:
+    """Forget the peak of generating the data, so the peak measured is the replay's."""
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def run_engine(case: str, shape: tuple[str, int, int], queue: mp.Queue) -> None:
     from quantnet.backtest import run_backtest
     from quantnet.config import load_config
     from strategies.registry import create
 
-    data = minute_bars(n_symbols, n_bars)
-    cfg = load_config(None, {"data": {"calendar": "24/7"}, "costs": {"taker_fee_bps": 5, "slippage_bps": 1}})
+    kind, n_symbols, n_bars = shape
+    if kind == "staggered":
+        data = staggered_bars(n_symbols, n_bars, STAGGERED_DAYS)
+        calendar = "exchange"
+    else:
+        data = minute_bars(n_symbols, n_bars)
+        calendar = "24/7"
+    frame_mb = data.memory_usage(deep=True).sum() / 2**20
+    reset_peak_rss()
+    cfg = load_config(
+        None, {"data": {"calendar": calendar}, "costs": {"taker_fee_bps": 5, "slippage_bps": 1}}
+    )
     params = {"fast": FAST, "slow": SLOW} if case == "sma_crossover" else {}
     result = run_backtest(cfg, strategy=create(case, params), data=data)
-    queue.put((f"engine {case}", result.bars, result.seconds, peak_rss_mb(), result.metrics["n_fills"]))
+    name = f"engine {case}" + (f" staggered {n_symbols:,}x{n_bars}" if kind == "staggered" else "")
+    # len(data): the bars replayed (the engine's own count included empty cells before)
+    queue.put((name, len(data), result.seconds, peak_rss_mb(), result.metrics["n_fills"], frame_mb))
 
 
 def run_quantnet(min_change: float, queue: mp.Queue) -> None:
@@ -105,6 +163,7 @@ def run_quantnet(min_change: float, queue: mp.Queue) -> None:
             result.seconds,
             peak_rss_mb(),
             result.metrics["n_fills"],
+            data.memory_usage(deep=True).sum() / 2**20,
         )
     )
 
@@ -138,7 +197,9 @@ def run_backtrader(n_symbols: int, n_bars: int, queue: mp.Queue) -> None:
     started = time.perf_counter()
     cerebro.run(runonce=False, preload=True)
     seconds = time.perf_counter() - started
-    queue.put(("backtrader sma_crossover", n_symbols * n_bars, seconds, peak_rss_mb(), float("nan")))
+    queue.put(
+        ("backtrader sma_crossover", n_symbols * n_bars, seconds, peak_rss_mb(), float("nan"), float("nan"))
+    )
 
 
 def in_process(target, *args) -> tuple:
@@ -157,9 +218,17 @@ def main() -> None:
     parser.add_argument("--bars", type=int, default=100_000, help="bars per symbol")
     parser.add_argument("--no-backtrader", action="store_true")
     parser.add_argument("--no-quantnet", action="store_true")
+    parser.add_argument("--no-staggered", action="store_true")
+    parser.add_argument("--staggered-symbols", type=int, default=10_000)
+    parser.add_argument("--staggered-bars", type=int, default=500, help="bars per staggered symbol")
     args = parser.parse_args()
 
-    rows = [in_process(run_engine, case, args.symbols, args.bars) for case in ("noop", "sma_crossover")]
+    dense = ("dense", args.symbols, args.bars)
+    rows = [in_process(run_engine, case, dense) for case in ("noop", "sma_crossover")]
+    if not args.no_staggered:
+        rows.append(
+            in_process(run_engine, "noop", ("staggered", args.staggered_symbols, args.staggered_bars))
+        )
     if not args.no_quantnet:
         rows += [in_process(run_quantnet, min_change) for min_change in (0.0, 0.01)]
     if not args.no_backtrader:
@@ -174,10 +243,20 @@ def main() -> None:
         f"\n{args.symbols} symbols x {args.bars:,} minute bars = {args.symbols * args.bars:,} bars "
         "(quantnet: built-in us_sectors, 20 stocks x 8,313 days), one process each"
     )
-    print(f"{'case':<50}{'bars':>12}{'seconds':>10}{'bars/s':>14}{'peak RSS MB':>14}{'fills':>10}")
-    for name, bars, seconds, rss, fills in rows:
-        print(f"{name:<50}{bars:>12,}{seconds:>10.2f}{bars / seconds:>14,.0f}{rss:>14,.0f}{fills:>10.0f}")
-    speed = {name: bars / seconds for name, bars, seconds, _, _ in rows}
+    print(
+        f"{'case':<50}{'bars':>12}{'seconds':>10}{'bars/s':>14}{'peak RSS MB':>14}{'frame MB':>10}"
+        f"{'peak/frame':>12}{'fills':>10}"
+    )
+    for name, bars, seconds, rss, fills, frame in rows:
+        print(
+            f"{name:<50}{bars:>12,}{seconds:>10.2f}{bars / seconds:>14,.0f}{rss:>14,.0f}{frame:>10,.0f}"
+            f"{rss / frame:>12.2f}{fills:>10.0f}"
+        )
+    print(
+        "peak RSS: the whole process (interpreter and data frame included) while the backtest runs, "
+        "after the data was generated"
+    )
+    speed = {name: bars / seconds for name, bars, seconds, *_ in rows}
     if "backtrader sma_crossover" in speed:
         ratio = speed["engine sma_crossover"] / speed["backtrader sma_crossover"]
         print(f"\nSMA crossover: engine is {ratio:,.1f}x backtrader on the same bars")

@@ -346,7 +346,11 @@ def bar_interval_ns(data: pd.DataFrame) -> int:
     every close, and a weekly bar stamped one day after its open would be read six days early.
     """
     codes, names = pd.factorize(data["symbol"], sort=True)
-    interval, own = _intervals(_ns(data["timestamp"]), codes)
+    return _one_interval(_ns(data["timestamp"]), codes, names, data)
+
+
+def _one_interval(ts: np.ndarray, codes: np.ndarray, names: Sequence[object], data: pd.DataFrame) -> int:
+    interval, own = _intervals(ts, codes)
     mixed = np.flatnonzero((own != 0) & (own != interval))
     if len(mixed):
         j = int(mixed[0])
@@ -362,42 +366,123 @@ def bar_interval_ns(data: pd.DataFrame) -> int:
     return interval
 
 
+_FIELDS = ("open", "high", "low", "close", "volume")
+
+
 @dataclass(frozen=True, slots=True)
 class BarMatrix:
-    """Bars as aligned time × symbol matrices (NaN where a symbol has no bar)."""
+    """Bars by close time, ready to publish as cross-sections aligned to the universe.
+
+    The bars are held as long columns in (time, symbol) order, ``offsets[i]:offsets[i + 1]`` being
+    time ``i``'s slice, so memory follows the number of bars: a universe of staggered listings is
+    mostly cells without a bar. When bars fill at least half the time × symbol grid, ``grid`` also
+    lays them out as matrices (NaN where a symbol has no bar; views of the columns when every cell
+    is filled) and each BarSet is a row view of them, free per bar. Otherwise each BarSet is built
+    from its slice when it is published.
+    """
 
     symbols: tuple[str, ...]
     ts_event: np.ndarray
-    open: np.ndarray
-    high: np.ndarray
-    low: np.ndarray
-    close: np.ndarray
-    volume: np.ndarray
+    offsets: np.ndarray
+    codes: np.ndarray
+    columns: tuple[np.ndarray, ...]
+    grid: tuple[np.ndarray, ...] | None
     interval_ns: int
 
     @classmethod
     def from_frame(cls, data: pd.DataFrame, *, timestamps: str = "open") -> BarMatrix:
         """``timestamps="open"``: file times label the bar's open, so bars close one interval later."""
-        interval = bar_interval_ns(data)
-        wide = data.pivot(
-            index="timestamp", columns="symbol", values=["open", "high", "low", "close", "volume"]
-        )
-        symbols = tuple(str(s) for s in wide["close"].columns)
-        label = pd.DatetimeIndex(wide.index).as_unit("ns").asi8
+        codes, names = pd.factorize(data["symbol"], sort=True)
+        codes = codes.astype(np.int32 if len(names) < 2**31 else np.int64)
+        symbols = tuple(str(s) for s in names)
+        ts = _ns(data["timestamp"])
+        interval = _one_interval(ts, codes, names, data)
+        columns = tuple(data[name].to_numpy(dtype="float64") for name in _FIELDS)
+        if len(ts) > 1 and (ts[1:] < ts[:-1]).any():
+            order = np.argsort(ts, kind="stable")
+            ts, codes = ts[order], codes[order]
+            columns = tuple(col[order] for col in columns)
+        new = np.flatnonzero(np.r_[True, ts[1:] != ts[:-1]]) if len(ts) else np.zeros(0, np.int64)
+        label = ts[new]
+        offsets = np.r_[new, len(ts)].astype(np.int64)
+        del ts
+        within = np.ones(len(codes), dtype=bool)  # each slice's symbols must rise strictly
+        within[offsets[1:-1]] = False
+        within[0] = False
+        step = np.diff(codes, prepend=codes[:1])
+        if (within & (step <= 0)).any():
+            order = np.lexsort((codes, np.repeat(np.arange(len(label)), np.diff(offsets))))
+            codes = codes[order]
+            columns = tuple(col[order] for col in columns)
+            step = np.diff(codes, prepend=codes[:1])
+            dup = within & (step == 0)
+            if dup.any():
+                k = int(np.flatnonzero(dup)[0])
+                slot = int(np.searchsorted(offsets, k, side="right")) - 1
+                when = pd.Timestamp(int(label[slot]), tz="UTC")
+                raise DataError(f"symbol {symbols[codes[k]]}: {when} appears twice")
+        del within, step
+        n_times, n_symbols = len(label), len(symbols)
+        grid = None
+        if len(codes) == n_times * n_symbols:
+            grid = tuple(col.reshape(n_times, n_symbols) for col in columns)
+        elif n_times * n_symbols <= 2 * len(codes):
+            cell = np.repeat(np.arange(n_times, dtype=np.int64) * n_symbols, np.diff(offsets)) + codes
+            grid = tuple(np.full((n_times, n_symbols), np.nan) for _ in _FIELDS)
+            for mat, col in zip(grid, columns, strict=True):
+                mat.ravel()[cell] = col
         ts_event = label + interval if timestamps == "open" else label
-
-        def mat(name: str) -> np.ndarray:
-            return np.ascontiguousarray(wide[name].to_numpy(dtype="float64"))
-
-        return cls(
-            symbols, ts_event, mat("open"), mat("high"), mat("low"), mat("close"), mat("volume"), interval
-        )
+        return cls(symbols, ts_event, offsets, codes, columns, grid, interval)
 
     def __len__(self) -> int:
         return len(self.ts_event)
 
+    def bars(self, first: int = 0) -> int:
+        """Bars (not empty cells) in the time slices from ``first`` on."""
+        return int(self.offsets[-1] - self.offsets[min(first, len(self))])
+
+    def _matrix(self, field: int) -> np.ndarray:
+        if self.grid is not None:
+            return self.grid[field]
+        out = np.full((len(self), len(self.symbols)), np.nan)
+        cell = np.repeat(np.arange(len(self)) * len(self.symbols), np.diff(self.offsets)) + self.codes
+        out.ravel()[cell] = self.columns[field]
+        return out
+
+    @property
+    def open(self) -> np.ndarray:
+        """Time × symbol matrix (built on each call when the bars are held sparse)."""
+        return self._matrix(0)
+
+    @property
+    def high(self) -> np.ndarray:
+        return self._matrix(1)
+
+    @property
+    def low(self) -> np.ndarray:
+        return self._matrix(2)
+
+    @property
+    def close(self) -> np.ndarray:
+        return self._matrix(3)
+
+    @property
+    def volume(self) -> np.ndarray:
+        return self._matrix(4)
+
     def bar_sets(self) -> Iterator[BarSet]:
         symbols = self.symbols
-        o, h, low, c, v = self.open, self.high, self.low, self.close, self.volume
+        if self.grid is not None:
+            o, h, low, c, v = self.grid
+            for i, ts in enumerate(self.ts_event.tolist()):
+                yield BarSet(ts, ts, symbols, o[i], h[i], low[i], c[i], v[i], i)
+            return
+        width = len(symbols)
+        codes, columns, bounds = self.codes, self.columns, self.offsets.tolist()
         for i, ts in enumerate(self.ts_event.tolist()):
-            yield BarSet(ts, ts, symbols, o[i], h[i], low[i], c[i], v[i], i)
+            lo, hi = bounds[i], bounds[i + 1]
+            where = codes[lo:hi]
+            block = np.full((len(_FIELDS), width), np.nan)
+            for row, col in zip(block, columns, strict=True):
+                row[where] = col[lo:hi]
+            yield BarSet(ts, ts, symbols, block[0], block[1], block[2], block[3], block[4], i)

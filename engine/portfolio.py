@@ -17,13 +17,15 @@ _EPS = 1e-12
 
 
 class _Series:
-    """Append-only float columns that grow by doubling: no per-bar allocation."""
+    """Append-only float columns that grow by doubling, in rows and in columns: no per-bar
+    allocation. A row may be wider than ``width``; only its first ``width`` entries count."""
 
-    __slots__ = ("data", "n")
+    __slots__ = ("data", "n", "width")
 
     def __init__(self, width: int, capacity: int) -> None:
         self.data = np.empty((max(capacity, 16), width))
         self.n = 0
+        self.width = width
 
     def next_row(self) -> np.ndarray:
         if self.n == len(self.data):
@@ -34,8 +36,17 @@ class _Series:
         self.n += 1
         return row
 
+    def add_column(self) -> None:
+        """One more column, zero in the rows already written."""
+        if self.width == self.data.shape[1]:
+            grown = np.empty((len(self.data), max(2 * self.width, 4)))
+            grown[: self.n, : self.width] = self.data[: self.n, : self.width]
+            self.data = grown
+        self.data[: self.n, self.width] = 0.0
+        self.width += 1
+
     def view(self) -> np.ndarray:
-        return self.data[: self.n]
+        return self.data[: self.n, : self.width]
 
 
 class Portfolio:
@@ -73,7 +84,12 @@ class Portfolio:
         self._bus = bus
         self._times: list[int] = []
         self._curve = _Series(3, capacity)
-        self._positions = _Series(n, capacity) if record_positions else None
+        # market values are recorded only for symbols that have had a position, in the order of
+        # their first fill, so a wide universe that is mostly never held costs no memory per bar
+        self._positions = _Series(0, capacity) if record_positions else None
+        self._recorded = np.zeros(n, dtype=bool)
+        self._columns = np.zeros(0, dtype=np.intp)
+        self._all_recorded = False
         if bus is not None:
             bus.subscribe(Fill, self.on_fill)
             bus.subscribe(Funding, self.on_funding)
@@ -95,7 +111,26 @@ class Portfolio:
         row[1] = self.cash
         row[2] = gross
         if self._positions is not None:
-            np.multiply(qty, last, out=self._positions.next_row())
+            row = self._positions.next_row()
+            if self._all_recorded:
+                np.multiply(qty, last, out=row)
+            elif len(self._columns):
+                cols = self._columns
+                np.multiply(qty[cols], last[cols], out=row[: len(cols)])
+
+    def _record(self, i: int) -> None:
+        """Start recording symbol ``i``'s market value; once every symbol is recorded, put the
+        columns in universe order so that each bar is one vector product again."""
+        series = self._positions
+        assert series is not None
+        series.add_column()
+        self._recorded[i] = True
+        self._columns = np.append(self._columns, i)
+        if len(self._columns) == len(self.symbols):
+            order = np.argsort(self._columns)
+            series.data = np.ascontiguousarray(series.data[:, order])
+            self._columns = self._columns[order]
+            self._all_recorded = True
 
     def on_fill(self, fill: Fill) -> None:
         i = self.index.get(fill.symbol)
@@ -103,6 +138,8 @@ class Portfolio:
             raise KeyError(f"fill for {fill.symbol!r}, which is not in the portfolio's universe")
         if not (fill.quantity > 0 and math.isfinite(fill.price) and fill.price > 0):
             raise ValueError(f"refusing fill with quantity {fill.quantity} and price {fill.price}: {fill}")
+        if not self._recorded[i] and self._positions is not None:
+            self._record(i)
         signed = fill.quantity * fill.side
         price = fill.price
         old = float(self.qty[i])
@@ -167,6 +204,13 @@ class Portfolio:
         """Columns equity, cash, gross exposure; one row per bar."""
         return self._curve.view()
 
-    def positions(self) -> np.ndarray | None:
-        """Market value per asset per bar."""
-        return None if self._positions is None else self._positions.view()
+    def positions(self) -> tuple[np.ndarray, tuple[str, ...]] | None:
+        """Market value per bar of each symbol that has had a position, and those symbols, in
+        universe order (symbols never held were worth 0 on every bar)."""
+        if self._positions is None:
+            return None
+        order = np.argsort(self._columns, kind="stable")
+        values = self._positions.view()
+        if not self._all_recorded:
+            values = values[:, order]
+        return values, tuple(self.symbols[i] for i in self._columns[order])

@@ -205,7 +205,8 @@ def _result(
     equity = pd.DataFrame(
         {"timestamp": stamp, "equity": curve[:, 0], "cash": curve[:, 1], "gross_exposure": curve[:, 2]}
     )
-    positions = pd.DataFrame(pf.positions(), index=stamp, columns=list(matrix.symbols))
+    values, held = pf.positions()
+    positions = pd.DataFrame(values, index=stamp, columns=list(held), copy=False)
     trades = pd.DataFrame(
         {
             "timestamp": pd.to_datetime([f.ts_event for f in node.fills], utc=True),
@@ -247,7 +248,8 @@ def _result(
         "symbols": list(matrix.symbols),
         "first_bar": str(stamp[0]) if len(stamp) else "",
         "last_bar": str(stamp[-1]) if len(stamp) else "",
-        "bars": len(matrix) - warm,
+        "bars": matrix.bars(warm),
+        "timestamps": len(matrix) - warm,
         "warmup_bars": warm,
         "cash": cfg.portfolio.cash,
         "costs": cfg.costs.model_dump(),
@@ -262,7 +264,7 @@ def _result(
         trades,
         risk,
         settings,
-        (len(matrix) - warm) * len(matrix.symbols),
+        matrix.bars(warm),
         seconds,
     )
 

@@ -38,7 +38,8 @@ def test_indicators_are_ready_at_the_start():
     for result in (warm, cold):
         assert result.equity["timestamp"].iloc[0] == start_close
         assert result.equity["equity"].iloc[0] == pytest.approx(100_000)  # nothing traded before
-        assert result.settings["bars"] == len(result.equity)
+        assert result.settings["timestamps"] == len(result.equity)
+        assert result.settings["bars"] == result.bars == 2 * len(result.equity)  # A and B each time
     assert warm.settings["warmup_bars"] == 20 and cold.settings["warmup_bars"] == 0
     # the standing target (A long, from the warm-up) is sent at the first close, filled next open
     assert warm.trades[["timestamp", "symbol", "side"]].values.tolist() == [
