@@ -276,3 +276,62 @@ def test_timestamp_settings_come_from_the_data_section(tmp_path):
     path = write(tmp_path, df)
     cfg = load_config(None, {"data": {"path": str(path), "timestamp_format": "%d/%m/%Y"}})
     assert load_data(cfg)["timestamp"].iloc[1] == pd.Timestamp("2021-01-05", tz="UTC")
+
+
+def staggered(n_symbols: int = 6, n_bars: int = 4) -> pd.DataFrame:
+    """Each symbol lists for ``n_bars`` days, one day after the previous one: mostly empty cells."""
+    frames = [
+        daily(f"S{k}", n_bars, start=str(pd.Timestamp("2021-01-04") + pd.Timedelta(days=k)))
+        for k in range(n_symbols)
+    ]
+    data = pd.concat(frames, ignore_index=True)
+    data["close"] = 98.0 + np.arange(len(data)) % 4  # distinct closes, inside [low, high]
+    return data.sort_values(["timestamp", "symbol"], ignore_index=True)
+
+
+def test_sparse_bars_publish_the_same_cross_sections():
+    data = staggered()
+    matrix = BarMatrix.from_frame(data)
+    assert matrix.grid is None  # 24 bars in 9 x 6 cells: held sparse
+    assert len(matrix) == 9 and matrix.bars() == 24 and matrix.bars(3) == 24 - (1 + 2 + 3)
+    expected = data.pivot(index="timestamp", columns="symbol", values="close")
+    got = np.array([bars.close for bars in matrix.bar_sets()])
+    np.testing.assert_array_equal(got, expected.to_numpy())
+    np.testing.assert_array_equal(matrix.close, expected.to_numpy())
+    shuffled = BarMatrix.from_frame(data.sample(frac=1.0, random_state=3))
+    np.testing.assert_array_equal(np.array([b.close for b in shuffled.bar_sets()]), expected.to_numpy())
+
+
+def test_backtest_counts_real_bars_not_empty_cells():
+    from quantnet.backtest import run_backtest
+    from quantnet.config import load_config
+    from strategies.registry import create
+
+    result = run_backtest(load_config(None, {}), strategy=create("noop", {}), data=staggered())
+    assert result.bars == result.settings["bars"] == 24  # not 9 times x 6 symbols = 54
+    assert result.settings["timestamps"] == len(result.equity) == 9
+    assert result.positions.shape == (9, 0)  # nothing was ever held
+
+
+def test_positions_are_recorded_for_held_symbols_only():
+    from engine.events import BarSet, Fill, Side
+    from engine.portfolio import Portfolio
+
+    def run(fills: dict[int, list[tuple[str, Side, float, float]]]) -> tuple[np.ndarray, tuple[str, ...]]:
+        pf = Portfolio(("A", "B", "C"), 1_000.0)
+        nan = np.full(3, np.nan)
+        for t in range(3):
+            for sym, side, qty, price in fills.get(t, []):
+                pf.on_fill(Fill(t, t, f"{sym}{t}", sym, side, qty, price, 0.0))
+            close = np.array([10.0, 20.0, 30.0]) + t
+            pf.on_bars(BarSet(t, t, pf.symbols, nan, nan, nan, close, nan, t))
+        return pf.positions()
+
+    values, held = run({1: [("C", Side.BUY, 2.0, 31.0), ("A", Side.SELL, 1.0, 11.0)]})
+    assert held == ("A", "C")  # B was never held: no column
+    np.testing.assert_array_equal(values, [[0.0, 0.0], [-11.0, 62.0], [-12.0, 64.0]])
+    values, held = run(
+        {1: [("C", Side.BUY, 2.0, 31.0), ("A", Side.SELL, 1.0, 11.0)], 2: [("B", Side.BUY, 1.0, 22.0)]}
+    )
+    assert held == ("A", "B", "C")  # all held: back in universe order
+    np.testing.assert_array_equal(values, [[0.0, 0.0, 0.0], [-11.0, 0.0, 62.0], [-12.0, 22.0, 64.0]])
