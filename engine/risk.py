@@ -26,13 +26,15 @@ Exit rules, the same in a backtest and live, because the venue fills them:
   applies from the next bar; a close already beyond it fills the stop at the next open.
 * The take-profit is a resting reduce-only LIMIT order at ``entry · (1 ± take_profit)``. Stop and
   take-profit are one-cancels-other. The stop sits ahead of the take-profit in the venue's queue,
-  so when one bar reaches both the stop is taken to have come first (the conservative reading).
-* An entry is protected from its first bar: when the entry order is accepted, exits are placed
-  behind it at levels from the reference price (the last close); when the fill is known they are
-  re-priced from the real average entry price, from the next bar on.
-* Any other order that changes a position (the strategy's, a flatten) replaces the exits with ones
-  sized for the position it leads to, so an exit and a market order never both close the same
-  quantity.
+  so when one bar's range reaches both the stop is taken to have come first (the conservative
+  reading); a bar that opens beyond the take-profit fills it at the open.
+* ``entry`` is the position's average fill price: exits are armed by the entry's fill, not before.
+  On the entry bar they work from the fill on, so they can fill at their level if the rest of the
+  bar reaches it, never at the open that filled the entry.
+* An order that reduces a position shrinks the exits, when it is accepted, to the position it
+  leaves; one that closes or flips it cancels them (the exits of a new side are armed by its
+  fill), so an exit and a market order never both close the same quantity. An order that adds to
+  a position leaves the exits covering what is held until its fill re-prices them.
 """
 
 from __future__ import annotations
@@ -466,30 +468,20 @@ class RiskManager:
         return stop, rule, tp
 
     def _sync(self, i: int, ts: int) -> None:
-        """Place the exits for the position symbol ``i`` will have once its orders in flight fill.
-
-        The part not filled yet is valued at the reference price (the last close); levels are
-        re-placed from the real entry price once the position is settled.
-        """
+        """Place the exits for the part of symbol ``i``'s position that its orders in flight leave
+        open, at levels from the average fill price (none while nothing is filled)."""
         pf = self.portfolio
         self._dirty[i] = False
         held = float(pf.qty[i])
         target = held + float(self.orders.pending[i])
-        if abs(target) <= _REL * max(1.0, abs(held)):
+        if held * target <= 0.0 or abs(target) <= _REL * max(1.0, abs(held)):
             self._cancel_exits(i)
-            self._synced[i] = 0.0
+            self._synced[i] = 0.0 if target == 0.0 or held == 0.0 else math.nan
             return
-        ref = float(pf.last_price[i])
-        side = 1.0 if target > 0 else -1.0
-        if held == 0.0 or held * target < 0:
-            entry, best = ref, ref
-        elif abs(target) > abs(held):
-            entry = (abs(held) * pf.avg_price[i] + (abs(target) - abs(held)) * ref) / abs(target)
-            best = float(self._best[i])
-        else:
-            entry, best = float(pf.avg_price[i]), float(self._best[i])
-        stop, rule, tp = self._levels(side, float(entry), best)
-        self._place(i, target, stop, rule, tp, ts)
+        covered = held if abs(held) <= abs(target) else target
+        side = 1.0 if held > 0 else -1.0
+        stop, rule, tp = self._levels(side, float(pf.avg_price[i]), float(self._best[i]))
+        self._place(i, covered, stop, rule, tp, ts)
 
     def _place(self, i: int, target: float, stop: float, rule: str, tp: float, ts: int) -> None:
         rules = self._rules[i]
@@ -571,10 +563,10 @@ class RiskManager:
             self._synced[i] = math.nan
 
     def on_fill(self, fill: Fill) -> None:
-        """Track each position's side and best price; report exit fills and cancel the sibling.
+        """Track each position's side and best price; arm the exits from an entry's fill; report
+        exit fills and cancel the sibling.
 
-        Runs while the venue is still filling the bar, so it touches the venue only for the
-        one-cancels-other cancel."""
+        Runs while the venue is still filling the bar: exits armed here work for the rest of it."""
         i = self._index.get(fill.symbol)
         if i is None:
             return
@@ -587,6 +579,8 @@ class RiskManager:
             self._best[i] = pf.avg_price[i] if side else math.nan
         exit_ = self._exits.get(fill.client_id)
         if exit_ is None:
+            if not self.halted:
+                self._sync(i, fill.ts_event)  # arm (or re-price) the exits from the fill
             return
         exit_.remaining -= fill.quantity
         level = exit_.order.price

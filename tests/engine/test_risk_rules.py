@@ -94,12 +94,53 @@ def test_stop_hit_intrabar_fills_at_the_stop_price_from_the_real_entry():
     assert result.metrics["risk_stop_exits"] == 1
 
 
-def test_entry_bar_is_protected_at_the_reference_price_level():
-    # bought at bar 1's open (101); the same bar falls to 94: the stop placed with the entry order
-    # (5% below the decision close 100, since the fill price is not known yet) fills at 95
+def test_entry_bar_is_protected_from_the_fill_at_the_stop_level():
+    # bought at bar 1's open (101); the same bar falls to 94: the stop armed by the fill, 5% below
+    # 101, fills at its level 95.95 (not 95, 5% below the decision close)
     a = [FLAT, (101, 101, 94, 96), (96, 97, 95, 96)]
     result = run({"stop_loss": 0.05}, {0: [0.5]}, frame(A=a))
-    assert fills(result) == [(1, "A", "buy", 50, 101), (1, "A", "sell", 50, pytest.approx(95.0))]
+    assert fills(result) == [(1, "A", "buy", 50, 101), (1, "A", "sell", 50, pytest.approx(101 * 0.95))]
+
+
+def test_entry_gapping_past_the_levels_is_not_sold_at_its_own_open():
+    # decided at close 100; bar 1 opens at 97, below a 2% stop from that close (98), and its range
+    # stays above 2% below the fill (97 · 0.98 = 95.06): the position is kept
+    a = [FLAT, (97, 98, 96, 97.5), (97.5, 98, 97, 97.5)]
+    result = run({"stop_loss": 0.02}, {0: [0.5]}, frame(A=a), slippage_bps=10)
+    entry = 97 * 1.001
+    assert fills(result) == [(1, "A", "buy", 50, pytest.approx(entry))]
+    assert not events(result, "stop_loss") and result.positions["A"].iloc[-1] == pytest.approx(50 * 97.5)
+    # the same for a take-profit: bar 1 opens at 106, beyond 5% above the close (105); the target
+    # is 5% above the fill (111.3), which bar 2 reaches
+    a = [FLAT, (106, 107, 105, 106), (106, 112, 105, 110)]
+    result = run({"take_profit": 0.05}, {0: [0.5]}, frame(A=a))
+    assert fills(result) == [(1, "A", "buy", 50, 106), (2, "A", "sell", 50, pytest.approx(106 * 1.05))]
+
+
+def test_exits_are_priced_from_the_fill_with_slippage_and_fees():
+    # a short sold at 100 less 10 bps: stop 3% above 99.9 = 102.897, reached by the entry bar's
+    # high 102.95 (a level from the decision close, 103, would not be)
+    a = [FLAT, (100, 102.95, 99, 100), (100, 101, 99, 100)]
+    result = run({"stop_loss": 0.03}, {0: [-0.5]}, frame(A=a), slippage_bps=10, fee_bps=5)
+    entry = 100 * 0.999
+    assert fills(result) == [
+        (1, "A", "sell", 50, pytest.approx(entry)),
+        (1, "A", "buy", 50, pytest.approx(entry * 1.03 * 1.001)),
+    ]
+    exit_price = entry * 1.03 * 1.001
+    assert result.trades["fee"].tolist() == pytest.approx([50 * entry * 5e-4, 50 * exit_price * 5e-4])
+    (hit,) = events(result, "stop_loss")
+    assert hit["message"].endswith(f"(level {entry * 1.03:.8g})")
+
+
+def test_bar_opening_beyond_the_take_profit_fills_it_at_the_open():
+    # long 50 at 100, stop 95, target 110; bar 2 opens at 112 and then falls to 90: the open came
+    # first, so the take-profit fills there and the stop is cancelled
+    a = [FLAT, FLAT, (112, 113, 90, 91), (91, 92, 90, 91)]
+    result = run({"stop_loss": 0.05, "take_profit": 0.1}, {0: [0.5]}, frame(A=a))
+    assert fills(result) == [(1, "A", "buy", 50, 100), (2, "A", "sell", 50, 112)]
+    assert len(events(result, "take_profit")) == 1 and not events(result, "stop_loss")
+    assert result.positions["A"].iloc[-1] == 0
 
 
 def test_gap_through_the_stop_fills_at_the_open_with_slippage():
