@@ -57,10 +57,14 @@ def assemble(
     *,
     gates: tuple[OrderGate, ...] = (),
     capacity: int = 1024,
+    persist_risk: bool = True,
 ) -> TradingNode:
     """Subscription order is execution order for each bar: the venue fills what was ordered on
     earlier bars at this bar's prices, the portfolio books and marks, the risk manager (when
-    ``[risk]`` configures a rule) checks limits and exits, then the strategy decides."""
+    ``[risk]`` configures a rule) checks limits and exits, then the strategy decides.
+
+    ``persist_risk`` keeps a halt in ``[risk] state_file`` across restarts (paper and live); a
+    backtest passes False so that no run inherits another's halt."""
     venue = venue_factory(bus, clock)
     portfolio = Portfolio(symbols, cfg.portfolio.cash, bus, capacity=capacity)
     orders = OrderManager(
@@ -72,7 +76,7 @@ def assemble(
         rebalance_band=cfg.portfolio.rebalance_band,
         min_trade_notional=cfg.portfolio.min_trade_notional,
     )
-    risk = RiskManager(orders, cfg.risk) if cfg.risk.active else None
+    risk = RiskManager(orders, cfg.risk, persist=persist_risk) if cfg.risk.active else None
     host = StrategyHost(
         strategy, bus, clock, symbols, max_weight=cfg.portfolio.max_weight, weights=portfolio.weights
     )
@@ -169,6 +173,7 @@ def run_backtest(
             lambda b, c: simulated_venue(b, c, matrix.symbols, cfg),
             gates=gates,
             capacity=len(matrix),
+            persist_risk=False,
         )
         bar_sets = matrix.bar_sets()
         for bars in itertools.islice(bar_sets, warm):  # before the start: the strategy only
@@ -248,6 +253,7 @@ def _result(
         "data": cfg.data.path or f"built-in dataset {cfg.data.dataset}",
         "risk": cfg.risk.model_dump(exclude_defaults=True),
         "trading_state": node.risk.state.value if node.risk is not None else "active (no risk rules)",
+        "halt": _halt_summary(node.risk),
     }
     return BacktestResult(
         metrics,
@@ -259,6 +265,14 @@ def _result(
         (len(matrix) - warm) * len(matrix.symbols),
         seconds,
     )
+
+
+def _halt_summary(risk: RiskManager | None) -> dict[str, str] | None:
+    """The halt a run ended in (rule, time, reason), for the summary; None when it did not."""
+    record = risk.halt_record if risk is not None else None
+    if record is None:
+        return None
+    return {k: str(record.get(k, "")) for k in ("rule", "time", "reason")}
 
 
 def write_outputs(result: BacktestResult, out: Path) -> None:
