@@ -23,7 +23,7 @@ from connectors.paper import PaperBroker
 from connectors.replay import BarMatrix, DataError, load_ohlcv, parse_time
 from engine.bus import EventBus, replay
 from engine.clock import Clock, ReplayClock
-from engine.events import Fill, RiskEvent
+from engine.events import BarSet, Fill, RiskEvent
 from engine.journal import Journal
 from engine.metrics import backtest_metrics, periods_per_year
 from engine.orders import OrderGate, OrderManager
@@ -61,7 +61,9 @@ def assemble(
 ) -> TradingNode:
     """Subscription order is execution order for each bar: the venue fills what was ordered on
     earlier bars at this bar's prices, the portfolio books and marks, the risk manager (when
-    ``[risk]`` configures a rule) checks limits and exits, then the strategy decides.
+    ``[risk]`` configures a rule) checks limits and exits, then the strategy decides (and, with
+    ``[portfolio] rebalance = "every_bar"``, the order manager then trades every weight back to its
+    target).
 
     ``persist_risk`` keeps a halt in ``[risk] state_file`` across restarts (paper and live); a
     backtest passes False so that no run inherits another's halt."""
@@ -73,6 +75,7 @@ def assemble(
         portfolio,
         venue,
         gates=gates,
+        rebalance=cfg.portfolio.rebalance,
         rebalance_band=cfg.portfolio.rebalance_band,
         min_trade_notional=cfg.portfolio.min_trade_notional,
     )
@@ -80,6 +83,8 @@ def assemble(
     host = StrategyHost(
         strategy, bus, clock, symbols, max_weight=cfg.portfolio.max_weight, weights=portfolio.weights
     )
+    if orders.every_bar:
+        bus.subscribe(BarSet, orders.rebalance)  # after the strategy: trades this bar's targets
     node = TradingNode(bus, clock, portfolio, orders, host, risk=risk)
     bus.subscribe(Fill, node.fills.append)
     bus.subscribe(RiskEvent, node.risk_events.append)
