@@ -55,7 +55,10 @@ class QuantNetParams(Params):
     max_gross: float = Field(1.0, gt=0, description="cap on the sum of |weights|")
     threshold: float = Field(0.0, ge=0, lt=1, description="|signal| below this: flat")
     min_change: float = Field(
-        0.0, ge=0, description="only re-target an asset when its weight moves this much"
+        0.01,
+        ge=0,
+        description="only re-target an asset when its weight moves more than this (0: every bar); "
+        "0.01 cut fills 11x on us_sectors 2015- with gross Sharpe unchanged (README)",
     )
     warmup: int = Field(63, ge=0, description="bars that only settle states before the first trade")
 

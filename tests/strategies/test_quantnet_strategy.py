@@ -21,6 +21,7 @@ from models.config import ModelConfig
 from models.data import returns_from_closes
 from models.network import QuantNet
 from quantnet.cli import app
+from strategies.quantnet import QuantNetParams
 from strategies.registry import create
 from tests.conftest import make_bars
 
@@ -44,9 +45,11 @@ def model_path(tmp_path: Path) -> Path:
 
 
 def held_weights(params: dict, data: pd.DataFrame) -> tuple[BarMatrix, pd.DataFrame]:
+    """Standing target weights after each bar (re-targeted every bar unless min_change is given)."""
     matrix = BarMatrix.from_frame(data, timestamps="close")
     bus, clock = EventBus(), ReplayClock()
-    StrategyHost(create("quantnet", params), bus, clock, matrix.symbols, max_weight=10.0)
+    strategy = create("quantnet", {"min_change": 0.0, **params})
+    StrategyHost(strategy, bus, clock, matrix.symbols, max_weight=10.0)
     held = np.zeros(len(matrix.symbols))
     rows: list[np.ndarray] = []
 
@@ -158,6 +161,21 @@ def test_portfolio_volatility_target_from_past_returns_only(model_path):
         assert np.sqrt(252 * got @ cov @ got) == pytest.approx(0.05)
 
 
+def test_min_change_keeps_a_weight_until_it_moves_that_much(model_path):
+    assert QuantNetParams(model="m.pt").min_change == 0.01  # the measured default (README)
+    data = make_bars(tuple("ABCDE"), 80, seed=3)
+    params = {"model": str(model_path), "warmup": 5}
+    _, every = held_weights(params, data)
+    _, held = held_weights({**params, "min_change": 0.01}, data)
+    expected = every.to_numpy().copy()
+    for t in range(1, len(expected)):
+        keep = np.abs(expected[t] - expected[t - 1]) <= 0.01
+        expected[t][keep] = expected[t - 1][keep]
+    np.testing.assert_allclose(held.to_numpy(), expected, atol=1e-12)
+    changes = (np.diff(held.to_numpy(), axis=0) != 0).sum()
+    assert 0 < changes < (np.diff(every.to_numpy(), axis=0) != 0).sum() / 2
+
+
 def test_missing_asset_is_not_traded(model_path):
     data = make_bars(tuple("ABCDE"), 40, seed=4)
     gap = pd.Timestamp("2020-01-21", tz="UTC")
@@ -213,7 +231,7 @@ def test_warm_up_from_history_equals_stepping_through_it(model_path, sizing):
     having traded through those bars one at a time."""
     data = make_bars(tuple("ABCDE"), 70, seed=12)
     matrix = BarMatrix.from_frame(data, timestamps="close")
-    params = {"model": str(model_path), "vol_target": 0.1, "warmup": 0, **sizing}
+    params = {"model": str(model_path), "vol_target": 0.1, "warmup": 0, "min_change": 0.0, **sizing}
     stepped = create("quantnet", params)
     warmed = create("quantnet", params)
     ctx_symbols = matrix.symbols
