@@ -9,6 +9,13 @@ Execution rules, the same for every strategy:
   opens through it (the better price); maker fee, no slippage.
 * A stop order triggers when a later bar's range reaches the stop and fills at the stop price, or
   at the open if the bar gaps through it; it then behaves as a market order (slippage, taker fee).
+* Within a bar, orders the open reaches fill first (they traded at the first price), then those the
+  range reaches: a bar that opens beyond a take-profit fills it at the open even if it later falls
+  through the stop. Among orders of one kind the older comes first, so when one bar's range reaches
+  both a stop and a take-profit, the stop is taken to have come first (the conservative reading).
+* A stop or limit order placed while a bar is filling (a protective exit armed by the fill of its
+  entry at the open) works for the rest of that bar: it fills at its own price if the bar's range
+  reaches it, never at the open, which traded before it existed.
 * An order for an instrument without a bar waits for that instrument's next bar.
 * A reduce-only order never increases or flips a position, as on Bybit: its fill is capped at the
   position when it fills (the rest is cancelled), and it is cancelled if there is nothing to reduce.
@@ -40,6 +47,7 @@ class PaperBroker:
         self.maker = costs.maker_fee_bps / 1e4
         self.slippage = costs.slippage_bps / 1e4
         self._working: dict[str, Order] = {}
+        self._armed: list[Order] | None = None  # stop/limit orders placed while a bar fills
         self._seq = 0
         self.position = np.zeros(len(symbols))
         """Signed quantity per symbol from this broker's fills (what reduce-only is judged by)."""
@@ -50,6 +58,8 @@ class PaperBroker:
         status = OrderStatus.REJECTED if reason else OrderStatus.ACCEPTED
         if not reason:
             self._working[order.client_id] = order
+            if self._armed is not None and order.type is not OrderType.MARKET:
+                self._armed.append(order)
         self.bus.publish(
             OrderUpdate(order.ts_init, self.clock.now_ns(), order.client_id, order.symbol, status, reason)
         )
@@ -104,26 +114,48 @@ class PaperBroker:
     def on_bars(self, bars: BarSet) -> None:
         if not self._working:
             return
-        for order in list(self._working.values()):
-            if order.ts_init >= bars.ts_event:
+        ts = bars.ts_event
+        at_open: list[tuple[Order, float]] = []
+        in_range: list[tuple[Order, float]] = []
+        for order in self._working.values():
+            if order.ts_init >= ts:
                 continue
             i = self.index[order.symbol]
             opn = float(bars.open[i])
             if opn != opn:
                 continue
-            price = self._fill_price(order, opn, float(bars.high[i]), float(bars.low[i]))
-            if price is None:
-                continue
-            if self._working.pop(order.client_id, None) is None:
-                continue  # cancelled by a handler of an earlier fill in this bar (one-cancels-other)
-            qty = self._reducible(order, i) if order.reduce_only else order.quantity
-            if qty <= 0.0:
-                self._cancelled(order, bars.ts_event, "reduce-only: no position to reduce")
-                continue
-            self._fill(order, price, bars.ts_event, qty)
-            if qty < order.quantity:
-                why = f"reduce-only: filled {qty:.8g} of {order.quantity:.8g}, the whole position"
-                self._cancelled(order, bars.ts_event, why)
+            hit = self._trigger(order, opn, float(bars.high[i]), float(bars.low[i]))
+            if hit is not None:
+                (at_open if hit[1] else in_range).append((order, hit[0]))
+        self._armed = []
+        try:
+            for order, price in at_open + in_range:
+                current = self._working.get(order.client_id)
+                if current is order:
+                    self._execute(order, price, ts)
+                elif current is not None:  # amended by a handler of an earlier fill: from now on
+                    self._armed.append(current)
+            while self._armed:
+                order = self._armed.pop(0)
+                if self._working.get(order.client_id) is not order:
+                    continue
+                i = self.index[order.symbol]
+                if self._reached(order, float(bars.high[i]), float(bars.low[i])):
+                    self._execute(order, order.price, ts)
+        finally:
+            self._armed = None
+
+    def _execute(self, order: Order, price: float, ts: int) -> None:
+        del self._working[order.client_id]
+        i = self.index[order.symbol]
+        qty = self._reducible(order, i) if order.reduce_only else order.quantity
+        if qty <= 0.0:
+            self._cancelled(order, ts, "reduce-only: no position to reduce")
+            return
+        self._fill(order, price, ts, qty)
+        if qty < order.quantity:
+            why = f"reduce-only: filled {qty:.8g} of {order.quantity:.8g}, the whole position"
+            self._cancelled(order, ts, why)
 
     def _reducible(self, order: Order, i: int) -> float:
         """How much of a reduce-only order the position lets fill now (0: nothing to reduce)."""
@@ -139,18 +171,20 @@ class PaperBroker:
             OrderUpdate(ts, self.clock.now_ns(), order.client_id, order.symbol, OrderStatus.CANCELLED, reason)
         )
 
-    def _fill_price(self, order: Order, opn: float, high: float, low: float) -> float | None:
-        buy = order.side is Side.BUY
-        if order.type is OrderType.MARKET:
-            return opn
-        p = order.price
-        if order.type is OrderType.LIMIT:
-            if buy:
-                return opn if opn <= p else p if low <= p else None
-            return opn if opn >= p else p if high >= p else None
-        if buy:
-            return opn if opn >= p else p if high >= p else None
-        return opn if opn <= p else p if low <= p else None
+    def _trigger(self, order: Order, opn: float, high: float, low: float) -> tuple[float, bool] | None:
+        """Fill price for a bar and whether the open reached it (None: the bar does not)."""
+        if order.type is OrderType.MARKET or self._reached(order, opn, opn):
+            return opn, True
+        if self._reached(order, high, low):
+            return order.price, False
+        return None
+
+    @staticmethod
+    def _reached(order: Order, high: float, low: float) -> bool:
+        """Whether prices from ``low`` to ``high`` reach the level of a limit or stop order: a buy
+        limit and a sell stop wait below the market, a sell limit and a buy stop above it."""
+        below = (order.side is Side.BUY) is (order.type is OrderType.LIMIT)
+        return low <= order.price if below else high >= order.price
 
     def _fill(self, order: Order, price: float, ts: int, qty: float) -> None:
         if order.type is OrderType.LIMIT:

@@ -57,8 +57,13 @@ class DataConfig(Section):
 class PortfolioConfig(Section):
     cash: float = Field(100_000.0, gt=0)
     max_weight: float = Field(1.0, gt=0, description="cap on |target weight| per asset")
+    rebalance: Literal["on_change", "every_bar"] = Field(
+        "on_change",
+        description="on_change: trade an asset when its target changes (weights drift with prices "
+        "in between); every_bar: bring every weight back to its target after each bar (constant weights)",
+    )
     rebalance_band: float = Field(
-        0.0, ge=0, description="also trade when a weight drifts this far from its target; 0: only on change"
+        0.0, ge=0, description="on_change: also trade when a weight drifts this far from its target; 0: off"
     )
     min_trade_notional: float = Field(0.0, ge=0, description="skip rebalancing trades smaller than this")
 

@@ -3,6 +3,12 @@
 The order manager sizes the difference between target and current position (counting what is
 already on its way), passes each order through the pre-trade gates (the risk manager is one) and
 hands survivors to the execution venue. Orders, and only orders, leave through here.
+
+When it trades is the ``rebalance`` mode: ``on_change`` trades an asset when its target changes
+(or, with ``rebalance_band``, when its weight drifts that far from it), so between changes a
+position is a fixed quantity and its weight drifts with prices; ``every_bar`` brings every weight
+back to its target after each bar (:meth:`OrderManager.rebalance`), so weights stay constant, as in
+a vectorised backtest that multiplies weights by returns.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import structlog
 
 from engine.bus import EventBus
 from engine.clock import Clock
-from engine.events import Fill, Order, OrderStatus, OrderType, OrderUpdate, Side, Signal
+from engine.events import BarSet, Fill, Order, OrderStatus, OrderType, OrderUpdate, Side, Signal
 from engine.portfolio import Portfolio
 from engine.ports import ExecutionVenue
 
@@ -46,6 +52,7 @@ class OrderManager:
         venue: ExecutionVenue,
         *,
         gates: tuple[OrderGate, ...] = (),
+        rebalance: str = "on_change",
         rebalance_band: float = 0.0,
         min_trade_notional: float = 0.0,
     ) -> None:
@@ -54,6 +61,7 @@ class OrderManager:
         self.portfolio = portfolio
         self.venue = venue
         self.gates = gates
+        self.every_bar = rebalance == "every_bar"
         self.rebalance_band = rebalance_band
         self.min_trade_notional = min_trade_notional
         n = len(portfolio.symbols)
@@ -61,6 +69,7 @@ class OrderManager:
         self.pending = np.zeros(n)
         self._open: dict[str, tuple[int, float]] = {}
         self._open_count = np.zeros(n, dtype=np.int64)
+        self._strategy = ""  # whose targets these are (every_bar orders are in its name)
         bus.subscribe(Signal, self.on_signal)
         bus.subscribe(Fill, self.on_fill)
         bus.subscribe(OrderUpdate, self.on_order_update)
@@ -69,15 +78,30 @@ class OrderManager:
         new = signal.targets
         old = self.targets
         given = ~np.isnan(new)
+        self._strategy = signal.strategy
+        if self.every_bar:
+            np.copyto(old, new, where=given)  # traded by rebalance() once the bar's decisions are in
+            return
         changed = given & ~(np.abs(new - old) <= 1e-12)
         if self.rebalance_band > 0:
             drift = np.abs(self.portfolio.weights() - np.where(given, new, old))
             changed |= given & (drift > self.rebalance_band)
         np.copyto(old, new, where=given)
         for i in np.flatnonzero(changed):
-            self._rebalance(int(i), float(new[i]), signal)
+            self._rebalance(int(i), float(new[i]), signal.strategy, signal.ts_event)
 
-    def _rebalance(self, i: int, target: float, signal: Signal) -> None:
+    def rebalance(self, bars: BarSet) -> None:
+        """``every_bar``: trade every asset with a target and a bar back to its target weight.
+
+        Subscribed to the bar after the strategies (by the wiring), so it sizes this bar's targets
+        from this bar's marks, with one order per asset and bar."""
+        if not self._strategy:
+            return
+        live = (self.targets == self.targets) & (bars.close == bars.close)
+        for i in np.flatnonzero(live):
+            self._rebalance(int(i), float(self.targets[i]), self._strategy, bars.ts_event)
+
+    def _rebalance(self, i: int, target: float, strategy: str, ts: int) -> None:
         pf = self.portfolio
         price = float(pf.last_price[i])
         if price <= 0.0 or not math.isfinite(pf.equity) or pf.equity <= 0.0:
@@ -87,14 +111,14 @@ class OrderManager:
             return
         symbol = pf.symbols[i]
         order = Order(
-            client_order_id(signal.strategy, symbol, signal.ts_event),
-            signal.ts_event,
+            client_order_id(strategy, symbol, ts),
+            ts,
             self.clock.now_ns(),
             symbol,
             Side.BUY if delta > 0 else Side.SELL,
             abs(float(delta)),
             OrderType.MARKET,
-            strategy=signal.strategy,
+            strategy=strategy,
         )
         self.submit(order)
 

@@ -12,10 +12,11 @@ Trading states (:class:`~engine.events.TradingState`): ACTIVE trades freely. RED
 loss exceeded ``max_daily_loss``) lets orders only reduce positions until the next trading day.
 HALTED (the equity fell more than ``max_drawdown`` below its peak) cancels every working order,
 flattens every position with market orders and then lets nothing but reductions through until an
-operator resets it (``quantnet risk reset`` or ``clear_halt`` in the config); the halt is written to
-``state_file`` so that a restart stays halted. Losses are measured on equity marked at bar closes,
-so a limit is detected at the close of the bar that crosses it and can be overshot by that bar's
-move (and, for the flatten, by the gap to the next open).
+operator resets it (``quantnet risk reset`` or ``clear_halt`` in the config). In paper and live
+trading the halt is written to ``state_file`` so that a restart stays halted; a backtest keeps it in
+memory (``persist=False``), so one backtest's halt never stops the next. Losses are measured on
+equity marked at bar closes, so a limit is detected at the close of the bar that crosses it and can
+be overshot by that bar's move (and, for the flatten, by the gap to the next open).
 
 Exit rules, the same in a backtest and live, because the venue fills them:
 
@@ -26,13 +27,15 @@ Exit rules, the same in a backtest and live, because the venue fills them:
   applies from the next bar; a close already beyond it fills the stop at the next open.
 * The take-profit is a resting reduce-only LIMIT order at ``entry · (1 ± take_profit)``. Stop and
   take-profit are one-cancels-other. The stop sits ahead of the take-profit in the venue's queue,
-  so when one bar reaches both the stop is taken to have come first (the conservative reading).
-* An entry is protected from its first bar: when the entry order is accepted, exits are placed
-  behind it at levels from the reference price (the last close); when the fill is known they are
-  re-priced from the real average entry price, from the next bar on.
-* Any other order that changes a position (the strategy's, a flatten) replaces the exits with ones
-  sized for the position it leads to, so an exit and a market order never both close the same
-  quantity.
+  so when one bar's range reaches both the stop is taken to have come first (the conservative
+  reading); a bar that opens beyond the take-profit fills it at the open.
+* ``entry`` is the position's average fill price: exits are armed by the entry's fill, not before.
+  On the entry bar they work from the fill on, so they can fill at their level if the rest of the
+  bar reaches it, never at the open that filled the entry.
+* An order that reduces a position shrinks the exits, when it is accepted, to the position it
+  leaves; one that closes or flips it cancels them (the exits of a new side are armed by its
+  fill), so an exit and a market order never both close the same quantity. An order that adds to
+  a position leaves the exits covering what is held until its fill re-prices them.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from typing import Any
 
 import numpy as np
 import structlog
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from engine.config import RiskConfig
 from engine.events import (
@@ -65,7 +69,15 @@ from engine.events import (
 from engine.instruments import InstrumentRules
 from engine.orders import OrderManager, client_order_id
 
-__all__ = ["STATE_CODES", "RiskManager", "clear_halt", "read_state", "rules_from_config", "write_state"]
+__all__ = [
+    "STATE_CODES",
+    "RiskManager",
+    "RiskStateError",
+    "clear_halt",
+    "read_state",
+    "rules_from_config",
+    "write_state",
+]
 
 log = structlog.get_logger("engine.risk")
 
@@ -85,25 +97,65 @@ _REL = 1e-12
 # persisted state ------------------------------------------------------------------------------
 
 
+class RiskStateError(ValueError):
+    """The persisted risk state cannot be trusted; the message names the file and the problem."""
+
+
+class _Halt(BaseModel):
+    """The schema of ``state_file``: what :meth:`RiskManager._halt` and :func:`clear_halt` write.
+
+    Strict, so that ``"halted": "false"`` is refused instead of read as a halt (or, worse, a
+    ``"halted": 0`` as none); the limit's figures at the breach (equity, peak) ride along as extras.
+    """
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    halted: bool
+    rule: str = ""
+    reason: str = ""
+    ts_event: int | None = None
+    time: str = ""
+    reset_by: str = ""
+    reset_at: str = ""
+    last_halt: dict[str, Any] | None = None
+
+
 def read_state(path: str | Path) -> dict[str, Any]:
     """The persisted risk state; ``{}`` when there is no file.
 
-    A damaged file raises ValueError instead of reading as "not halted": resuming trading on a
-    guess is the one thing a halt must never do.
+    Anything else that is not a valid state (unreadable, empty, not JSON, wrong types) raises
+    RiskStateError instead of reading as "not halted": resuming trading on a guess is the one thing
+    a halt must never do.
     """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
+    except IsADirectoryError:
+        raise RiskStateError(f"{p}: risk state file is a directory; point state_file at a file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RiskStateError(f"{p}: cannot read the risk state: {exc}") from None
+    if not text.strip():
+        raise RiskStateError(f"{p}: risk state file is empty; check the account, then fix or remove it")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(
+        raise RiskStateError(
             f"{p}: risk state is not valid JSON ({exc.msg}); check the account, then fix it"
         ) from None
     if not isinstance(data, dict):
-        raise ValueError(f"{p}: risk state must be a JSON object")
+        raise RiskStateError(f"{p}: risk state must be a JSON object")
+    try:
+        _Halt.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"'{'.'.join(str(x) for x in e['loc'])}': {e['msg']} (got {e.get('input')!r})"
+            if e["loc"]
+            else e["msg"]
+            for e in exc.errors()
+        )
+        raise RiskStateError(f"{p}: invalid risk state: {problems}") from None
     return data
 
 
@@ -180,7 +232,8 @@ class RiskManager:
     Constructing it installs it as the last gate of ``orders`` and subscribes it to the bus, so it
     must be built after the portfolio and before the strategy hosts (its bar handler then runs
     between the portfolio's mark and the strategies' decisions). ``rules`` are the venue's
-    instrument rules; by default they come from ``config.instruments``.
+    instrument rules; by default they come from ``config.instruments``. ``persist`` reads and
+    writes ``config.state_file`` (paper and live); without it the trading state lives in memory.
 
     Pre-trade review of each order (reductions of a position always pass; only the part of an
     order that adds risk is checked):
@@ -207,6 +260,7 @@ class RiskManager:
         config: RiskConfig,
         *,
         rules: Mapping[str, InstrumentRules] | None = None,
+        persist: bool = True,
     ) -> None:
         self.config = config
         self.orders = orders
@@ -246,7 +300,9 @@ class RiskManager:
         self._seq = 0
         self._flattening: dict[str, tuple[int, float]] = {}  # flatten orders working: (index, signed left)
 
-        self._state_path = Path(config.state_file) if config.state_file else None
+        self.halt_record: dict[str, Any] | None = None
+        """The halt in force (rule, reason, time, figures), None when not halted."""
+        self._state_path = Path(config.state_file) if config.state_file and persist else None
         self._startup: list[tuple[str, str]] = []
         self._started = False
         if self._state_path is not None:
@@ -466,30 +522,20 @@ class RiskManager:
         return stop, rule, tp
 
     def _sync(self, i: int, ts: int) -> None:
-        """Place the exits for the position symbol ``i`` will have once its orders in flight fill.
-
-        The part not filled yet is valued at the reference price (the last close); levels are
-        re-placed from the real entry price once the position is settled.
-        """
+        """Place the exits for the part of symbol ``i``'s position that its orders in flight leave
+        open, at levels from the average fill price (none while nothing is filled)."""
         pf = self.portfolio
         self._dirty[i] = False
         held = float(pf.qty[i])
         target = held + float(self.orders.pending[i])
-        if abs(target) <= _REL * max(1.0, abs(held)):
+        if held * target <= 0.0 or abs(target) <= _REL * max(1.0, abs(held)):
             self._cancel_exits(i)
-            self._synced[i] = 0.0
+            self._synced[i] = 0.0 if target == 0.0 or held == 0.0 else math.nan
             return
-        ref = float(pf.last_price[i])
-        side = 1.0 if target > 0 else -1.0
-        if held == 0.0 or held * target < 0:
-            entry, best = ref, ref
-        elif abs(target) > abs(held):
-            entry = (abs(held) * pf.avg_price[i] + (abs(target) - abs(held)) * ref) / abs(target)
-            best = float(self._best[i])
-        else:
-            entry, best = float(pf.avg_price[i]), float(self._best[i])
-        stop, rule, tp = self._levels(side, float(entry), best)
-        self._place(i, target, stop, rule, tp, ts)
+        covered = held if abs(held) <= abs(target) else target
+        side = 1.0 if held > 0 else -1.0
+        stop, rule, tp = self._levels(side, float(pf.avg_price[i]), float(self._best[i]))
+        self._place(i, covered, stop, rule, tp, ts)
 
     def _place(self, i: int, target: float, stop: float, rule: str, tp: float, ts: int) -> None:
         rules = self._rules[i]
@@ -571,10 +617,10 @@ class RiskManager:
             self._synced[i] = math.nan
 
     def on_fill(self, fill: Fill) -> None:
-        """Track each position's side and best price; report exit fills and cancel the sibling.
+        """Track each position's side and best price; arm the exits from an entry's fill; report
+        exit fills and cancel the sibling.
 
-        Runs while the venue is still filling the bar, so it touches the venue only for the
-        one-cancels-other cancel."""
+        Runs while the venue is still filling the bar: exits armed here work for the rest of it."""
         i = self._index.get(fill.symbol)
         if i is None:
             return
@@ -587,6 +633,8 @@ class RiskManager:
             self._best[i] = pf.avg_price[i] if side else math.nan
         exit_ = self._exits.get(fill.client_id)
         if exit_ is None:
+            if not self.halted:
+                self._sync(i, fill.ts_event)  # arm (or re-price) the exits from the fill
             return
         exit_.remaining -= fill.quantity
         level = exit_.order.price
@@ -633,18 +681,16 @@ class RiskManager:
     def _halt(self, ts: int, rule: str, message: str, details: dict[str, float | str]) -> None:
         self.halted = True
         self._refresh_state()
+        self.halt_record = {
+            "halted": True,
+            "rule": rule,
+            "reason": message,
+            "ts_event": ts,
+            "time": datetime.fromtimestamp(ts / 1e9, UTC).isoformat(),
+            **details,
+        }
         if self._state_path is not None:
-            write_state(
-                self._state_path,
-                {
-                    "halted": True,
-                    "rule": rule,
-                    "reason": message,
-                    "ts_event": ts,
-                    "time": datetime.fromtimestamp(ts / 1e9, UTC).isoformat(),
-                    **details,
-                },
-            )
+            write_state(self._state_path, self.halt_record)
         self._emit(ts, rule, message, details=details, level="error")
         self._flatten(ts)
 
@@ -735,6 +781,7 @@ class RiskManager:
         if not self.halted:
             return
         self.halted = False
+        self.halt_record = None
         self.peak_equity = self.portfolio.equity
         if self._state_path is not None:
             clear_halt(self._state_path, by=by)
@@ -751,6 +798,7 @@ class RiskManager:
             self._startup.append(("halt_reset", f"halt of {when} cleared by the config (clear_halt)"))
             return
         self.halted = True
+        self.halt_record = saved
         self._startup.append(
             (
                 "halted",

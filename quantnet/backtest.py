@@ -23,7 +23,7 @@ from connectors.paper import PaperBroker
 from connectors.replay import BarMatrix, DataError, load_ohlcv, parse_time
 from engine.bus import EventBus, replay
 from engine.clock import Clock, ReplayClock
-from engine.events import Fill, RiskEvent
+from engine.events import BarSet, Fill, RiskEvent
 from engine.journal import Journal
 from engine.metrics import backtest_metrics, periods_per_year
 from engine.orders import OrderGate, OrderManager
@@ -57,10 +57,16 @@ def assemble(
     *,
     gates: tuple[OrderGate, ...] = (),
     capacity: int = 1024,
+    persist_risk: bool = True,
 ) -> TradingNode:
     """Subscription order is execution order for each bar: the venue fills what was ordered on
     earlier bars at this bar's prices, the portfolio books and marks, the risk manager (when
-    ``[risk]`` configures a rule) checks limits and exits, then the strategy decides."""
+    ``[risk]`` configures a rule) checks limits and exits, then the strategy decides (and, with
+    ``[portfolio] rebalance = "every_bar"``, the order manager then trades every weight back to its
+    target).
+
+    ``persist_risk`` keeps a halt in ``[risk] state_file`` across restarts (paper and live); a
+    backtest passes False so that no run inherits another's halt."""
     venue = venue_factory(bus, clock)
     portfolio = Portfolio(symbols, cfg.portfolio.cash, bus, capacity=capacity)
     orders = OrderManager(
@@ -69,13 +75,16 @@ def assemble(
         portfolio,
         venue,
         gates=gates,
+        rebalance=cfg.portfolio.rebalance,
         rebalance_band=cfg.portfolio.rebalance_band,
         min_trade_notional=cfg.portfolio.min_trade_notional,
     )
-    risk = RiskManager(orders, cfg.risk) if cfg.risk.active else None
+    risk = RiskManager(orders, cfg.risk, persist=persist_risk) if cfg.risk.active else None
     host = StrategyHost(
         strategy, bus, clock, symbols, max_weight=cfg.portfolio.max_weight, weights=portfolio.weights
     )
+    if orders.every_bar:
+        bus.subscribe(BarSet, orders.rebalance)  # after the strategy: trades this bar's targets
     node = TradingNode(bus, clock, portfolio, orders, host, risk=risk)
     bus.subscribe(Fill, node.fills.append)
     bus.subscribe(RiskEvent, node.risk_events.append)
@@ -175,6 +184,7 @@ def run_backtest(
             lambda b, c: simulated_venue(b, c, matrix.symbols, cfg),
             gates=gates,
             capacity=len(matrix),
+            persist_risk=False,
         )
         bar_sets = matrix.bar_sets()
         for bars in itertools.islice(bar_sets, warm):  # before the start: the strategy only
@@ -256,6 +266,7 @@ def _result(
         "data": cfg.data.path or f"built-in dataset {cfg.data.dataset}",
         "risk": cfg.risk.model_dump(exclude_defaults=True),
         "trading_state": node.risk.state.value if node.risk is not None else "active (no risk rules)",
+        "halt": _halt_summary(node.risk),
     }
     return BacktestResult(
         metrics,
@@ -267,6 +278,14 @@ def _result(
         matrix.bars(warm),
         seconds,
     )
+
+
+def _halt_summary(risk: RiskManager | None) -> dict[str, str] | None:
+    """The halt a run ended in (rule, time, reason), for the summary; None when it did not."""
+    record = risk.halt_record if risk is not None else None
+    if record is None:
+        return None
+    return {k: str(record.get(k, "")) for k in ("rule", "time", "reason")}
 
 
 def write_outputs(result: BacktestResult, out: Path) -> None:

@@ -1,19 +1,28 @@
-"""QuantNet on the event bus: bar cross-sections in, volatility-targeted weights out.
+"""QuantNet on the event bus: bar cross-sections in, sized weights out.
 
 Each bar the strategy turns closes into one simple-return vector per market (NaN for an asset
 without a bar: fed to the model as masked, and that asset is not traded), advances every market's
-LSTM states by one step in a single batched call, and sizes the signals:
+LSTM states by one step in a single batched call, and sizes the signals s_j in (-1, 1):
 
-    w_j = s_j × vol_target / σ_j / N_assets, then |w_j| ≤ max_position, then Σ|w| ≤ max_gross
+    w_j = s_j × b_j × vol_target / σ_j          (× 1 instead of vol_target / σ_j when vol_target is None)
+    w   = w × portfolio_vol / σ_p               (only when portfolio_vol is set)
+    |w_j| ≤ max_position, then Σ|w| ≤ max_gross (positions in assets without a bar count)
 
-where σ_j is an exponentially weighted estimate of asset j's annualised volatility from past
-returns only (the deep-momentum convention). The first ``warmup`` bars only settle the states and
-volatility estimates. A signal s_t computed from returns up to bar t trades at bar t+1's open.
+b_j is the risk budget: 1/N over all N assets (``budget = "asset"``, the default) or 1/(M·n_i) for
+an asset of market i with n_i assets among M markets (``budget = "market"``: every market gets the
+same share whatever its size). σ_j is an exponentially weighted estimate (span ``vol_span``) of
+asset j's annualised volatility from past returns only (the deep-momentum convention); σ_p is the
+book's ex-ante annualised volatility sqrt(ppy · wᵀΣw), Σ the same exponentially weighted estimate
+of the returns' second moments (its diagonal is σ²), again from past returns only. The first
+``warmup`` bars only settle the states and estimates. A signal s_t computed from returns up to bar
+t trades at bar t+1's open.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import structlog
@@ -31,14 +40,25 @@ log = structlog.get_logger("strategies.quantnet")
 class QuantNetParams(Params):
     model: str = Field(description="checkpoint written by `quantnet train`")
     vol_target: float | None = Field(
-        0.15, gt=0, description="annualised volatility target per asset; None: weight = signal / N"
+        0.15,
+        gt=0,
+        description="annualised volatility target per asset: w = s·b·vol_target/σ; None: w = s·b",
     )
-    vol_span: int = Field(60, ge=2, description="span (bars) of the EWM volatility estimate")
+    budget: Literal["asset", "market"] = Field(
+        "asset", description="risk budget b per asset: asset = 1/N, market = 1/(M·n_i) (equal per market)"
+    )
+    portfolio_vol: float | None = Field(
+        None, gt=0, description="scale the book to this ex-ante annualised volatility; None: off"
+    )
+    vol_span: int = Field(60, ge=2, description="span (bars) of the EWM volatility and covariance estimates")
     max_position: float = Field(1.0, gt=0, le=1, description="cap on |weight| per asset")
     max_gross: float = Field(1.0, gt=0, description="cap on the sum of |weights|")
     threshold: float = Field(0.0, ge=0, lt=1, description="|signal| below this: flat")
     min_change: float = Field(
-        0.0, ge=0, description="only re-target an asset when its weight moves this much"
+        0.01,
+        ge=0,
+        description="only re-target an asset when its weight moves more than this (0: every bar); "
+        "0.01 cut fills 11x on us_sectors 2015- with gross Sharpe unchanged (README)",
     )
     warmup: int = Field(63, ge=0, description="bars that only settle states before the first trade")
 
@@ -83,9 +103,14 @@ class QuantNetStrategy(Strategy):
         self.covered = np.zeros(n, dtype=bool)
         self.covered[covered] = True
         self.n_assets = len(covered)
+        self._budget = np.zeros(n)
+        for idx in self.market_index.values():
+            share = 1.0 / len(covered) if p.budget == "asset" else 1.0 / (len(self.market_index) * len(idx))
+            self._budget[idx] = share
         self.ppy = ckpt.periods_per_year
         self._alpha = 2.0 / (p.vol_span + 1.0)
         self._var = np.full(n, np.nan)
+        self._cov = np.full((n, n), np.nan) if p.portfolio_vol is not None else None
         self._prev = np.full(n, np.nan)
         self._signal = np.zeros(n)
         self._held = np.zeros(n)
@@ -131,31 +156,51 @@ class QuantNetStrategy(Strategy):
         self._bars = max(self._bars + len(closes), self.params.warmup)
 
     def _update_vol(self, r: np.ndarray, fresh: np.ndarray) -> None:
-        """EWM of squared returns, seeded by an asset's first return; untouched where none is new."""
+        """EWM of squared returns, seeded by an asset's first return; untouched where none is new.
+        The covariance likewise, per pair of assets with a new return each."""
         var = self._var
         sq = r * r
         first = fresh & (var != var)
         np.copyto(var, sq, where=first)
         np.copyto(var, var + self._alpha * (sq - var), where=fresh & ~first)
+        cov = self._cov
+        if cov is not None:
+            both = fresh[:, None] & fresh[None, :]
+            rr = np.multiply.outer(r, r)
+            first2 = both & (cov != cov)
+            np.copyto(cov, rr, where=first2)
+            np.copyto(cov, cov + self._alpha * (rr - cov), where=both & ~first2)
 
     def _targets(self, seen: np.ndarray) -> np.ndarray | None:
         p = self.params
         s = self._signal
         if p.threshold > 0:
             s = np.where(np.abs(s) < p.threshold, 0.0, s)
-        if p.vol_target is None:
-            w = s / self.n_assets
-        else:
+        w = s * self._budget
+        if p.vol_target is not None:
             vol = np.sqrt(self._var * self.ppy)
-            w = np.divide(s * (p.vol_target / self.n_assets), vol, out=np.full_like(s, np.nan), where=vol > 0)
+            w = np.divide(w * p.vol_target, vol, out=np.full_like(s, np.nan), where=vol > 0)
         tradable = self.covered & seen & (w == w)
         w = np.where(tradable, w, 0.0)
+        if self._cov is not None:
+            w *= self._book_scale(w, tradable, self._cov)
         np.clip(w, -p.max_position, p.max_position, out=w)
+        # positions standing in assets without a bar use up the gross cap before the others
+        room = max(p.max_gross - float(np.abs(self._held[~tradable]).sum()), 0.0)
         gross = np.abs(w).sum()
-        if gross > p.max_gross:
-            w *= p.max_gross / gross
+        if gross > room:
+            w *= room / gross
         change = tradable & (np.abs(w - self._held) > p.min_change)
         if not change.any():
             return None
         np.copyto(self._held, w, where=change)
         return np.where(change, w, np.nan)
+
+    def _book_scale(self, w: np.ndarray, tradable: np.ndarray, cov: np.ndarray) -> float:
+        """Factor that brings the tradable book's ex-ante volatility to ``portfolio_vol``; pairs
+        never seen together count as uncorrelated. 1 while the estimate is not positive yet."""
+        idx = np.flatnonzero(tradable)
+        wt = w[idx]
+        var = float(wt @ np.nan_to_num(cov[np.ix_(idx, idx)]) @ wt) * self.ppy
+        target = self.params.portfolio_vol or 0.0
+        return target / math.sqrt(var) if var > 0 else 1.0

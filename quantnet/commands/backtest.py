@@ -46,7 +46,17 @@ def summary_table(result: BacktestResult) -> Table:
         if value is None:
             continue
         table.add_row(label, "n/a" if value != value else fmt.format(value))
+    if result.settings.get("halt"):
+        table.add_row("Trading state", "[bold red]HALTED[/]")
     return table
+
+
+def halt_line(result: BacktestResult) -> str | None:
+    """Why and when a run ended halted: a halt trades nothing more, so a user must see it."""
+    halt = result.settings.get("halt")
+    if not halt:
+        return None
+    return f"Ended HALTED by {halt['rule']} at {halt['time']}: {halt['reason']}"
 
 
 def with_strategy(cfg: AppConfig, name: str | None, params: dict[str, Any]) -> AppConfig:
@@ -102,6 +112,9 @@ def register(app: typer.Typer) -> None:
         except HandlerError as exc:
             fail(f"backtest stopped: {exc}", code=1)
         Console().print(summary_table(result))
+        halted = halt_line(result)
+        if halted:
+            Console().print(halted, style="bold red", highlight=False)
         rate = result.bars / result.seconds if result.seconds > 0 else float("inf")
         files = "metrics.json, equity.csv, trades.csv, report.html" + (
             ", journal.jsonl" if cfg.engine.journal else ""

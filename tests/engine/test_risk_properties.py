@@ -295,10 +295,16 @@ def test_limits_hold_and_books_reconcile(sc: dict[str, Any]) -> None:
     distances = [d for d in (risk.stop_loss, risk.trailing_stop) if d is not None]
     tick = risk.instruments["*"].tick_size if "*" in risk.instruments else 0.0
     opened = np.zeros(n_assets, dtype=int)  # first bar of each position's current side
+    bar_of = {int(t): k for k, t in enumerate(times)}
+    exited = np.zeros((n_bars, n_assets), dtype=bool)  # an exit closed the position in this bar
+    for f in fills:
+        if f.tag in ("stop_loss", "trailing_stop", "take_profit"):
+            exited[bar_of[f.ts_event], f_index(f)] = True
     for k in range(n_bars - 1):
         q, avg, pending = tape.qty[k], tape.avg[k], tape.pending[k]
         if k:
-            turned = np.sign(q) != np.sign(tape.qty[k - 1])
+            # a new side, or a position opened again at the open its exit closed the old one at
+            turned = (np.sign(q) != np.sign(tape.qty[k - 1])) | (exited[k] & (q != 0))
             opened[turned] = k
         for i in np.flatnonzero((q != 0) & (pending == 0)):
             long = q[i] > 0

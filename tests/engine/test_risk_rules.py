@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import pandas as pd
@@ -22,8 +23,8 @@ from engine.bus import EventBus
 from engine.clock import ReplayClock
 from engine.config import ConfigError, CostConfig
 from engine.events import Order, OrderType, Side, TradingState
-from engine.risk import RiskManager, _headroom, clear_halt, read_state
-from quantnet.backtest import BacktestResult, assemble, run_backtest
+from engine.risk import RiskManager, RiskStateError, _headroom, clear_halt, read_state
+from quantnet.backtest import BacktestResult, TradingNode, assemble, run_backtest
 from quantnet.cli import app
 from quantnet.config import load_config
 from tests.conftest import Scripted
@@ -94,12 +95,53 @@ def test_stop_hit_intrabar_fills_at_the_stop_price_from_the_real_entry():
     assert result.metrics["risk_stop_exits"] == 1
 
 
-def test_entry_bar_is_protected_at_the_reference_price_level():
-    # bought at bar 1's open (101); the same bar falls to 94: the stop placed with the entry order
-    # (5% below the decision close 100, since the fill price is not known yet) fills at 95
+def test_entry_bar_is_protected_from_the_fill_at_the_stop_level():
+    # bought at bar 1's open (101); the same bar falls to 94: the stop armed by the fill, 5% below
+    # 101, fills at its level 95.95 (not 95, 5% below the decision close)
     a = [FLAT, (101, 101, 94, 96), (96, 97, 95, 96)]
     result = run({"stop_loss": 0.05}, {0: [0.5]}, frame(A=a))
-    assert fills(result) == [(1, "A", "buy", 50, 101), (1, "A", "sell", 50, pytest.approx(95.0))]
+    assert fills(result) == [(1, "A", "buy", 50, 101), (1, "A", "sell", 50, pytest.approx(101 * 0.95))]
+
+
+def test_entry_gapping_past_the_levels_is_not_sold_at_its_own_open():
+    # decided at close 100; bar 1 opens at 97, below a 2% stop from that close (98), and its range
+    # stays above 2% below the fill (97 · 0.98 = 95.06): the position is kept
+    a = [FLAT, (97, 98, 96, 97.5), (97.5, 98, 97, 97.5)]
+    result = run({"stop_loss": 0.02}, {0: [0.5]}, frame(A=a), slippage_bps=10)
+    entry = 97 * 1.001
+    assert fills(result) == [(1, "A", "buy", 50, pytest.approx(entry))]
+    assert not events(result, "stop_loss") and result.positions["A"].iloc[-1] == pytest.approx(50 * 97.5)
+    # the same for a take-profit: bar 1 opens at 106, beyond 5% above the close (105); the target
+    # is 5% above the fill (111.3), which bar 2 reaches
+    a = [FLAT, (106, 107, 105, 106), (106, 112, 105, 110)]
+    result = run({"take_profit": 0.05}, {0: [0.5]}, frame(A=a))
+    assert fills(result) == [(1, "A", "buy", 50, 106), (2, "A", "sell", 50, pytest.approx(106 * 1.05))]
+
+
+def test_exits_are_priced_from_the_fill_with_slippage_and_fees():
+    # a short sold at 100 less 10 bps: stop 3% above 99.9 = 102.897, reached by the entry bar's
+    # high 102.95 (a level from the decision close, 103, would not be)
+    a = [FLAT, (100, 102.95, 99, 100), (100, 101, 99, 100)]
+    result = run({"stop_loss": 0.03}, {0: [-0.5]}, frame(A=a), slippage_bps=10, fee_bps=5)
+    entry = 100 * 0.999
+    assert fills(result) == [
+        (1, "A", "sell", 50, pytest.approx(entry)),
+        (1, "A", "buy", 50, pytest.approx(entry * 1.03 * 1.001)),
+    ]
+    exit_price = entry * 1.03 * 1.001
+    assert result.trades["fee"].tolist() == pytest.approx([50 * entry * 5e-4, 50 * exit_price * 5e-4])
+    (hit,) = events(result, "stop_loss")
+    assert hit["message"].endswith(f"(level {entry * 1.03:.8g})")
+
+
+def test_bar_opening_beyond_the_take_profit_fills_it_at_the_open():
+    # long 50 at 100, stop 95, target 110; bar 2 opens at 112 and then falls to 90: the open came
+    # first, so the take-profit fills there and the stop is cancelled
+    a = [FLAT, FLAT, (112, 113, 90, 91), (91, 92, 90, 91)]
+    result = run({"stop_loss": 0.05, "take_profit": 0.1}, {0: [0.5]}, frame(A=a))
+    assert fills(result) == [(1, "A", "buy", 50, 100), (2, "A", "sell", 50, 112)]
+    assert len(events(result, "take_profit")) == 1 and not events(result, "stop_loss")
+    assert result.positions["A"].iloc[-1] == 0
 
 
 def test_gap_through_the_stop_fills_at_the_open_with_slippage():
@@ -210,7 +252,36 @@ def test_day_boundary_follows_day_start_hour_on_hourly_bars():
 DD_PATH = [FLAT, FLAT, (100, 110, 100, 110), (108, 108, 97, 98), (97, 98, 96, 97), (99, 120, 99, 120)]
 
 
-def test_drawdown_flattens_halts_and_persists(tmp_path):
+def paper(risk: dict[str, Any], plan: dict[int, list[float]], data: pd.DataFrame) -> TradingNode:
+    """A paper run over ``data``: the wiring paper and live trading use, which persists a halt."""
+    cfg = config(risk)
+    matrix = BarMatrix.from_frame(data, timestamps="close")
+    bus, clock = EventBus(), ReplayClock()
+    node = assemble(
+        cfg,
+        Scripted(plan),
+        matrix.symbols,
+        bus,
+        clock,
+        lambda b, c: PaperBroker(b, c, matrix.symbols, cfg.costs),
+    )
+    for bars in matrix.bar_sets():
+        clock.advance(bars.ts_event)
+        bus.publish(bars)
+    return node
+
+
+def node_fills(node: TradingNode) -> list[tuple[int, str, str, float, float]]:
+    return [
+        (DAYS.get_loc(pd.Timestamp(f.ts_event, tz="UTC")), f.symbol, f.side.name.lower(), f.quantity, f.price)
+        for f in node.fills
+    ]
+
+
+RISING = [(100 + k, 101 + k, 99 + k, 100 + k) for k in range(5)]
+
+
+def test_drawdown_flattens_and_halts(tmp_path):
     state = tmp_path / "risk_state.json"
     risk = {"max_drawdown": 0.1, "state_file": str(state)}
     result = run(risk, {0: [1.0], 4: [0.5], 5: [0.8]}, frame(A=DD_PATH), output=tmp_path / "out")
@@ -223,20 +294,56 @@ def test_drawdown_flattens_halts_and_persists(tmp_path):
     assert result.equity["equity"].iloc[-1] == pytest.approx(9_700)
     assert result.metrics["trading_state"] == 2 and result.metrics["bars_halted"] == 3
     assert result.metrics["risk_halts"] == 1
-    saved = read_state(state)
-    assert saved["halted"] is True and saved["rule"] == "max_drawdown"
-    assert saved["equity"] == pytest.approx(9_800) and saved["peak_equity"] == pytest.approx(11_000)
+    assert result.settings["halt"]["rule"] == "max_drawdown"
+    assert pd.Timestamp(result.settings["halt"]["time"]) == DAYS[3]
     report = (tmp_path / "out" / "report.html").read_text()
     assert "max_drawdown" in report and "halted" in report
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["trading_state"] == 2 and metrics["risk_events"] == len(result.risk_events)
+    # a backtest keeps its halt to itself: the next one (same config) starts active and trades
+    assert not state.exists()
+    again = run(risk, {0: [1.0]}, frame(A=RISING))
+    assert fills(again) == [(1, "A", "buy", 100, 101)]
+    assert again.metrics["trading_state"] == 0 and again.settings["halt"] is None
+
+
+def test_backtest_ignores_a_halt_persisted_by_paper_trading(tmp_path):
+    state = tmp_path / "risk_state.json"
+    paper({"max_drawdown": 0.1, "state_file": str(state)}, {0: [1.0]}, frame(A=DD_PATH))
+    assert read_state(state)["halted"] is True
+    result = run({"max_drawdown": 0.1, "state_file": str(state)}, {0: [1.0]}, frame(A=RISING))
+    assert fills(result) == [(1, "A", "buy", 100, 101)] and result.metrics["trading_state"] == 0
+    assert read_state(state)["halted"] is True  # untouched: it belongs to the paper account
+
+
+def test_cli_summary_says_the_run_ended_halted(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    frame(A=DD_PATH).to_csv(tmp_path / "a.csv", index=False)
+    (tmp_path / "cfg.toml").write_text(
+        '[data]\ntimestamps = "close"\n[strategy]\nname = "buy_and_hold"\n[risk]\nmax_drawdown = 0.1\n'
+    )
+    args = ["backtest", "--config", "cfg.toml", "--data", "a.csv", "--output", "out", "--fee-bps", "0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (line,) = [x for x in result.output.splitlines() if "Ended HALTED" in x]
+    assert "max_drawdown" in line and "2024-01-04" in line and "drawdown" in line.split(":", 3)[-1]
+    assert "Trading state" in result.output
+
+
+def test_paper_run_persists_a_halt_until_an_operator_resets_it(tmp_path):
+    state = tmp_path / "risk_state.json"
+    risk = {"max_drawdown": 0.1, "state_file": str(state)}
+    node = paper(risk, {0: [1.0], 4: [0.5], 5: [0.8]}, frame(A=DD_PATH))
+    assert node_fills(node) == [(1, "A", "buy", 100, 100), (4, "A", "sell", 100, 97)]
+    saved = read_state(state)
+    assert saved["halted"] is True and saved["rule"] == "max_drawdown"
+    assert saved["equity"] == pytest.approx(9_800) and saved["peak_equity"] == pytest.approx(11_000)
 
     # a restart on fresh, rising data stays halted: nothing trades
-    rising = [(100 + k, 101 + k, 99 + k, 100 + k) for k in range(5)]
-    again = run(risk, {0: [1.0]}, frame(A=rising))
-    assert fills(again) == []
-    assert [e["rule"] for e in again.risk_events] == ["halted", "trading_state"]
-    assert again.metrics["bars_halted"] == 5
+    again = paper(risk, {0: [1.0]}, frame(A=RISING))
+    assert node_fills(again) == []
+    assert [e.rule for e in again.risk_events] == ["halted", "trading_state"]
+    assert again.risk is not None and again.risk.metrics()["bars_halted"] == 5
 
     # the operator resets it: the next start trades
     result = CliRunner().invoke(app, ["risk", "reset", "--state", str(state), "--by", "test"])
@@ -244,9 +351,9 @@ def test_drawdown_flattens_halts_and_persists(tmp_path):
     assert "cleared" in result.output
     cleared = read_state(state)
     assert cleared["halted"] is False and cleared["reset_by"] == "test" and cleared["last_halt"]["halted"]
-    resumed = run(risk, {0: [1.0]}, frame(A=rising))
-    assert fills(resumed) == [(1, "A", "buy", 100, 101)]
-    assert resumed.metrics["trading_state"] == 0
+    resumed = paper(risk, {0: [1.0]}, frame(A=RISING))
+    assert node_fills(resumed) == [(1, "A", "buy", 100, 101)]
+    assert resumed.risk is not None and resumed.risk.state is TradingState.ACTIVE
 
 
 def test_state_changes_and_breaches_are_logged():
@@ -260,14 +367,13 @@ def test_state_changes_and_breaches_are_logged():
 
 def test_config_can_clear_a_persisted_halt(tmp_path):
     state = tmp_path / "risk_state.json"
-    run({"max_drawdown": 0.1, "state_file": str(state)}, {0: [1.0]}, frame(A=DD_PATH))
+    paper({"max_drawdown": 0.1, "state_file": str(state)}, {0: [1.0]}, frame(A=DD_PATH))
     assert read_state(state)["halted"]
-    rising = [(100 + k, 101 + k, 99 + k, 100 + k) for k in range(3)]
-    resumed = run(
-        {"max_drawdown": 0.1, "state_file": str(state), "clear_halt": True}, {0: [1.0]}, frame(A=rising)
+    resumed = paper(
+        {"max_drawdown": 0.1, "state_file": str(state), "clear_halt": True}, {0: [1.0]}, frame(A=RISING[:3])
     )
-    assert [e["rule"] for e in resumed.risk_events] == ["halt_reset"]
-    assert fills(resumed) == [(1, "A", "buy", 100, 101)]
+    assert [e.rule for e in resumed.risk_events] == ["halt_reset"]
+    assert node_fills(resumed) == [(1, "A", "buy", 100, 101)]
     assert read_state(state)["reset_by"] == "config clear_halt"
     assert clear_halt(state, by="again") is None
 
@@ -306,11 +412,39 @@ def test_reset_in_a_running_engine_measures_the_drawdown_afresh(tmp_path):
     assert [e.rule for e in node.risk_events] == ["max_drawdown", "halt_reset"]
 
 
-def test_damaged_state_file_refuses_to_start(tmp_path):
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{halted", "not valid JSON"),
+        ("", "is empty"),
+        ("   \n", "is empty"),
+        ("[true]", "must be a JSON object"),
+        ('{"halted": "false"}', "'halted': Input should be a valid boolean (got 'false')"),
+        ('{"halted": 1}', "'halted': Input should be a valid boolean (got 1)"),
+        ('{"rule": "max_drawdown"}', "'halted': Field required"),
+        ('{"halted": true, "ts_event": "yesterday"}', "'ts_event'"),
+        (None, "is a directory"),
+    ],
+)
+def test_bad_state_file_refuses_to_start_with_one_line(tmp_path, content, message):
     state = tmp_path / "risk_state.json"
-    state.write_text("{halted")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        run({"max_drawdown": 0.1, "state_file": str(state)}, {0: [1.0]}, frame(A=DD_PATH))
+    if content is None:
+        state.mkdir()
+    else:
+        state.write_text(content)
+    with pytest.raises(RiskStateError, match=re.escape(message)) as caught:
+        paper({"max_drawdown": 0.1, "state_file": str(state)}, {0: [1.0]}, frame(A=DD_PATH))
+    assert str(state) in str(caught.value) and "\n" not in str(caught.value)
+    result = CliRunner().invoke(app, ["risk", "status", "--state", str(state)])
+    assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+    assert not isinstance(result.exception, RiskStateError | OSError)
+
+
+def test_a_valid_state_file_that_is_not_halted_trades(tmp_path):
+    state = tmp_path / "risk_state.json"
+    state.write_text('{"halted": false, "reset_by": "desk", "last_halt": {"halted": true}}')
+    node = paper({"max_drawdown": 0.1, "state_file": str(state)}, {0: [1.0]}, frame(A=RISING))
+    assert node_fills(node) == [(1, "A", "buy", 100, 101)]
 
 
 def test_halt_cancels_resting_exits_before_flattening():

@@ -21,6 +21,7 @@ from models.config import ModelConfig
 from models.data import returns_from_closes
 from models.network import QuantNet
 from quantnet.cli import app
+from strategies.quantnet import QuantNetParams
 from strategies.registry import create
 from tests.conftest import make_bars
 
@@ -44,9 +45,11 @@ def model_path(tmp_path: Path) -> Path:
 
 
 def held_weights(params: dict, data: pd.DataFrame) -> tuple[BarMatrix, pd.DataFrame]:
+    """Standing target weights after each bar (re-targeted every bar unless min_change is given)."""
     matrix = BarMatrix.from_frame(data, timestamps="close")
     bus, clock = EventBus(), ReplayClock()
-    StrategyHost(create("quantnet", params), bus, clock, matrix.symbols, max_weight=10.0)
+    strategy = create("quantnet", {"min_change": 0.0, **params})
+    StrategyHost(strategy, bus, clock, matrix.symbols, max_weight=10.0)
     held = np.zeros(len(matrix.symbols))
     rows: list[np.ndarray] = []
 
@@ -103,6 +106,76 @@ def test_volatility_targeting_and_caps(model_path):
     np.testing.assert_allclose(held.iloc[t].to_numpy(), capped, atol=1e-6)
 
 
+def test_positions_without_a_bar_count_against_the_gross_cap(model_path):
+    """m1's exchange is shut for a day: its standing positions use up part of max_gross, and only
+    m2's assets are scaled into what remains."""
+    data = make_bars(tuple("ABCDE"), 40, seed=4)
+    shut = pd.Timestamp("2020-01-21", tz="UTC")
+    data = data.drop(data[data["symbol"].isin(["A", "B"]) & (data["timestamp"] == shut)].index)
+    cap = 0.05
+    params = {"model": str(model_path), "vol_target": None, "warmup": 3, "max_gross": cap}
+    matrix, held = held_weights(params, data)
+    t = int(np.flatnonzero(np.isnan(matrix.close[:, 0]))[0])
+    full = model_signals(model_path, matrix)
+    raw = full["m2"][t + 1] / 5
+    assert np.abs(raw).sum() > cap  # the cap binds
+    standing = held[["A", "B"]].iloc[t - 1].to_numpy()
+    assert np.array_equal(held[["A", "B"]].iloc[t].to_numpy(), standing)
+    room = cap - np.abs(standing).sum()
+    np.testing.assert_allclose(held[["C", "D", "E"]].iloc[t], raw * room / np.abs(raw).sum(), atol=1e-7)
+    assert held.abs().sum(axis=1).max() <= cap + 1e-9
+
+
+def test_market_risk_budget_gives_each_market_the_same_share(model_path):
+    data = make_bars(tuple("ABCDE"), 50, seed=5)
+    params = {"model": str(model_path), "vol_target": None, "budget": "market", "warmup": 4, "max_gross": 10}
+    matrix, held = held_weights(params, data)
+    full = model_signals(model_path, matrix)
+    # two markets: each gets 1/2, shared by its 2 (m1) or 3 (m2) assets
+    np.testing.assert_allclose(held[["A", "B"]].to_numpy()[4:-1], full["m1"][5:] / 4, atol=1e-6)
+    np.testing.assert_allclose(held[["C", "D", "E"]].to_numpy()[4:-1], full["m2"][5:] / 6, atol=1e-6)
+
+
+def test_portfolio_volatility_target_from_past_returns_only(model_path):
+    data = make_bars(tuple("ABCDE"), 70, seed=9)
+    params = {
+        "model": str(model_path),
+        "vol_target": 0.1,
+        "portfolio_vol": 0.05,
+        "vol_span": 9,
+        "warmup": 5,
+        "max_gross": 100,
+    }
+    matrix, held = held_weights(params, data)
+    full = model_signals(model_path, matrix)
+    for t in (30, 55):
+        # the estimate at bar t from the closes up to t, nothing later
+        r = pd.DataFrame(matrix.close[: t + 1], columns=list(matrix.symbols)).pct_change()
+        cov = np.array([[(r[a] * r[b]).ewm(alpha=0.2, adjust=False).mean().iloc[-1] for b in r] for a in r])
+        s = np.r_[full["m1"][t + 1], full["m2"][t + 1]]
+        w = s * 0.1 / np.sqrt(np.diag(cov) * 252) / 5
+        w *= 0.05 / np.sqrt(252 * w @ cov @ w)
+        assert np.abs(w).max() < 1 and np.abs(w).sum() < 100  # no cap binds
+        got = held.iloc[t].to_numpy()
+        np.testing.assert_allclose(got, w, rtol=1e-6)
+        assert np.sqrt(252 * got @ cov @ got) == pytest.approx(0.05)
+
+
+def test_min_change_keeps_a_weight_until_it_moves_that_much(model_path):
+    assert QuantNetParams(model="m.pt").min_change == 0.01  # the measured default (README)
+    data = make_bars(tuple("ABCDE"), 80, seed=3)
+    params = {"model": str(model_path), "warmup": 5}
+    _, every = held_weights(params, data)
+    _, held = held_weights({**params, "min_change": 0.01}, data)
+    expected = every.to_numpy().copy()
+    for t in range(1, len(expected)):
+        keep = np.abs(expected[t] - expected[t - 1]) <= 0.01
+        expected[t][keep] = expected[t - 1][keep]
+    np.testing.assert_allclose(held.to_numpy(), expected, atol=1e-12)
+    changes = (np.diff(held.to_numpy(), axis=0) != 0).sum()
+    assert 0 < changes < (np.diff(every.to_numpy(), axis=0) != 0).sum() / 2
+
+
 def test_missing_asset_is_not_traded(model_path):
     data = make_bars(tuple("ABCDE"), 40, seed=4)
     gap = pd.Timestamp("2020-01-21", tz="UTC")
@@ -152,12 +225,13 @@ def test_a_closed_market_keeps_its_state(model_path):
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
-def test_warm_up_from_history_equals_stepping_through_it(model_path):
+@pytest.mark.parametrize("sizing", [{}, {"budget": "market", "portfolio_vol": 0.08}])
+def test_warm_up_from_history_equals_stepping_through_it(model_path, sizing):
     """A live start warms up on REST history in one pass; it must leave the same state as
     having traded through those bars one at a time."""
     data = make_bars(tuple("ABCDE"), 70, seed=12)
     matrix = BarMatrix.from_frame(data, timestamps="close")
-    params = {"model": str(model_path), "vol_target": 0.1, "warmup": 0}
+    params = {"model": str(model_path), "vol_target": 0.1, "warmup": 0, "min_change": 0.0, **sizing}
     stepped = create("quantnet", params)
     warmed = create("quantnet", params)
     ctx_symbols = matrix.symbols
