@@ -1,6 +1,9 @@
 """Replay throughput: bars per second and peak memory through bus + portfolio + paper broker.
 
-    python bench/replay.py [--symbols 10] [--bars 100000] [--no-backtrader]
+    python bench/replay.py [--symbols 10] [--bars 100000] [--no-backtrader] [--no-journal]
+
+The journal cases run the SMA crossover with no journal, with the JSON-lines writer the engine
+used before (kept here only for the comparison) and with the SQLite journal, in the same run.
 
 Cases run in fresh processes so each peak RSS is its own. The timed span is the replay loop only
 (data generation and loading are reported apart). With the ``bench`` extra installed, the same SMA
@@ -62,6 +65,47 @@ def run_engine(case: str, n_symbols: int, n_bars: int, queue: mp.Queue) -> None:
     params = {"fast": FAST, "slow": SLOW} if case == "sma_crossover" else {}
     result = run_backtest(cfg, strategy=create(case, params), data=data)
     queue.put((f"engine {case}", result.bars, result.seconds, peak_rss_mb(), result.metrics["n_fills"]))
+
+
+class JsonlJournal:
+    """The engine's previous journal (one flushed JSON line per event), for comparison only."""
+
+    def __init__(self, path, bus) -> None:
+        import json
+
+        from engine.journal import JOURNALED, event_record
+
+        self._dumps = json.dumps
+        self._record = event_record
+        self._fh = Path(path).with_suffix(".jsonl").open("a", encoding="utf-8")
+        for event_type in JOURNALED:
+            bus.subscribe(event_type, self.record)
+
+    def record(self, event) -> None:
+        self._fh.write(self._dumps(self._record(event), separators=(",", ":")) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def run_journal(kind: str, n_symbols: int, n_bars: int, queue: mp.Queue) -> None:
+    import tempfile
+
+    import quantnet.backtest as backtest
+    from quantnet.config import load_config
+    from strategies.registry import create
+
+    if kind == "jsonl":
+        backtest.Journal = JsonlJournal  # type: ignore[misc, assignment]
+    data = minute_bars(n_symbols, n_bars)
+    cfg = load_config(None, {"data": {"calendar": "24/7"}, "costs": {"taker_fee_bps": 5, "slippage_bps": 1}})
+    path = None if kind == "none" else Path(tempfile.mkdtemp()) / "journal.db"
+    result = backtest.run_backtest(
+        cfg, strategy=create("sma_crossover", {"fast": FAST, "slow": SLOW}), data=data, journal_path=path
+    )
+    name = f"engine sma_crossover, journal: {kind}"
+    queue.put((name, result.bars, result.seconds, peak_rss_mb(), result.metrics["n_fills"]))
 
 
 def run_quantnet(min_change: float, queue: mp.Queue) -> None:
@@ -157,9 +201,13 @@ def main() -> None:
     parser.add_argument("--bars", type=int, default=100_000, help="bars per symbol")
     parser.add_argument("--no-backtrader", action="store_true")
     parser.add_argument("--no-quantnet", action="store_true")
+    parser.add_argument("--no-journal", action="store_true")
     args = parser.parse_args()
 
     rows = [in_process(run_engine, case, args.symbols, args.bars) for case in ("noop", "sma_crossover")]
+    if not args.no_journal:
+        kinds = ("none", "jsonl", "sqlite")
+        rows += [in_process(run_journal, kind, args.symbols, args.bars) for kind in kinds]
     if not args.no_quantnet:
         rows += [in_process(run_quantnet, min_change) for min_change in (0.0, 0.01)]
     if not args.no_backtrader:
@@ -178,6 +226,11 @@ def main() -> None:
     for name, bars, seconds, rss, fills in rows:
         print(f"{name:<50}{bars:>12,}{seconds:>10.2f}{bars / seconds:>14,.0f}{rss:>14,.0f}{fills:>10.0f}")
     speed = {name: bars / seconds for name, bars, seconds, _, _ in rows}
+    if "engine sma_crossover, journal: sqlite" in speed:
+        base = speed["engine sma_crossover, journal: none"]
+        for kind in ("jsonl", "sqlite"):
+            ratio = speed[f"engine sma_crossover, journal: {kind}"] / base
+            print(f"journal {kind}: {ratio:.3f}x the speed without a journal")
     if "backtrader sma_crossover" in speed:
         ratio = speed["engine sma_crossover"] / speed["backtrader sma_crossover"]
         print(f"\nSMA crossover: engine is {ratio:,.1f}x backtrader on the same bars")

@@ -24,7 +24,7 @@ from connectors.replay import BarMatrix, DataError, load_ohlcv, parse_time
 from engine.bus import EventBus, replay
 from engine.clock import Clock, ReplayClock
 from engine.events import Fill, RiskEvent
-from engine.journal import Journal
+from engine.journal import JOURNAL_FILE, Journal
 from engine.metrics import backtest_metrics, periods_per_year
 from engine.orders import OrderGate, OrderManager
 from engine.portfolio import Portfolio
@@ -144,7 +144,10 @@ def run_backtest(
     output: str | Path | None = None,
     gates: tuple[OrderGate, ...] = (),
     progress: Callable[[Iterable[Any], int], Iterator[Any]] | None = None,
+    journal_path: str | Path | None = None,
 ) -> BacktestResult:
+    """``journal_path``: where to journal (default: ``journal.db`` in ``output`` when
+    ``[engine] journal``); an existing journal there is replaced."""
     strategy = strategy or create(cfg.strategy.name, cfg.strategy.params)
     data = load_data(cfg, history=cfg.data.warmup) if data is None else data
     data, warm = split_warmup(data, cfg.data.start, strategy.warmup_bars if cfg.data.warmup else 0)
@@ -153,12 +156,14 @@ def run_backtest(
     clock = ReplayClock()
     out = Path(output) if output is not None else None
     journal = None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        if cfg.engine.journal:
-            (out / "journal.jsonl").unlink(missing_ok=True)
-            # subscribed first: a fill is on disk before the position change it causes
-            journal = Journal(out / "journal.jsonl", bus)
+    if journal_path is None and out is not None and cfg.engine.journal:
+        journal_path = out / JOURNAL_FILE
+    if journal_path is not None:
+        journal_path = Path(journal_path)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{journal_path}{suffix}").unlink(missing_ok=True)
+        # subscribed first: a fill is recorded before the position change it causes
+        journal = Journal(journal_path, bus)
     try:
         node = assemble(
             cfg,
