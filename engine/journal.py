@@ -87,7 +87,8 @@ class Journal:
     """Writes journaled events as they are published, and a daemon's per-bar transactions.
 
     ``synchronous``: SQLite's durability level; ``"FULL"`` makes every commit survive a power cut
-    (live trading), ``"NORMAL"`` survives a crash of the process (backtests, paper).
+    (live trading), ``"NORMAL"`` survives a crash of the process (backtests, paper). ``per_bar``:
+    events wait for :meth:`commit_bar` (a daemon) instead of being committed in batches.
     """
 
     def __init__(
@@ -97,6 +98,7 @@ class Journal:
         *,
         batch: int = 20_000,
         synchronous: str = "NORMAL",
+        per_bar: bool = False,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +110,7 @@ class Journal:
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{self.path}: not a usable journal database ({exc})") from None
         self.batch = batch
-        self.bar = None  # the bar whose transaction the buffered events belong to (daemon)
+        self.per_bar = per_bar
         self.count = 0
         self.committed_bars = 0
         self._rows: list[tuple[Any, ...]] = []
@@ -119,9 +121,9 @@ class Journal:
     # writing --------------------------------------------------------------------------------
 
     def record(self, event: Any) -> None:
-        self._rows.append(self._row(event, self.bar))
+        self._rows.append(self._row(event, None))
         self.count += 1
-        if self.bar is None and len(self._rows) >= self.batch:
+        if not self.per_bar and len(self._rows) >= self.batch:
             self.flush()
 
     @staticmethod
@@ -213,7 +215,7 @@ class Journal:
 
     def close(self) -> None:
         """Commit what is buffered (a backtest's last batch) and close."""
-        if self.bar is None:
+        if not self.per_bar:
             self.flush()
         self.db.close()
 

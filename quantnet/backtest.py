@@ -57,12 +57,18 @@ def assemble(
     *,
     gates: tuple[OrderGate, ...] = (),
     capacity: int = 1024,
+    instance_id: str = "",
+    record_positions: bool = True,
 ) -> TradingNode:
     """Subscription order is execution order for each bar: the venue fills what was ordered on
     earlier bars at this bar's prices, the portfolio books and marks, the risk manager (when
-    ``[risk]`` configures a rule) checks limits and exits, then the strategy decides."""
+    ``[risk]`` configures a rule) checks limits and exits, then the strategy decides.
+    ``instance_id`` goes into every order id (a daemon's, persisted in its state directory);
+    ``record_positions=False`` keeps no per-bar position history (a process that runs for weeks)."""
     venue = venue_factory(bus, clock)
-    portfolio = Portfolio(symbols, cfg.portfolio.cash, bus, capacity=capacity)
+    portfolio = Portfolio(
+        symbols, cfg.portfolio.cash, bus, capacity=capacity, record_positions=record_positions
+    )
     orders = OrderManager(
         bus,
         clock,
@@ -71,6 +77,7 @@ def assemble(
         gates=gates,
         rebalance_band=cfg.portfolio.rebalance_band,
         min_trade_notional=cfg.portfolio.min_trade_notional,
+        instance_id=instance_id,
     )
     risk = RiskManager(orders, cfg.risk) if cfg.risk.active else None
     host = StrategyHost(

@@ -11,6 +11,7 @@ from quantnet.commands import backtest
 from quantnet.commands import config as config_command
 from quantnet.commands import data as data_command
 from quantnet.commands import journal as journal_command
+from quantnet.commands import live as live_command
 from quantnet.commands import risk as risk_command
 from quantnet.commands import stream as stream_command
 from quantnet.commands import train as train_command
@@ -42,5 +43,6 @@ for module in (
     train_command,
     config_command,
     journal_command,
+    live_command,
 ):
     module.register(app)
