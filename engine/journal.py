@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -111,6 +111,8 @@ class Journal:
             raise JournalError(f"{self.path}: not a usable journal database ({exc})") from None
         self.batch = batch
         self.per_bar = per_bar
+        self.inside_commit: Callable[[], None] | None = None
+        """Called inside each bar's transaction before it commits (crash-recovery tests)."""
         self.count = 0
         self.committed_bars = 0
         self._rows: list[tuple[Any, ...]] = []
@@ -185,6 +187,8 @@ class Journal:
                 db.execute("INSERT INTO equity VALUES (?,?,?,?,?,?)", (ts, *equity))
             for kind, blob in (snapshots or {}).items():
                 db.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?)", (kind, ts, blob))
+            if self.inside_commit is not None:
+                self.inside_commit()
         self.committed_bars += 1
 
     def set_meta(self, values: Mapping[str, str]) -> None:

@@ -44,7 +44,7 @@ from connectors.paper import PaperBroker
 from engine.assembler import BarAssembler
 from engine.bus import EventBus
 from engine.clock import LiveClock, ReplayClock
-from engine.events import Bar, BarOpen, BarSet, Heartbeat, Order, RiskEvent, TradingState
+from engine.events import Bar, BarOpen, BarSet, Heartbeat, Order, RiskEvent, Signal, TradingState
 from engine.journal import JOURNAL_FILE, JOURNALED, Journal, JournalError
 from engine.strategy import Strategy
 from quantnet.backtest import TradingNode, assemble, simulated_venue
@@ -56,6 +56,26 @@ MODES = ("signal", "paper", "live")
 LOCK_FILE = "daemon.lock"
 _MS = 1_000_000
 _FAR_MS = 2**52  # "up to now": the venue drops the candle still open
+
+
+class CrashPoint:
+    """Fault injection for the crash-recovery test: ``QUANTNET_CRASH_AT=name:n`` kills the
+    process with SIGKILL the n-th time it reaches point ``name`` (signal, order, commit, bar,
+    backfill). Unset, each point costs one comparison."""
+
+    def __init__(self, spec: str) -> None:
+        name, _, n = spec.partition(":")
+        self.name = name
+        self.left = int(n or 1)
+
+    def reached(self, name: str) -> None:
+        if name == self.name:
+            self.left -= 1
+            if self.left <= 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+_CRASH = CrashPoint(os.environ.get("QUANTNET_CRASH_AT", ""))
 
 
 class DaemonError(RuntimeError):
@@ -212,6 +232,7 @@ class Daemon:
         self._bar_seen_ns = 0
         self._since_snapshot = 0
         self._has_snapshot = False
+        self.fatal = ""
         self.last_latency: float | None = None
         """Seconds from the frame that completed the last cross-section to its commit."""
 
@@ -235,6 +256,8 @@ class Daemon:
             await self._catch_up()
             if not self._done():
                 await self._run_stream()
+            if self.fatal:
+                raise DaemonError(self.fatal)
             return 0
         finally:
             if ops is not None:
@@ -262,7 +285,11 @@ class Daemon:
         self._lock.release()
 
     def _done(self) -> bool:
-        return self.stopping.is_set() or bool(self.opts.max_bars and self.stats.bars >= self.opts.max_bars)
+        return (
+            bool(self.fatal)
+            or self.stopping.is_set()
+            or bool(self.opts.max_bars and self.stats.bars >= self.opts.max_bars)
+        )
 
     # wiring -----------------------------------------------------------------------------------
 
@@ -302,6 +329,9 @@ class Daemon:
             bus.subscribe(event_type, self.journal.record)
         bus.subscribe(BarSet, self._before_bar)
         bus.subscribe(Order, self._count_order)
+        if _CRASH.name:
+            bus.subscribe(Signal, lambda _: _CRASH.reached("signal"))  # before the order manager
+            self.journal.inside_commit = lambda: _CRASH.reached("commit")
         node = self.node = assemble(
             self.cfg,
             self.strategy,
@@ -432,6 +462,7 @@ class Daemon:
                 for bars in missed:
                     self.assembler.last_emitted = bars.ts_event
                     self.bus.publish(bars)
+                    _CRASH.reached("backfill")
                     if self._done():
                         break
             finally:
@@ -528,7 +559,17 @@ class Daemon:
         self.gate.allow = self.opts.mode != "signal" and fresh
 
     def _after_bar(self, bars: BarSet) -> None:
-        """Last handler: the bar's signals, equity and state, committed in one transaction."""
+        """Last handler: the bar's signals, equity and state, committed in one transaction. A bar
+        that cannot be committed stops the daemon: going on would trade on unrecorded state."""
+        try:
+            self._commit(bars)
+        except Exception as exc:
+            self.fatal = f"bar {iso(bars.ts_event)} could not be journaled: {type(exc).__name__}: {exc}"
+            log.error("stopping: bar not journaled", error=self.fatal)
+            self.stop()
+            raise
+
+    def _commit(self, bars: BarSet) -> None:
         node, journal = self.node, self.journal
         assert node is not None and journal is not None
         ts = bars.ts_event
@@ -593,6 +634,7 @@ class Daemon:
         st.late += int(late)
         st.untraded += int(self.opts.mode != "signal" and not self.gate.allow)
         self._emit(lines, records)
+        _CRASH.reached("bar")
         if self._done():
             self.stop()
         for symbol in [s for s, o in self._opens.items() if o.ts_event <= ts]:
@@ -629,6 +671,7 @@ class Daemon:
 
     def _count_order(self, order: Order) -> None:
         self.stats.orders += 1
+        _CRASH.reached("order")
 
     def _on_risk(self, event: RiskEvent) -> None:
         if "reject" in event.message[:60].lower():
