@@ -197,6 +197,11 @@ class Daemon:
     ) -> None:
         if opts.mode not in MODES:
             raise DaemonError(f"unknown mode {opts.mode!r}: use signal, paper or live")
+        if opts.mode == "live":
+            raise DaemonError(
+                "live mode is not available yet: the start-up reconciliation of orders, positions and "
+                "balances against the journal is not built, and orders are not sent without it"
+            )
         self.cfg = cfg
         self.live = cfg.live
         self.strategy = strategy
@@ -350,10 +355,6 @@ class Daemon:
         self.assembler = BarAssembler(bus, self.wall, self.symbols, wait_ns=wait)
 
     def _venue(self, bus: EventBus, clock: Any) -> Any:
-        if self.opts.mode == "live":
-            from connectors.bybit.execution import BybitExecution
-
-            return BybitExecution(bus, config=self.bybit)
         return simulated_venue(bus, clock, self.symbols, self.cfg)
 
     # restore ----------------------------------------------------------------------------------
