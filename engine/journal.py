@@ -33,7 +33,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, bar INTEGER, event TEXT NOT NULL, ts_event INTEGER,
     symbol TEXT, client_id TEXT, record TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS events_client ON events (client_id);
 CREATE TABLE IF NOT EXISTS bars (
     ts INTEGER PRIMARY KEY, ts_init INTEGER NOT NULL, late INTEGER NOT NULL, traded INTEGER NOT NULL,
     prices BLOB NOT NULL);
@@ -44,6 +43,7 @@ CREATE TABLE IF NOT EXISTS equity (
     ts INTEGER PRIMARY KEY, equity REAL, cash REAL, gross_exposure REAL, drawdown REAL, state TEXT);
 CREATE TABLE IF NOT EXISTS snapshots (kind TEXT PRIMARY KEY, ts INTEGER NOT NULL, blob BLOB NOT NULL);
 """
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 _INSERT_EVENT = "INSERT INTO events (bar, event, ts_event, symbol, client_id, record) VALUES (?,?,?,?,?,?)"
 
 
@@ -131,14 +131,8 @@ class Journal:
     @staticmethod
     def _row(event: Any, bar: int | None) -> tuple[Any, ...]:
         record = event_record(event)
-        return (
-            bar,
-            record["event"],
-            record["ts_event"],
-            record.get("symbol"),
-            record.get("client_id"),
-            json.dumps(record, separators=(",", ":")),
-        )
+        get = record.get
+        return (bar, record["event"], record["ts_event"], get("symbol"), get("client_id"), _dumps(record))
 
     @property
     def pending(self) -> int:
