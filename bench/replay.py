@@ -2,6 +2,10 @@
 
     python bench/replay.py [--symbols 10] [--bars 100000] [--no-backtrader] [--no-quantnet]
                            [--staggered-symbols 10000] [--staggered-bars 500] [--no-staggered]
+                           [--no-journal]
+
+The journal cases run the SMA crossover with no journal, with the JSON-lines writer the engine
+used before (kept here only for the comparison) and with the SQLite journal, in the same run.
 
 Cases run in fresh processes so each peak RSS is its own; it is measured while the backtest runs,
 after the data was generated, and compared with the data frame's own size. The staggered case
@@ -122,6 +126,47 @@ def run_engine(case: str, shape: tuple[str, int, int], queue: mp.Queue) -> None:
     queue.put((name, len(data), result.seconds, peak_rss_mb(), result.metrics["n_fills"], frame_mb))
 
 
+class JsonlJournal:
+    """The engine's previous journal (one flushed JSON line per event), for comparison only."""
+
+    def __init__(self, path, bus) -> None:
+        import json
+
+        from engine.journal import JOURNALED, event_record
+
+        self._dumps = json.dumps
+        self._record = event_record
+        self._fh = Path(path).with_suffix(".jsonl").open("a", encoding="utf-8")
+        for event_type in JOURNALED:
+            bus.subscribe(event_type, self.record)
+
+    def record(self, event) -> None:
+        self._fh.write(self._dumps(self._record(event), separators=(",", ":")) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def run_journal(kind: str, n_symbols: int, n_bars: int, queue: mp.Queue) -> None:
+    import tempfile
+
+    import quantnet.backtest as backtest
+    from quantnet.config import load_config
+    from strategies.registry import create
+
+    if kind == "jsonl":
+        backtest.Journal = JsonlJournal  # type: ignore[misc, assignment]
+    data = minute_bars(n_symbols, n_bars)
+    cfg = load_config(None, {"data": {"calendar": "24/7"}, "costs": {"taker_fee_bps": 5, "slippage_bps": 1}})
+    path = None if kind == "none" else Path(tempfile.mkdtemp()) / "journal.db"
+    result = backtest.run_backtest(
+        cfg, strategy=create("sma_crossover", {"fast": FAST, "slow": SLOW}), data=data, journal_path=path
+    )
+    name = f"engine sma_crossover, journal: {kind}"
+    queue.put((name, result.bars, result.seconds, peak_rss_mb(), result.metrics["n_fills"], float("nan")))
+
+
 def run_quantnet(min_change: float, queue: mp.Queue) -> None:
     """QuantNet through the full pipeline on the built-in 20-stock, 6-market dataset, with a real
     checkpoint file (paper-default architecture; weights untrained: the cost is the same)."""
@@ -221,6 +266,7 @@ def main() -> None:
     parser.add_argument("--no-staggered", action="store_true")
     parser.add_argument("--staggered-symbols", type=int, default=10_000)
     parser.add_argument("--staggered-bars", type=int, default=500, help="bars per staggered symbol")
+    parser.add_argument("--no-journal", action="store_true")
     args = parser.parse_args()
 
     dense = ("dense", args.symbols, args.bars)
@@ -229,6 +275,9 @@ def main() -> None:
         rows.append(
             in_process(run_engine, "noop", ("staggered", args.staggered_symbols, args.staggered_bars))
         )
+    if not args.no_journal:
+        kinds = ("none", "jsonl", "sqlite")
+        rows += [in_process(run_journal, kind, args.symbols, args.bars) for kind in kinds]
     if not args.no_quantnet:
         rows += [in_process(run_quantnet, min_change) for min_change in (0.0, 0.01)]
     if not args.no_backtrader:
@@ -257,6 +306,11 @@ def main() -> None:
         "after the data was generated"
     )
     speed = {name: bars / seconds for name, bars, seconds, *_ in rows}
+    if "engine sma_crossover, journal: sqlite" in speed:
+        base = speed["engine sma_crossover, journal: none"]
+        for kind in ("jsonl", "sqlite"):
+            ratio = speed[f"engine sma_crossover, journal: {kind}"] / base
+            print(f"journal {kind}: {ratio:.3f}x the speed without a journal")
     if "backtrader sma_crossover" in speed:
         ratio = speed["engine sma_crossover"] / speed["backtrader sma_crossover"]
         print(f"\nSMA crossover: engine is {ratio:,.1f}x backtrader on the same bars")

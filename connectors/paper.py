@@ -17,6 +17,9 @@ Execution rules, the same for every strategy:
   entry at the open) works for the rest of that bar: it fills at its own price if the bar's range
   reaches it, never at the open, which traded before it existed.
 * An order for an instrument without a bar waits for that instrument's next bar.
+* Live (paper trading), a market order fills as soon as the stream reports the next bar's first
+  price (:class:`~engine.events.BarOpen`): the same open a backtest fills at, seconds after the
+  decision instead of at that bar's close.
 * A reduce-only order never increases or flips a position, as on Bybit: its fill is capped at the
   position when it fills (the rest is cancelled), and it is cancelled if there is nothing to reduce.
   The position is the broker's own book of its fills, which is the portfolio's in paper trading.
@@ -33,7 +36,8 @@ import numpy as np
 from engine.bus import EventBus
 from engine.clock import Clock
 from engine.config import CostConfig
-from engine.events import BarSet, Fill, Order, OrderStatus, OrderType, OrderUpdate, Side
+from engine.events import BarOpen, BarSet, Fill, Order, OrderStatus, OrderType, OrderUpdate, Side
+from engine.state import capture, restore_into
 
 
 class PaperBroker:
@@ -52,6 +56,16 @@ class PaperBroker:
         self.position = np.zeros(len(symbols))
         """Signed quantity per symbol from this broker's fills (what reduce-only is judged by)."""
         bus.subscribe(BarSet, self.on_bars)
+        bus.subscribe(BarOpen, self.on_open)
+
+    _STATE = ("_working", "_seq", "position")
+
+    def state(self) -> dict[str, object]:
+        """Working orders and the broker's book: a restarted paper session fills them as before."""
+        return capture(self, self._STATE)
+
+    def restore(self, saved: dict[str, object]) -> None:
+        restore_into(self, saved)
 
     def submit(self, order: Order) -> None:
         reason = self._rejection(order)
@@ -156,6 +170,29 @@ class PaperBroker:
         if qty < order.quantity:
             why = f"reduce-only: filled {qty:.8g} of {order.quantity:.8g}, the whole position"
             self._cancelled(order, ts, why)
+
+    def on_open(self, bar: BarOpen) -> None:
+        """Fill the market orders decided at or before this bar's start at its first price."""
+        if not self._working:
+            return
+        i = self.index.get(bar.symbol)
+        if i is None or not bar.open > 0.0:
+            return
+        for order in list(self._working.values()):
+            if order.symbol != bar.symbol or order.type is not OrderType.MARKET:
+                continue
+            if order.ts_event > bar.ts_event:
+                continue
+            if self._working.pop(order.client_id, None) is None:
+                continue
+            qty = self._reducible(order, i) if order.reduce_only else order.quantity
+            if qty <= 0.0:
+                self._cancelled(order, bar.ts_event, "reduce-only: no position to reduce")
+                continue
+            self._fill(order, bar.open, bar.ts_event, qty)
+            if qty < order.quantity:
+                why = f"reduce-only: filled {qty:.8g} of {order.quantity:.8g}, the whole position"
+                self._cancelled(order, bar.ts_event, why)
 
     def _reducible(self, order: Order, i: int) -> float:
         """How much of a reduce-only order the position lets fill now (0: nothing to reduce)."""

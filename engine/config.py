@@ -83,7 +83,7 @@ class CostConfig(Section):
 
 
 class EngineConfig(Section):
-    journal: bool = Field(True, description="write every order, fill and position change to journal.jsonl")
+    journal: bool = Field(True, description="journal every order, fill and position change (journal.db)")
 
 
 class StrategyConfig(Section):

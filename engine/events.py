@@ -82,6 +82,18 @@ class BarSet:
 
 
 @dataclass(slots=True)
+class BarOpen:
+    """A bar's first price, as a live stream reports the first update of a new bar: a market order
+    decided at the previous close fills at it, seconds after the decision. ``ts_event`` is the
+    bar's start."""
+
+    ts_event: int
+    ts_init: int
+    symbol: str
+    open: float
+
+
+@dataclass(slots=True)
 class Signal:
     """A strategy's desired exposure: target weights (fraction of equity) per universe symbol.
 
@@ -192,4 +204,16 @@ class Heartbeat:
     source: str
 
 
-Event = Bar | BarSet | Signal | Order | OrderUpdate | Fill | Funding | PositionUpdate | RiskEvent | Heartbeat
+Event = (
+    Bar
+    | BarSet
+    | BarOpen
+    | Signal
+    | Order
+    | OrderUpdate
+    | Fill
+    | Funding
+    | PositionUpdate
+    | RiskEvent
+    | Heartbeat
+)

@@ -24,6 +24,7 @@ from engine.clock import Clock
 from engine.events import BarSet, Fill, Order, OrderStatus, OrderType, OrderUpdate, Side, Signal
 from engine.portfolio import Portfolio
 from engine.ports import ExecutionVenue
+from engine.state import capture, restore_into
 
 log = structlog.get_logger("engine.orders")
 
@@ -36,11 +37,13 @@ class OrderGate(Protocol):
         ...
 
 
-def client_order_id(strategy: str, symbol: str, ts_ns: int, tag: str = "") -> str:
+def client_order_id(strategy: str, symbol: str, ts_ns: int, tag: str = "", instance: str = "") -> str:
     """Deterministic id: the same decision always maps to the same id, so a venue can reject a
-    resend instead of opening a second position."""
+    resend instead of opening a second position. ``instance`` (a daemon's id, persisted with its
+    state) keeps two engines running the same strategy apart and is stable across restarts."""
     suffix = f"-{tag}" if tag else ""
-    return f"{strategy}-{symbol}-{ts_ns // 1_000_000}{suffix}"
+    prefix = f"{instance}-" if instance else ""
+    return f"{prefix}{strategy}-{symbol}-{ts_ns // 1_000_000}{suffix}"
 
 
 class OrderManager:
@@ -55,6 +58,7 @@ class OrderManager:
         rebalance: str = "on_change",
         rebalance_band: float = 0.0,
         min_trade_notional: float = 0.0,
+        instance_id: str = "",
     ) -> None:
         self.bus = bus
         self.clock = clock
@@ -64,6 +68,7 @@ class OrderManager:
         self.every_bar = rebalance == "every_bar"
         self.rebalance_band = rebalance_band
         self.min_trade_notional = min_trade_notional
+        self.instance_id = instance_id
         n = len(portfolio.symbols)
         self.targets = np.full(n, np.nan)
         self.pending = np.zeros(n)
@@ -111,7 +116,7 @@ class OrderManager:
             return
         symbol = pf.symbols[i]
         order = Order(
-            client_order_id(strategy, symbol, ts),
+            client_order_id(strategy, symbol, ts, instance=self.instance_id),
             ts,
             self.clock.now_ns(),
             symbol,
@@ -162,6 +167,15 @@ class OrderManager:
             i, remaining = entry
             self.pending[i] -= remaining
             self._close(update.client_id, i)
+
+    _STATE = ("targets", "pending", "_open", "_open_count")
+
+    def state(self) -> dict[str, object]:
+        """Targets and orders on their way: after a restart the same targets do not trade again."""
+        return capture(self, self._STATE)
+
+    def restore(self, saved: dict[str, object]) -> None:
+        restore_into(self, saved)
 
     def _close(self, client_id: str, i: int) -> None:
         del self._open[client_id]

@@ -12,6 +12,7 @@ import numpy as np
 
 from engine.bus import EventBus
 from engine.events import BarSet, Fill, Funding, PositionUpdate
+from engine.state import capture, restore_into
 
 _EPS = 1e-12
 
@@ -185,6 +186,31 @@ class Portfolio:
         self.cash -= funding.amount
         self.funding += funding.amount
         self._trade_acc[i] -= funding.amount
+
+    # state ----------------------------------------------------------------------------------
+
+    _STATE = (
+        "cash",
+        "qty",
+        "avg_price",
+        "realized_pnl",
+        "last_price",
+        "fees",
+        "funding",
+        "turnover_notional",
+        "n_fills",
+        "_trade_acc",
+        "equity",
+        "gross_exposure",
+        "ts",
+    )
+
+    def state(self) -> dict[str, object]:
+        """The book a restart resumes from (the per-bar history is journaled, not kept here)."""
+        return capture(self, self._STATE)
+
+    def restore(self, saved: dict[str, object]) -> None:
+        restore_into(self, saved)
 
     # views ----------------------------------------------------------------------------------
 

@@ -68,6 +68,7 @@ from engine.events import (
 )
 from engine.instruments import InstrumentRules
 from engine.orders import OrderManager, client_order_id
+from engine.state import capture, restore_into
 
 __all__ = [
     "STATE_CODES",
@@ -809,6 +810,38 @@ class RiskManager:
         log.error("trading halted by persisted risk state", path=str(path), since=when)
 
     # state and reporting ----------------------------------------------------------------------
+
+    _STATE = (
+        "state",
+        "halted",
+        "counts",
+        "rejected",
+        "resized",
+        "bars_in_state",
+        "peak_equity",
+        "day_start_equity",
+        "_last_equity",
+        "_day",
+        "_reducing",
+        "_exits",
+        "_stop_id",
+        "_tp_id",
+        "_synced",
+        "_dirty",
+        "_side",
+        "_best",
+        "_seq",
+        "_flattening",
+        "_started",
+    )
+
+    def snapshot(self) -> dict[str, object]:
+        """Limits' reference points, working exits and the halt: a restart carries on from them."""
+        return capture(self, self._STATE)
+
+    def restore(self, saved: dict[str, object]) -> None:
+        restore_into(self, saved)
+        self._startup = []
 
     def _refresh_state(self) -> None:
         new = (

@@ -9,6 +9,7 @@ becomes "no change" for that asset, with a warning, and never an order.
 
 from __future__ import annotations
 
+import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -111,6 +112,15 @@ class Strategy(ABC):
     def on_start(self, symbols: tuple[str, ...]) -> None:
         """Called once with the universe before the first bar."""
 
+    def snapshot(self) -> bytes:
+        """The strategy's state after the last bar, for crash recovery (default: its attributes
+        other than the parameters, pickled; strategies holding models override this)."""
+        return pickle.dumps({k: v for k, v in vars(self).items() if k != "params"})
+
+    def restore(self, blob: bytes) -> None:
+        """Load what :meth:`snapshot` wrote, on a strategy started with the same universe."""
+        vars(self).update(pickle.loads(blob))
+
     @abstractmethod
     def on_bars(self, bars: BarSet, ctx: StrategyContext) -> np.ndarray | None:
         """Return target weights per symbol (NaN: no change) or None for no change at all."""
@@ -147,6 +157,23 @@ class StrategyHost:
             self._standing = np.full(len(self.ctx.symbols), np.nan)
         if targets is not None:
             np.copyto(self._standing, targets, where=~np.isnan(targets))
+
+    def replay(self, bars: BarSet) -> None:
+        """Step through a bar that was already traded (restoring state after a snapshot): the
+        strategy's state advances, nothing is published."""
+        self._decide(bars)
+
+    def snapshot(self) -> bytes:
+        ctx = self.ctx
+        host = (ctx._buf, ctx._n, ctx.now_ns, self._standing, self.invalid_targets)
+        return pickle.dumps((host, self.strategy.snapshot()))
+
+    def restore(self, blob: bytes) -> None:
+        host, strategy = pickle.loads(blob)
+        ctx = self.ctx
+        buf, ctx._n, ctx.now_ns, self._standing, self.invalid_targets = host
+        ctx._buf[...] = buf
+        self.strategy.restore(strategy)
 
     def on_bars(self, bars: BarSet) -> None:
         targets = self._decide(bars)

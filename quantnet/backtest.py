@@ -24,7 +24,7 @@ from connectors.replay import BarMatrix, DataError, load_ohlcv, parse_time
 from engine.bus import EventBus, replay
 from engine.clock import Clock, ReplayClock
 from engine.events import BarSet, Fill, RiskEvent
-from engine.journal import Journal
+from engine.journal import JOURNAL_FILE, Journal
 from engine.metrics import backtest_metrics, periods_per_year
 from engine.orders import OrderGate, OrderManager
 from engine.portfolio import Portfolio
@@ -58,6 +58,8 @@ def assemble(
     gates: tuple[OrderGate, ...] = (),
     capacity: int = 1024,
     persist_risk: bool = True,
+    instance_id: str = "",
+    record_positions: bool = True,
 ) -> TradingNode:
     """Subscription order is execution order for each bar: the venue fills what was ordered on
     earlier bars at this bar's prices, the portfolio books and marks, the risk manager (when
@@ -66,9 +68,13 @@ def assemble(
     target).
 
     ``persist_risk`` keeps a halt in ``[risk] state_file`` across restarts (paper and live); a
-    backtest passes False so that no run inherits another's halt."""
+    backtest passes False so that no run inherits another's halt. ``instance_id`` goes into every
+    order id (a daemon's, persisted in its state directory); ``record_positions=False`` keeps no
+    per-bar position history (a process that runs for weeks)."""
     venue = venue_factory(bus, clock)
-    portfolio = Portfolio(symbols, cfg.portfolio.cash, bus, capacity=capacity)
+    portfolio = Portfolio(
+        symbols, cfg.portfolio.cash, bus, capacity=capacity, record_positions=record_positions
+    )
     orders = OrderManager(
         bus,
         clock,
@@ -78,6 +84,7 @@ def assemble(
         rebalance=cfg.portfolio.rebalance,
         rebalance_band=cfg.portfolio.rebalance_band,
         min_trade_notional=cfg.portfolio.min_trade_notional,
+        instance_id=instance_id,
     )
     risk = RiskManager(orders, cfg.risk, persist=persist_risk) if cfg.risk.active else None
     host = StrategyHost(
@@ -159,7 +166,10 @@ def run_backtest(
     output: str | Path | None = None,
     gates: tuple[OrderGate, ...] = (),
     progress: Callable[[Iterable[Any], int], Iterator[Any]] | None = None,
+    journal_path: str | Path | None = None,
 ) -> BacktestResult:
+    """``journal_path``: where to journal (default: ``journal.db`` in ``output`` when
+    ``[engine] journal``); an existing journal there is replaced."""
     strategy = strategy or create(cfg.strategy.name, cfg.strategy.params)
     data = load_data(cfg, history=cfg.data.warmup) if data is None else data
     data, warm = split_warmup(data, cfg.data.start, strategy.warmup_bars if cfg.data.warmup else 0)
@@ -168,12 +178,14 @@ def run_backtest(
     clock = ReplayClock()
     out = Path(output) if output is not None else None
     journal = None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        if cfg.engine.journal:
-            (out / "journal.jsonl").unlink(missing_ok=True)
-            # subscribed first: a fill is on disk before the position change it causes
-            journal = Journal(out / "journal.jsonl", bus)
+    if journal_path is None and out is not None and cfg.engine.journal:
+        journal_path = out / JOURNAL_FILE
+    if journal_path is not None:
+        journal_path = Path(journal_path)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{journal_path}{suffix}").unlink(missing_ok=True)
+        # subscribed first: a fill is recorded before the position change it causes
+        journal = Journal(journal_path, bus)
     try:
         node = assemble(
             cfg,

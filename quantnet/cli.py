@@ -10,6 +10,8 @@ from engine.logs import configure_logging
 from quantnet.commands import backtest
 from quantnet.commands import config as config_command
 from quantnet.commands import data as data_command
+from quantnet.commands import journal as journal_command
+from quantnet.commands import live as live_command
 from quantnet.commands import risk as risk_command
 from quantnet.commands import stream as stream_command
 from quantnet.commands import train as train_command
@@ -33,5 +35,14 @@ def main(
     configure_logging(json=log_json, level=log_level)
 
 
-for module in (backtest, data_command, stream_command, risk_command, train_command, config_command):
+for module in (
+    backtest,
+    data_command,
+    stream_command,
+    risk_command,
+    train_command,
+    config_command,
+    journal_command,
+    live_command,
+):
     module.register(app)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from connectors.bybit.config import BybitConfig
 from engine.config import (
@@ -27,6 +27,32 @@ from models.config import ModelConfig, TrainConfig
 DEFAULT_CONFIG = Path("config.toml")
 
 
+class LiveConfig(Section):
+    """The long-running daemon (``quantnet live`` / ``quantnet paper``)."""
+
+    symbols: list[str] = Field(default_factory=list, description="universe; with --model: its assets")
+    interval: Literal["1", "3", "5", "15", "30", "60", "120", "240", "360", "720", "D"] = "1"
+    category: Literal["linear", "spot"] = "linear"
+    enabled: bool = Field(False, description="live mode trades real orders only when this is true")
+    environment: Literal["", "testnet", "demo", "mainnet"] = Field(
+        "", description="the Bybit environment live mode trades on; must be set for live mode"
+    )
+    webhook_url: str = Field("", description="POST every signal record here (retried, never blocking)")
+    max_trade_lag: float = Field(
+        120.0, gt=0, description="s: bars older than this when processed (catch-up) are not traded"
+    )
+    snapshot_every: int = Field(100, ge=1, description="bars between snapshots of the model states")
+    assemble_wait: float = Field(
+        10.0, gt=0, description="s after a close to wait for every symbol's bar before going without"
+    )
+    state_dir: str = Field("state", description="journal database and lock; --state-dir overrides")
+
+    @field_validator("symbols")
+    @classmethod
+    def _upper(cls, v: list[str]) -> list[str]:
+        return [s.strip().upper() for s in v if s.strip()]
+
+
 class AppConfig(Section):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -37,6 +63,7 @@ class AppConfig(Section):
     bybit: BybitConfig = Field(default_factory=BybitConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    live: LiveConfig = Field(default_factory=LiveConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> AppConfig:
@@ -58,4 +85,4 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     return validate(AppConfig, raw, source)
 
 
-__all__ = ["AppConfig", "ConfigError", "load_config"]
+__all__ = ["AppConfig", "ConfigError", "LiveConfig", "load_config"]

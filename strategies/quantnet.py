@@ -21,6 +21,7 @@ t trades at bar t+1's open.
 from __future__ import annotations
 
 import math
+import pickle
 from pathlib import Path
 from typing import Literal
 
@@ -136,6 +137,18 @@ class QuantNetStrategy(Strategy):
         if self._bars <= self.params.warmup:
             return None
         return self._targets(seen)
+
+    _STATE = ("_var", "_prev", "_signal", "_held", "_bars")
+
+    def snapshot(self) -> bytes:
+        """The LSTM states (the stepper's own snapshot, tied to this model) and the sizing state."""
+        return pickle.dumps((self.stepper.snapshot(), {k: getattr(self, k) for k in self._STATE}))
+
+    def restore(self, blob: bytes) -> None:
+        stepper, rest = pickle.loads(blob)
+        self.stepper.restore(stepper)
+        for k, v in rest.items():
+            setattr(self, k, v)
 
     def warm_up(self, closes: np.ndarray) -> None:
         """Settle states and volatility estimates from past closes (T × universe, NaN = no bar),

@@ -78,6 +78,7 @@ class _Series:
     pending: dict[int, Bar] = field(default_factory=dict)
     fill_to: int = -1
     filler: asyncio.Task[None] | None = None
+    opened: int = -1
 
 
 class KlineStream:
@@ -86,6 +87,8 @@ class KlineStream:
 
     ``start_ms``: also publish the closed bars from this time on (fetched through REST) before the
     live ones; by default publishing starts with the bar in progress at subscription.
+    ``on_open(symbol, start_ms, open, ts_init)`` hears the first update of each new bar (paper
+    trading fills market orders at that price).
     Run with ``await stream.run(stop_event)``; it reconnects until ``stop_event`` is set and raises
     only for errors that retrying cannot fix (a topic Bybit refuses).
     """
@@ -104,6 +107,7 @@ class KlineStream:
         start_ms: int | None = None,
         validate_symbols: bool = True,
         max_backfill_attempts: int = 8,
+        on_open: Callable[[str, int, float, int], None] | None = None,
     ) -> None:
         if bus is None and on_bar is None:
             raise ValueError("KlineStream needs a bus or an on_bar callback")
@@ -111,6 +115,7 @@ class KlineStream:
         self.category = category or self.config.category
         self.url = ws_url or self.config.public_ws(self.category)
         self._emit: Callable[[Bar], None] = on_bar if on_bar is not None else bus.post  # type: ignore[union-attr]
+        self._on_open = on_open
         self._rest = rest
         self._own_rest = rest is None
         self.validate_symbols = validate_symbols
@@ -297,6 +302,9 @@ class KlineStream:
                     self._confirmed(series, k, start, ts_init)
                 else:
                     self._progress(series, start)
+                    if self._on_open is not None and start > series.opened:
+                        series.opened = start
+                        self._on_open(series.symbol, start, float(k["open"]), ts_init)
             except (KeyError, TypeError, ValueError) as exc:
                 self._malformed(raw, f"bad kline element: {type(exc).__name__}: {exc}")
 

@@ -117,7 +117,7 @@ def register(app: typer.Typer) -> None:
             Console().print(halted, style="bold red", highlight=False)
         rate = result.bars / result.seconds if result.seconds > 0 else float("inf")
         files = "metrics.json, equity.csv, trades.csv, report.html" + (
-            ", journal.jsonl" if cfg.engine.journal else ""
+            ", journal.db" if cfg.engine.journal else ""
         )
         Console().print(
             f"{result.bars:,} bars in {result.seconds:.2f} s ({rate:,.0f} bars/s); "

@@ -39,11 +39,19 @@ def register(app: typer.Typer) -> None:
 
     @risk.command("reset")
     def reset(
-        state: Annotated[Path, _STATE],
+        state: Annotated[Path | None, _STATE] = None,
+        state_dir: Annotated[
+            Path | None, typer.Option("--state-dir", help="a daemon's state directory (journaled reset)")
+        ] = None,
         by: Annotated[str, typer.Option("--by", help="who resets, for the audit trail")] = "operator",
     ) -> None:
         """Clear a persisted halt so the next start trades again (the drawdown is then measured from
         the equity at that start)."""
+        if state_dir is not None:
+            _reset_daemon(state_dir, by)
+            return
+        if state is None:
+            fail("give --state FILE or --state-dir DIR")
         _read(state)
         cleared = clear_halt(state, by=by)
         if cleared is None:
@@ -55,6 +63,32 @@ def register(app: typer.Typer) -> None:
         )
 
     app.add_typer(risk, name="risk")
+
+
+def _reset_daemon(state_dir: Path, by: str) -> None:
+    """Journal the operator's decision; the daemon lifts the halt when it next starts."""
+    import time
+
+    from engine.events import RiskEvent, TradingState
+    from engine.journal import JOURNAL_FILE, Journal, JournalError, open_readonly
+
+    try:
+        open_readonly(state_dir).close()
+    except JournalError as exc:
+        fail(str(exc))
+    journal = Journal(state_dir / JOURNAL_FILE, synchronous="FULL", per_bar=True)
+    try:
+        now = time.time_ns()
+        journal.journal_event(
+            RiskEvent(now, now, "halt_reset_request", f"halt reset by {by}", state=TradingState.HALTED)
+        )
+        journal.set_meta({"halt_reset_request": by})
+    finally:
+        journal.close()
+    Console().print(
+        f"{state_dir}: halt reset by {by} journaled; the daemon resumes trading at its next start",
+        highlight=False,
+    )
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -3,11 +3,10 @@ the position held then, booked in cash and the journal."""
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import pytest
 
+from engine.journal import read_journal
 from quantnet.backtest import run_backtest
 from quantnet.config import load_config
 from tests.conftest import Scripted
@@ -46,7 +45,7 @@ def test_funding_is_charged_on_positions_at_each_instant(tmp_path):
     assert result.metrics["funding"] == pytest.approx(expected)
     pnl = 10 * (110 - 100)
     assert result.equity["equity"].iloc[-1] == pytest.approx(10_000 + pnl - expected)
-    journal = [json.loads(line) for line in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    journal = list(read_journal(tmp_path / "journal.db"))
     paid = [(e["symbol"], e["amount"]) for e in journal if e["event"] == "Funding"]
     assert paid == [("BTC", pytest.approx(0.11)), ("ETH", pytest.approx(-0.2))] * 2
 

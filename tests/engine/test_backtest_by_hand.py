@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
 
+from engine.journal import read_journal
 from quantnet.backtest import run_backtest
 from quantnet.config import load_config
 from tests.conftest import Scripted
@@ -91,8 +90,7 @@ def test_equity_and_trades_match_hand_computation(tmp_path):
     curve = pd.read_csv(tmp_path / "equity.csv")
     assert list(curve.columns) == ["timestamp", "equity", "cash", "gross_exposure"]
     assert curve["gross_exposure"].iloc[1] == pytest.approx(50 * 102 + 60 * 49)
-    journal = (tmp_path / "journal.jsonl").read_text().splitlines()
-    kinds = [json.loads(line)["event"] for line in journal]
+    kinds = [e["event"] for e in read_journal(tmp_path / "journal.db")]
     assert kinds.count("Order") == 4 and kinds.count("Fill") == 4 and kinds.count("PositionUpdate") == 4
     # every position change is journaled right after the fill that caused it
     assert [k for k in kinds if k in ("Fill", "PositionUpdate")] == ["Fill", "PositionUpdate"] * 4

@@ -23,6 +23,7 @@ from engine.bus import EventBus
 from engine.clock import ReplayClock
 from engine.config import ConfigError, CostConfig
 from engine.events import Order, OrderType, Side, TradingState
+from engine.journal import read_journal
 from engine.risk import RiskManager, RiskStateError, _headroom, clear_halt, read_state
 from quantnet.backtest import BacktestResult, TradingNode, assemble, run_backtest
 from quantnet.cli import app
@@ -571,7 +572,7 @@ def test_trailing_stop_is_amended_in_place(tmp_path):
     a = [FLAT, (100, 105, 99, 104), (104, 120, 103, 118), (118, 119, 107, 110), (110, 111, 109, 110)]
     result = run({"trailing_stop": 0.1}, {0: [0.5]}, frame(A=a), output=tmp_path)
     assert fills(result) == [(1, "A", "buy", 50, 100), (3, "A", "sell", 50, pytest.approx(108.0))]
-    journal = [json.loads(line) for line in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    journal = list(read_journal(tmp_path / "journal.db"))
     stops = [e for e in journal if e["event"] == "Order" and e["strategy"] == "risk"]
     assert len(stops) == 1
     updates = [e for e in journal if e["event"] == "OrderUpdate" and e["client_id"] == stops[0]["client_id"]]
