@@ -74,6 +74,9 @@ class OrderManager:
         self.pending = np.zeros(n)
         self._open: dict[str, tuple[int, float]] = {}
         self._open_count = np.zeros(n, dtype=np.int64)
+        self.unpriced = np.zeros(n, dtype=bool)
+        """Targets not traded yet because their symbol has had no price; they trade on its first bar."""
+        self._any_unpriced = False
         self._strategy = ""  # whose targets these are (every_bar orders are in its name)
         bus.subscribe(Signal, self.on_signal)
         bus.subscribe(Fill, self.on_fill)
@@ -87,7 +90,7 @@ class OrderManager:
         if self.every_bar:
             np.copyto(old, new, where=given)  # traded by rebalance() once the bar's decisions are in
             return
-        changed = given & ~(np.abs(new - old) <= 1e-12)
+        changed = given & (~(np.abs(new - old) <= 1e-12) | self.unpriced)
         if self.rebalance_band > 0:
             drift = np.abs(self.portfolio.weights() - np.where(given, new, old))
             changed |= given & (drift > self.rebalance_band)
@@ -106,10 +109,25 @@ class OrderManager:
         for i in np.flatnonzero(live):
             self._rebalance(int(i), float(self.targets[i]), self._strategy, bars.ts_event)
 
+    def trade_unpriced(self, bars: BarSet) -> None:
+        """``on_change``: trade the targets that waited for a price, on their symbol's first bar
+        (subscribed after the strategies, whose own new targets for the bar come first)."""
+        if not self._any_unpriced:
+            return
+        ready = self.unpriced & (bars.close == bars.close)
+        for i in np.flatnonzero(ready):
+            self._rebalance(int(i), float(self.targets[i]), self._strategy, bars.ts_event)
+        self._any_unpriced = bool(self.unpriced.any())
+
     def _rebalance(self, i: int, target: float, strategy: str, ts: int) -> None:
         pf = self.portfolio
         price = float(pf.last_price[i])
-        if price <= 0.0 or not math.isfinite(pf.equity) or pf.equity <= 0.0:
+        self.unpriced[i] = False
+        if price <= 0.0:
+            if target != 0.0:  # a symbol without a price yet: keep the target for its first bar
+                self.unpriced[i] = self._any_unpriced = True
+            return
+        if not math.isfinite(pf.equity) or pf.equity <= 0.0:
             return
         delta = target * pf.equity / price - pf.qty[i] - self.pending[i]
         if abs(delta) * price <= max(self.min_trade_notional, 1e-9 * pf.equity):
@@ -168,7 +186,7 @@ class OrderManager:
             self.pending[i] -= remaining
             self._close(update.client_id, i)
 
-    _STATE = ("targets", "pending", "_open", "_open_count")
+    _STATE = ("targets", "pending", "_open", "_open_count", "unpriced", "_any_unpriced")
 
     def state(self) -> dict[str, object]:
         """Targets and orders on their way: after a restart the same targets do not trade again."""

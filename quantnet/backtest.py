@@ -23,7 +23,7 @@ from connectors.paper import PaperBroker
 from connectors.replay import BarMatrix, DataError, load_ohlcv, parse_time
 from engine.bus import EventBus, replay
 from engine.clock import Clock, ReplayClock
-from engine.events import BarSet, Fill, RiskEvent
+from engine.events import BarSet, Fill, Order, RiskEvent
 from engine.journal import JOURNAL_FILE, Journal
 from engine.metrics import backtest_metrics, periods_per_year
 from engine.orders import OrderGate, OrderManager
@@ -65,7 +65,7 @@ def assemble(
     earlier bars at this bar's prices, the portfolio books and marks, the risk manager (when
     ``[risk]`` configures a rule) checks limits and exits, then the strategy decides (and, with
     ``[portfolio] rebalance = "every_bar"``, the order manager then trades every weight back to its
-    target).
+    target; with ``on_change``, it trades the targets that waited for their symbol's first price).
 
     ``persist_risk`` keeps a halt in ``[risk] state_file`` across restarts (paper and live); a
     backtest passes False so that no run inherits another's halt. ``instance_id`` goes into every
@@ -90,8 +90,8 @@ def assemble(
     host = StrategyHost(
         strategy, bus, clock, symbols, max_weight=cfg.portfolio.max_weight, weights=portfolio.weights
     )
-    if orders.every_bar:
-        bus.subscribe(BarSet, orders.rebalance)  # after the strategy: trades this bar's targets
+    # after the strategy: trades this bar's targets (every_bar), or those that waited for a price
+    bus.subscribe(BarSet, orders.rebalance if orders.every_bar else orders.trade_unpriced)
     node = TradingNode(bus, clock, portfolio, orders, host, risk=risk)
     bus.subscribe(Fill, node.fills.append)
     bus.subscribe(RiskEvent, node.risk_events.append)
@@ -279,6 +279,7 @@ def _result(
         "risk": cfg.risk.model_dump(exclude_defaults=True),
         "trading_state": node.risk.state.value if node.risk is not None else "active (no risk rules)",
         "halt": _halt_summary(node.risk),
+        "open_orders": [_order_record(o) for o in node.orders.venue.open_orders()],
     }
     return BacktestResult(
         metrics,
@@ -290,6 +291,21 @@ def _result(
         matrix.bars(warm),
         seconds,
     )
+
+
+def _order_record(order: Order) -> dict[str, Any]:
+    """An order still working when the run ended (it never filled: no bar came to fill it, or its
+    level was never reached), as the summary, metrics.json and the report list it."""
+    return {
+        "symbol": order.symbol,
+        "side": order.side.name.lower(),
+        "type": order.type.value,
+        "quantity": order.quantity,
+        "price": order.price if order.price == order.price else None,
+        "decided": str(pd.Timestamp(order.ts_event, tz="UTC")),
+        "client_id": order.client_id,
+        "tag": order.tag,
+    }
 
 
 def _halt_summary(risk: RiskManager | None) -> dict[str, str] | None:
@@ -305,7 +321,8 @@ def write_outputs(result: BacktestResult, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     with (out / "metrics.json").open("w") as fh:
-        json.dump(_json_safe(result.metrics), fh, indent=2, sort_keys=True)
+        listed = {"open_orders": result.settings["open_orders"]}
+        json.dump({**_json_safe(result.metrics), **listed}, fh, indent=2, sort_keys=True)
     result.equity.to_csv(out / "equity.csv", index=False)
     result.trades.to_csv(out / "trades.csv", index=False)
     write_report(

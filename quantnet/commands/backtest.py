@@ -59,6 +59,23 @@ def halt_line(result: BacktestResult) -> str | None:
     return f"Ended HALTED by {halt['rule']} at {halt['time']}: {halt['reason']}"
 
 
+def end_lines(result: BacktestResult, shown: int = 10) -> list[str]:
+    """What the run left unfinished: orders still working at the end (they never filled)."""
+    working = result.settings.get("open_orders") or []
+    if not working:
+        return []
+    lines = [f"{len(working)} order(s) still working at the end (not filled, not in the results):"]
+    for o in working[:shown]:
+        at = "" if o["price"] is None else f" at {o['price']:.8g}"
+        what = f"{o['tag']} " if o["tag"] else ""
+        lines.append(
+            f"  {o['symbol']} {o['side']} {o['quantity']:.8g} {what}{o['type']}{at}, decided {o['decided']}"
+        )
+    if len(working) > shown:
+        lines.append(f"  ... and {len(working) - shown} more (metrics.json: open_orders)")
+    return lines
+
+
 def with_strategy(cfg: AppConfig, name: str | None, params: dict[str, Any]) -> AppConfig:
     """Command-line strategy choice: a different strategy drops the file's parameters (they belong
     to the other strategy); the same one keeps them, overridden key by key."""
@@ -115,6 +132,8 @@ def register(app: typer.Typer) -> None:
         halted = halt_line(result)
         if halted:
             Console().print(halted, style="bold red", highlight=False)
+        for line in end_lines(result):
+            Console().print(line, highlight=False, markup=False)
         rate = result.bars / result.seconds if result.seconds > 0 else float("inf")
         files = "metrics.json, equity.csv, trades.csv, report.html" + (
             ", journal.db" if cfg.engine.journal else ""
