@@ -154,7 +154,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         log: Annotated[
             Path | None,
-            typer.Option("--log", help="training log, JSON lines (.csv: CSV); default <out>.log.jsonl"),
+            typer.Option("--log", help="training log, JSON lines (.csv: CSV); default: beside --out"),
         ] = None,
         device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda")] = None,
     ) -> None:
