@@ -14,11 +14,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["backtest_metrics", "performance", "periods_per_year"]
+__all__ = [
+    "backtest_metrics",
+    "benchmark_stats",
+    "buy_and_hold",
+    "calendar_returns",
+    "drawdown_periods",
+    "equity_returns",
+    "performance",
+    "periods_per_year",
+    "rolling_stats",
+]
 
 _NS_PER_HOUR = 3_600 * 1_000_000_000
 _NS_PER_DAY = 24 * _NS_PER_HOUR
@@ -268,4 +279,201 @@ def backtest_metrics(
     valid = np.isfinite(leverage)
     out["exposure"] = float(np.mean(leverage[valid])) if valid.any() else math.nan
     out["time_in_market"] = float(np.mean(leverage[valid] > 1e-9)) if valid.any() else math.nan
+    return out
+
+
+def equity_returns(equity: np.ndarray) -> np.ndarray:
+    """Simple returns ``e_t / e_{t-1} - 1`` of an equity curve; NaN after equity reached zero."""
+    eq = np.asarray(equity, dtype=np.float64).ravel()
+    if len(eq) < 2:
+        return np.zeros(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = eq[1:] / eq[:-1] - 1.0
+    r[~(eq[:-1] > 0)] = math.nan
+    return r
+
+
+def buy_and_hold(closes: np.ndarray) -> np.ndarray:
+    """Value (starting at 1) of an equal-weight buy-and-hold of the columns of a time × asset
+    close matrix, NaN where an asset has no bar.
+
+    Each of the N assets gets 1/N of the capital, held as cash until the asset's first close and
+    then bought there and never rebalanced; an asset without a bar keeps its last close. This is
+    what a user could have done instead of running the strategy on the same universe, including
+    assets that list late. A single column is that asset's price relative to its first close.
+    """
+    c = np.asarray(closes, dtype=np.float64)
+    if c.ndim == 1:
+        c = c[:, None]
+    n_t, n = c.shape
+    if n_t == 0 or n == 0:
+        return np.ones(n_t)
+    filled = pd.DataFrame(c).ffill().to_numpy()
+    valid = np.isfinite(filled) & (filled > 0)
+    first_row = np.where(valid.any(axis=0), valid.argmax(axis=0), n_t)
+    base = np.array([filled[r, j] if r < n_t else 1.0 for j, r in enumerate(first_row)])
+    rel = filled / base
+    rel[~valid] = 1.0
+    return rel.mean(axis=1)
+
+
+_BENCHMARK_KEYS = ("alpha", "beta", "correlation", "tracking_error", "information_ratio")
+
+
+def benchmark_stats(
+    returns: np.ndarray, benchmark_returns: np.ndarray, periods_per_year: float
+) -> dict[str, float]:
+    """The strategy against a benchmark, from per-period simple returns of both (same periods).
+
+    Periods where either return is not finite are dropped. With means and sample (``ddof=1``)
+    moments over the rest and ``P`` periods per year:
+
+    - ``beta = cov(r, b) / var(b)``, the OLS slope of ``r`` on ``b``;
+    - ``alpha = (mean(r) − beta · mean(b)) · P``, the OLS intercept annualised (no risk-free rate,
+      arithmetic, like ``annual_return``);
+    - ``correlation`` of ``r`` and ``b``;
+    - ``tracking_error = std(r − b) · √P``;
+    - ``information_ratio = mean(r − b) · P / tracking_error``.
+
+    NaN where undefined: fewer than two periods, a constant benchmark (beta, alpha, correlation),
+    a constant strategy (correlation), ``r − b`` constant (information ratio).
+    """
+    out = dict.fromkeys(_BENCHMARK_KEYS, math.nan)
+    r = np.asarray(returns, dtype=np.float64).ravel()
+    b = np.asarray(benchmark_returns, dtype=np.float64).ravel()
+    if len(r) != len(b):
+        raise ValueError(f"returns ({len(r)}) and benchmark returns ({len(b)}) must have equal length")
+    ok = np.isfinite(r) & np.isfinite(b)
+    r, b = r[ok], b[ok]
+    ppy = float(periods_per_year)
+    if len(r) < 2:
+        return out
+    active = r - b
+    te = float(np.std(active, ddof=1))
+    out["tracking_error"] = te * math.sqrt(ppy)
+    if te >= _ZERO_STD:
+        out["information_ratio"] = float(np.mean(active)) * ppy / out["tracking_error"]
+    sb, sr = float(np.std(b, ddof=1)), float(np.std(r, ddof=1))
+    if sb >= _ZERO_STD:
+        cov = float(np.mean((r - r.mean()) * (b - b.mean()))) * len(r) / (len(r) - 1)
+        beta = cov / sb**2
+        out["beta"] = beta
+        out["alpha"] = (float(r.mean()) - beta * float(b.mean())) * ppy
+        if sr >= _ZERO_STD:
+            out["correlation"] = cov / (sb * sr)
+    return out
+
+
+def rolling_stats(returns: np.ndarray, window: int, periods_per_year: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rolling annualised Sharpe ratio and volatility over the last ``window`` returns.
+
+    Entry ``t`` uses returns ``t − window + 1 .. t`` (sample std, as :func:`performance`); NaN for
+    the first ``window − 1`` entries, over a window with a missing return, and (Sharpe) where the
+    window is flat.
+    """
+    if window < 2:
+        raise ValueError(f"rolling window must be at least 2 periods, got {window}")
+    r = pd.Series(np.asarray(returns, dtype=np.float64).ravel())
+    roll = r.rolling(window, min_periods=window)
+    mean = roll.mean().to_numpy()
+    std = roll.std(ddof=1).to_numpy()
+    ppy = float(periods_per_year)
+    vol = std * math.sqrt(ppy)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sharpe = np.where(std >= _ZERO_STD, mean / std * math.sqrt(ppy), math.nan)
+    vol = np.where(np.isfinite(std) & (std < _ZERO_STD), 0.0, vol)
+    return sharpe, vol
+
+
+def _equity_series(timestamps_ns: np.ndarray, equity: np.ndarray) -> pd.Series:
+    ts = _as_ns(timestamps_ns)
+    eq = np.asarray(equity, dtype=np.float64).ravel()
+    if len(ts) != len(eq):
+        raise ValueError(f"timestamps ({len(ts)}) and equity ({len(eq)}) must have one entry per bar")
+    return pd.Series(eq, index=pd.DatetimeIndex(ts.view("datetime64[ns]")).tz_localize("UTC"))
+
+
+def _period_returns(series: pd.Series, freq: str) -> pd.Series:
+    """Compounded return per calendar period: its last equity over the previous period's last (the
+    first period's over the first equity)."""
+    last = series.resample(freq).last().dropna()
+    prev = last.shift(1)
+    if len(prev):
+        prev.iloc[0] = series.iloc[0]
+    return last / prev - 1.0
+
+
+def calendar_returns(timestamps_ns: np.ndarray, equity: np.ndarray) -> dict[str, Any]:
+    """Daily, monthly and yearly compounded returns of an equity curve (UTC calendar), and the best
+    and worst of each.
+
+    A period's return is its last equity over the previous period's last (the first period's over
+    the curve's first value), so the returns of a period's sub-periods compound to it. Periods
+    without a bar are left out. Returns ``{"daily", "monthly", "yearly"}`` (pandas Series indexed
+    by each period's start) and ``"best"``/``"worst"``: ``{"day", "month", "year"}`` → ``(label,
+    return)`` or None.
+    """
+    series = _equity_series(timestamps_ns, equity)
+    out: dict[str, Any] = {"best": {}, "worst": {}}
+    for name, freq, fmt in (("daily", "D", "%Y-%m-%d"), ("monthly", "MS", "%Y-%m"), ("yearly", "YS", "%Y")):
+        ret = _period_returns(series, freq) if len(series) else pd.Series(dtype=float)
+        ret = ret[np.isfinite(ret.to_numpy())]
+        out[name] = ret
+        unit = name[:-2] if name != "daily" else "day"
+        if len(ret):
+            hi, lo = int(np.argmax(ret.to_numpy())), int(np.argmin(ret.to_numpy()))
+            out["best"][unit] = (ret.index[hi].strftime(fmt), float(ret.iloc[hi]))
+            out["worst"][unit] = (ret.index[lo].strftime(fmt), float(ret.iloc[lo]))
+        else:
+            out["best"][unit] = out["worst"][unit] = None
+    return out
+
+
+def drawdown_periods(timestamps_ns: np.ndarray, equity: np.ndarray, top: int = 10) -> list[dict[str, Any]]:
+    """The ``top`` deepest drawdowns of an equity curve, deepest first.
+
+    A drawdown starts at the last bar at a running peak (``start``), reaches its lowest equity at
+    ``trough`` and ends at ``recovery``, the first later bar back at or above the peak (None while
+    it has not recovered). ``depth = 1 − trough equity / peak`` (0.2 = 20% below the peak);
+    ``bars`` counts the bars from start to recovery (or to the last bar), ``days`` the calendar
+    time between them; ``trough_bars`` and ``recovery_bars`` split it. Timestamps are pandas UTC
+    Timestamps.
+    """
+    series = _equity_series(timestamps_ns, equity)
+    eq = series.to_numpy()
+    n = len(eq)
+    if n == 0:
+        return []
+    peak = np.fmax.accumulate(eq)
+    under = eq < peak
+    if not under.any():
+        return []
+    edges = np.diff(np.r_[0, under.astype(np.int8), 0])
+    starts = np.flatnonzero(edges == 1)  # first bar under water; the peak is the bar before
+    ends = np.flatnonzero(edges == -1)  # first bar back at the peak (n: not recovered)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(peak > 0, eq / peak, np.nan)
+    filled = np.where(np.isfinite(ratio), ratio, np.inf)
+    troughs = np.array([s + int(np.argmin(filled[s:e])) for s, e in zip(starts, ends, strict=True)])
+    depth = 1.0 - ratio[troughs]
+    order = np.argsort(-depth, kind="stable")[: max(top, 0)]
+    stamps = series.index
+    out = []
+    for k in order:
+        s, e, t = int(starts[k]) - 1, int(ends[k]), int(troughs[k])
+        s = max(s, 0)
+        recovered = e < n
+        last = e if recovered else n - 1
+        out.append(
+            {
+                "start": stamps[s],
+                "trough": stamps[t],
+                "recovery": stamps[e] if recovered else None,
+                "depth": float(depth[k]),
+                "bars": last - s,
+                "trough_bars": t - s,
+                "recovery_bars": (e - t) if recovered else None,
+                "days": (stamps[last] - stamps[s]) / pd.Timedelta(days=1),
+            }
+        )
     return out

@@ -30,6 +30,7 @@ from engine.orders import OrderGate, OrderManager
 from engine.portfolio import Portfolio
 from engine.ports import ExecutionVenue
 from engine.risk import RiskManager
+from engine.roundtrips import Prices, round_trips
 from engine.strategy import Strategy, StrategyHost
 from quantnet.config import AppConfig
 from strategies.registry import create
@@ -108,6 +109,7 @@ class BacktestResult:
     settings: dict[str, Any]
     bars: int
     seconds: float
+    prices: Prices | None = None
 
 
 def simulated_venue(bus: EventBus, clock: Clock, symbols: tuple[str, ...], cfg: AppConfig) -> PaperBroker:
@@ -281,6 +283,9 @@ def _result(
         "halt": _halt_summary(node.risk),
         "open_orders": [_order_record(o) for o in node.orders.venue.open_orders()],
     }
+    prices = Prices(
+        matrix.ts_event[warm:], matrix.symbols, matrix.close[warm:], matrix.high[warm:], matrix.low[warm:]
+    )
     return BacktestResult(
         metrics,
         equity,
@@ -290,6 +295,7 @@ def _result(
         settings,
         matrix.bars(warm),
         seconds,
+        prices,
     )
 
 
@@ -325,6 +331,7 @@ def write_outputs(result: BacktestResult, out: Path) -> None:
         json.dump({**_json_safe(result.metrics), **listed}, fh, indent=2, sort_keys=True)
     result.equity.to_csv(out / "equity.csv", index=False)
     result.trades.to_csv(out / "trades.csv", index=False)
+    round_trips(result.trades, result.prices).to_csv(out / "round_trips.csv", index=False)
     write_report(
         out / "report.html",
         title=f"Backtest: {result.settings['strategy']}",

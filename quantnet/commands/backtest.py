@@ -135,7 +135,7 @@ def register(app: typer.Typer) -> None:
         for line in end_lines(result):
             Console().print(line, highlight=False, markup=False)
         rate = result.bars / result.seconds if result.seconds > 0 else float("inf")
-        files = "metrics.json, equity.csv, trades.csv, report.html" + (
+        files = "metrics.json, equity.csv, trades.csv, round_trips.csv, report.html" + (
             ", journal.db" if cfg.engine.journal else ""
         )
         Console().print(
