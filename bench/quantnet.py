@@ -1,16 +1,29 @@
-"""QuantNet speed on a paper-sized problem: training steps/s and the per-bar cost of live inference.
+"""QuantNet speed on a paper-sized problem: training throughput against the paper's own training
+loop, training steps/s per variant, and the per-bar cost of live inference.
 
-Run by hand: ``python bench/quantnet.py`` (about a minute on 2 cores). For each of the four
-transfer variants it prints training steps per second (batch of markets, window k) and the
-latency of one incremental step for all markets together (median, p99) against recomputing a
-252-bar window per market from scratch, the stateless alternative. Targets: incremental ≥ 50×
-cheaper than recompute and < 2 ms p99. Synthetic returns; the load average is printed because
-other processes on the machine move these figures.
+Run by hand: ``python bench/quantnet.py`` (a few minutes on 2 cores; ``--only throughput`` or
+``--only variants`` for one part).
+
+Throughput: market-windows per second (one window = ``seq_len`` bars of one market, forward and
+backward) of ``models.train`` against :func:`paper_loop`, this file's own re-implementation of the
+training loop released with the paper: every market each step in fixed order, one AMSGrad optimiser
+per market that also steps the shared layer, the released sizes (encoder LSTM 5 wide, 2 layers,
+dropout 0.1; shared linear 5->5; decoder LSTM 10 wide, 2 layers; 32 windows of 252 bars per market),
+the same synthetic markets, float32, one thread, in the same run. Target: at least 3x.
+
+Variants: for each of the four transfer variants, training steps per second (batch of markets,
+window k) and the latency of one incremental step for all markets together (median, p99) against
+recomputing a 252-bar window per market from scratch, the stateless alternative. Targets:
+incremental >= 50x cheaper than recompute and < 2 ms p99.
+
+Synthetic returns; the load average is printed because other processes on the machine move these
+figures (each throughput figure is the best of ``--repeats`` interleaved runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 
@@ -19,6 +32,7 @@ import pandas as pd
 import torch
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
 from models import TRANSFER_VARIANTS, Market, ModelConfig, QuantNet, SignalStepper, TrainConfig, train
 from models._threads import torch_threads
@@ -83,6 +97,116 @@ def bench_variant(variant: str, markets: list[Market], args: argparse.Namespace)
     }
 
 
+# -- the paper's training loop (released code), for the throughput ratio ----------------------------
+
+
+class _PaperMarketNet(nn.Module):
+    """One market of the released model: LSTM encoder, the shared linear layer, LSTM decoder, tanh."""
+
+    def __init__(self, n: int, shared: nn.Module) -> None:
+        super().__init__()
+        self.encoder = nn.LSTM(n, 5, 2, batch_first=True, dropout=0.1)
+        self.shared = shared
+        self.decoder = nn.LSTM(5, 10, 2, batch_first=True, dropout=0.1)
+        self.head = nn.Linear(10, n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(x)[0]
+        h = self.shared(h)
+        h = self.decoder(h)[0]
+        return torch.tanh(self.head(h))
+
+
+def paper_loop(markets: list[Market], steps: int, *, batch: int, seq_len: int, seed: int) -> float:
+    """Seconds for ``steps`` steps of the released training loop (after one untimed warm-up step).
+
+    Every market each step, in fixed order: a batch of random windows, forward, the released loss
+    (minus the Sharpe of s*r pooled over windows, time and assets, annualised by sqrt(252); its cost
+    term multiplied by zero), then that market's own optimiser steps its parameters and the shared
+    layer's. Raw returns, missing ones as 0.
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    shared = nn.Linear(5, 5)
+    nets = [_PaperMarketNet(m.n_assets, shared) for m in markets]
+    opts = [torch.optim.Adam(net.parameters(), lr=0.01, amsgrad=True) for net in nets]
+    data = [torch.as_tensor(np.nan_to_num(m.returns), dtype=torch.float32) for m in markets]
+    offsets = np.arange(seq_len)[None, :]
+
+    def step() -> None:
+        for r, net, opt in zip(data, nets, opts, strict=True):
+            ends = rng.integers(seq_len + 1, len(r) + 1, size=batch)
+            rows = torch.as_tensor(ends[:, None] - seq_len + offsets)
+            x, y = r[rows - 1], r[rows]
+            s = net(x)
+            pnl = s * y
+            cost = (s[:, 1:] - s[:, :-1]).abs().mean()
+            loss = -(pnl.mean() / pnl.std()) * math.sqrt(252.0) + 0.0 * cost
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return time.perf_counter() - t0
+
+
+RELEASED = ModelConfig(
+    variant="lstm-linear", transfer_dim=5, decoder_dim=10, encoder_layers=2, decoder_layers=2,
+    transfer_layers=1, dropout=0.1, input_scaling="none",
+)  # fmt: skip
+
+
+def project_loop(markets: list[Market], steps: int, *, batch: int, seq_len: int, seed: int) -> float:
+    """Seconds for ``steps`` steps of ``models.train`` doing the same work per step as
+    :func:`paper_loop`: every market, ``batch`` windows each, the released model sizes."""
+    model = QuantNet(RELEASED, [(m.name, m.assets) for m in markets], seed=seed)
+    tc = TrainConfig(
+        steps=steps, batch_markets=len(markets), windows_per_market=batch, seq_len=seq_len,
+        val_fraction=0.0, patience=0, eval_every=max(1, steps), threads=1, seed=seed, lr=0.01,
+    )  # fmt: skip
+    train(model, markets, tc.model_copy(update={"steps": 1}))
+    return train(model, markets, tc).seconds
+
+
+def parse_case(text: str) -> tuple[int, int, int]:
+    """``MxLO-HI``: M markets of LO..HI assets each (``6x20-100``); ``MxN``: all of N assets."""
+    try:
+        m, widths = text.lower().split("x")
+        lo, _, hi = widths.partition("-")
+        return int(m), int(lo), int(hi or lo)
+    except ValueError:
+        raise SystemExit(f"--cases: {text!r} is not MxLO-HI (e.g. 6x20-100) or MxN") from None
+
+
+def throughput_table(args: argparse.Namespace, console: Console) -> None:
+    table = Table(
+        title=f"Training throughput, market-windows/s ({args.tp_batch} windows x {args.tp_seq_len} bars "
+        "per market per step, released sizes, float32, 1 thread)"
+    )
+    for col in ("markets", "assets", "paper loop", "models.train", "ratio", "target 3x"):
+        table.add_column(col, justify="left" if col == "markets" else "right")
+    with torch_threads(1):
+        for case in args.cases:
+            n_markets, lo, hi = parse_case(case)
+            markets = synthetic(n_markets, lo, hi, args.tp_seq_len * 4, 1)
+            work = n_markets * args.tp_batch * args.tp_steps
+            kw = {"batch": args.tp_batch, "seq_len": args.tp_seq_len, "seed": 0}
+            paper, ours = 0.0, 0.0
+            for _ in range(args.repeats):
+                paper = max(paper, work / paper_loop(markets, args.tp_steps, **kw))
+                ours = max(ours, work / project_loop(markets, args.tp_steps, **kw))
+            ratio = ours / paper
+            table.add_row(
+                f"{n_markets} x {lo}-{hi}", str(sum(m.n_assets for m in markets)),
+                f"{paper:,.0f}", f"{ours:,.0f}", f"{ratio:.2f}x",
+                "[green]met[/]" if ratio >= 3 else "[red]missed[/]",
+            )  # fmt: skip
+    console.print(table)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--markets", type=int, default=20)
@@ -97,6 +221,15 @@ def main() -> None:
     p.add_argument("--recompute-reps", type=int, default=40)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch default)")
     p.add_argument("--variants", nargs="*", default=list(TRANSFER_VARIANTS))
+    p.add_argument("--only", choices=("all", "throughput", "variants"), default="all")
+    p.add_argument(
+        "--cases", nargs="*", default=["6x20-100", "20x20-100"],
+        help="throughput cases, MxLO-HI: M markets of LO..HI assets",
+    )  # fmt: skip
+    p.add_argument("--tp-steps", type=int, default=3, help="timed steps per throughput run")
+    p.add_argument("--tp-batch", type=int, default=32, help="windows per market per step (released: 32)")
+    p.add_argument("--tp-seq-len", type=int, default=252, help="throughput window (released: 252)")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved runs per figure (best kept)")
     args = p.parse_args()
 
     markets = synthetic(args.markets, args.min_assets, args.max_assets, args.window + args.bars + 10, 0)
@@ -110,6 +243,10 @@ def main() -> None:
         f"load average {load:.2f}",
         highlight=False,
     )
+    if args.only in ("all", "throughput"):
+        throughput_table(args, console)
+    if args.only == "throughput":
+        return
     table = Table(title="QuantNet: training and per-bar inference (all markets together)")
     for col in (
         "variant", "train steps/s", "step median", "step p99", f"recompute {args.window} median",
