@@ -35,6 +35,9 @@ class OrderStatus(StrEnum):
     FILLED = "filled"
     CANCELLED = "cancelled"
     REJECTED = "rejected"
+    UNKNOWN = "unknown"
+    """The venue's answer was lost: the order may or may not exist. Not final, and no new order
+    for its symbol is sent until reconciliation finds the order or proves it absent."""
 
 
 class TradingState(StrEnum):
@@ -193,6 +196,23 @@ class RiskEvent:
     symbol: str = ""
     state: TradingState = TradingState.ACTIVE
     details: dict[str, float | str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ForeignExecution:
+    """A fill on the account of an order this engine never placed (a manual trade, another bot):
+    not booked, but reported, because the account no longer matches the engine's book."""
+
+    ts_event: int
+    ts_init: int
+    symbol: str
+    side: Side
+    quantity: float
+    price: float
+    fee: float
+    exec_id: str = ""
+    order_link_id: str = ""
+    venue_order_id: str = ""
 
 
 @dataclass(slots=True)

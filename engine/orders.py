@@ -77,6 +77,8 @@ class OrderManager:
         self.unpriced = np.zeros(n, dtype=bool)
         """Targets not traded yet because their symbol has had no price; they trade on its first bar."""
         self._any_unpriced = False
+        self.unknown: dict[str, int] = {}
+        """Orders whose fate the venue left unknown, by client id: their symbols send nothing new."""
         self._strategy = ""  # whose targets these are (every_bar orders are in its name)
         bus.subscribe(Signal, self.on_signal)
         bus.subscribe(Fill, self.on_fill)
@@ -150,6 +152,9 @@ class OrderManager:
         if order.client_id in self._open:
             log.warning("order id already working; not sent twice", client_id=order.client_id)
             return False
+        if self.unknown and self.portfolio.index[order.symbol] in self.unknown.values():
+            log.warning("order not sent: an earlier order's fate is unknown", symbol=order.symbol)
+            return False
         for gate in self.gates:
             reviewed = gate.review(order)
             if reviewed is None:
@@ -178,6 +183,13 @@ class OrderManager:
             self._open[fill.client_id] = (i, remaining)
 
     def on_order_update(self, update: OrderUpdate) -> None:
+        if update.status is OrderStatus.UNKNOWN:
+            entry = self._open.get(update.client_id)
+            if entry is not None:
+                self.unknown[update.client_id] = entry[0]
+            return
+        if self.unknown:
+            self.unknown.pop(update.client_id, None)
         if update.status not in _DONE:
             return
         entry = self._open.get(update.client_id)
@@ -186,7 +198,7 @@ class OrderManager:
             self.pending[i] -= remaining
             self._close(update.client_id, i)
 
-    _STATE = ("targets", "pending", "_open", "_open_count", "unpriced", "_any_unpriced")
+    _STATE = ("targets", "pending", "_open", "_open_count", "unpriced", "_any_unpriced", "unknown")
 
     def state(self) -> dict[str, object]:
         """Targets and orders on their way: after a restart the same targets do not trade again."""

@@ -56,15 +56,28 @@ from connectors.bybit.errors import (
     ServerError,
 )
 from connectors.bybit.private_ws import PrivateStream
-from connectors.bybit.rest import BybitRest, as_float, as_int
+from connectors.bybit.rest import BybitRest, as_float, as_int, rules_from_info
 from connectors.bybit.signing import Credentials
 from engine.bus import EventBus
-from engine.events import Bar, Fill, Funding, Order, OrderStatus, OrderType, OrderUpdate, Side
+from engine.events import (
+    Bar,
+    Fill,
+    ForeignExecution,
+    Funding,
+    Order,
+    OrderStatus,
+    OrderType,
+    OrderUpdate,
+    Side,
+)
 from engine.instruments import InstrumentRules
 
 log = structlog.get_logger("connectors.bybit.execution")
 
 _LINK_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
+_INSTANCE = re.compile(r"^[A-Za-z0-9]{1,16}$")
+_FINISHED_KEPT = 10_000
+"""Finished orders remembered (by orderLinkId) after they leave memory, for late executions."""
 _MS = 1_000_000
 _WEEK_MS = 7 * 86_400_000
 _EXEC_PAGE = 100
@@ -94,9 +107,21 @@ def order_link_id(strategy: str, symbol: str, decision_ts_ns: int, tag: str = ""
     return readable if _LINK_ID.match(readable) else _digest(readable)
 
 
-def link_id_for(order: Order) -> str:
+def link_id_for(order: Order, instance: str = "") -> str:
     """The order's own client id when Bybit accepts it as an orderLinkId (the engine's ids are
-    already deterministic), otherwise a digest of it; never random."""
+    already deterministic), otherwise a digest of it; never random.
+
+    With ``instance`` (a daemon's id, created with its state directory and persisted there) the
+    id is ``<instance>-<digest of instance and client id>``, 36 characters at most: the same intent
+    of the same instance gets the same id after a restart (so recovery finds its order), two
+    instances running the same strategy never share one (risk exits included, whose client ids
+    carry no instance), and the prefix tells the instance's orders from everyone else's."""
+    if instance:
+        if not _INSTANCE.match(instance):
+            raise ValueError(f"instance id {instance!r} must be 1-16 letters or digits")
+        key = order.client_id or f"{order.strategy}-{order.symbol}-{order.ts_event}-{order.tag}"
+        digest = hashlib.blake2b(f"{instance}|{key}".encode(), digest_size=16).hexdigest()
+        return f"{instance}-{digest}"[:36]
     if order.client_id:
         return order.client_id if _LINK_ID.match(order.client_id) else _digest(order.client_id)
     return order_link_id(order.strategy, order.symbol, order.ts_event, order.tag)
@@ -104,6 +129,14 @@ def link_id_for(order: Order) -> str:
 
 def _digest(text: str) -> str:
     return "qn-" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()[:32]
+
+
+def market_limit(item: Mapping[str, Any]) -> float:
+    """The largest market order an instrument takes (0: not given): ``maxMktOrderQty`` on
+    derivatives (150 BTC on linear BTCUSDT against 1,500 for limit orders), ``maxMarketOrderQty``
+    on spot."""
+    lot = item.get("lotSizeFilter") or {}
+    return as_float(lot.get("maxMktOrderQty") or lot.get("maxMarketOrderQty"))
 
 
 def format_step(value: float, step: float) -> str:
@@ -146,6 +179,9 @@ class _Tracked:
     cancel_wanted: bool = False
     """Cancel asked for while the create was unresolved: sent once Bybit is known to have it."""
     cancel_sent: bool = False
+    sent_ms: int = 0
+    """Venue time of the last create sent: after it plus the recv window, Bybit can no longer
+    accept that request, so an order it does not show by then was never placed."""
 
 
 class BybitExecution:
@@ -177,6 +213,8 @@ class BybitExecution:
         catchup_margin_ms: int = 60_000,
         fill_grace: float = 2.0,
         outage_poll: float = 5.0,
+        instance_id: str = "",
+        market_limits: Mapping[str, float] | None = None,
     ) -> None:
         self.bus = bus
         self.config = config or BybitConfig()
@@ -190,7 +228,11 @@ class BybitExecution:
         self.catchup_margin_ms = catchup_margin_ms
         self.fill_grace = fill_grace
         self.outage_poll = outage_poll
+        self.instance_id = instance_id
+        self.market_limits: dict[str, float] = dict(market_limits or {})
+        """Largest market order per symbol (``maxMktOrderQty``; spot ``maxMarketOrderQty``)."""
         self.orders: dict[str, _Tracked] = {}
+        self._finished: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._by_link: dict[str, _Tracked] = {}
         self._symbols: set[str] = set()
         self._seen_exec: OrderedDict[str, None] = OrderedDict()
@@ -216,6 +258,11 @@ class BybitExecution:
         self.catchup_failures = 0
         self.stops_passed = 0
         self.foreign_fees = 0
+        self.foreign_executions = 0
+        """Fills on the account of orders this engine never placed (not booked; reported)."""
+        self.unknown_outcomes = 0
+        self.cancel_give_ups = 0
+        self.clipped = 0
         """Executions whose fee was in neither the base nor the quote coin (booked as reported)."""
         bus.subscribe(Bar, self._on_bar)
 
@@ -237,7 +284,12 @@ class BybitExecution:
         await self.rest.sync_time()
         self._session_ms = self._last_exec_ms = self.rest.now_ms()
         if not self.rules:
-            self.rules = await self.rest.instrument_rules(self.category)
+            infos = await self.rest.instruments(self.category)
+            self.rules = {s: rules_from_info(item, self.category) for s, item in infos.items()}
+            for s, item in infos.items():
+                limit = market_limit(item)
+                if limit > 0:
+                    self.market_limits.setdefault(s, limit)
         if self.use_private_stream:
             self.stream = PrivateStream(
                 self.config,
@@ -297,8 +349,8 @@ class BybitExecution:
 
     def submit(self, order: Order) -> None:
         """Round to the instrument's rules, refuse what Bybit would refuse, then send async."""
-        link = link_id_for(order)
-        if order.client_id in self.orders or link in self._by_link:
+        link = link_id_for(order, self.instance_id)
+        if order.client_id in self.orders or link in self._by_link or link in self._finished:
             # the same decision submitted again: a no-op (rejecting it under the same client id
             # would read as a rejection of the order that is working)
             self.ignored_duplicates += 1
@@ -309,6 +361,15 @@ class BybitExecution:
             self._update(order.client_id, order.symbol, OrderStatus.REJECTED, problem)
             return
         tracked = _Tracked(order, link, qty, price, conditional=order.type is OrderType.STOP)
+        limit = self.market_limits.get(order.symbol, 0.0)
+        if limit > 0 and order.type is not OrderType.LIMIT and qty > limit:
+            # Bybit refuses a larger market order outright; the rest is traded on a later decision
+            rules = self.rules[order.symbol]
+            tracked.qty = rules.round_qty(limit)
+            asked = format_step(qty, rules.qty_step)
+            tracked.note = f"market order clipped from {asked} to Bybit's maximum {limit:g}"
+            self.clipped += 1
+            log.warning(tracked.note, client_id=order.client_id, symbol=order.symbol)
         self.orders[order.client_id] = tracked
         self._by_link[link] = tracked
         self._symbols.add(order.symbol)
@@ -437,14 +498,16 @@ class BybitExecution:
                 self.resends += 1
                 log.warning("resending order", order_link_id=t.link_id, attempt=attempt)
             try:
+                t.sent_ms = self.rest.now_ms()
                 result = await self.rest.request(
                     "POST", "/v5/order/create", body, signed=True, idempotent=False
                 )
             except DuplicateOrder:
+                # proof that an earlier attempt went through: never a rejection, whatever the lookup says
                 if await self._reconcile(t):
                     return
-                last_error = ServerError("duplicate orderLinkId but the order cannot be found")
-                continue
+                self._unknown(t, "Bybit reports the orderLinkId as existing but does not show it yet", True)
+                return
             except (ServerError, RateLimited, IpBanned) as exc:
                 last_error = exc
                 log.warning("order outcome unknown; reconciling", order_link_id=t.link_id, error=str(exc))
@@ -466,7 +529,36 @@ class BybitExecution:
             t.venue_order_id = str(result.get("orderId", ""))
             self._set(t, OrderStatus.ACCEPTED, t.note)
             return
-        self._set(t, OrderStatus.REJECTED, f"not placed after {self.max_attempts} attempts: {last_error}")
+        self._unknown(t, f"outcome unknown after {self.max_attempts} attempts: {last_error}", False)
+
+    def _unknown(self, t: _Tracked, why: str, exists: bool) -> None:
+        """Neither placed nor refused for sure: UNKNOWN (the order manager sends nothing more for
+        the symbol) until a lookup finds the order or proves it absent."""
+        self.unknown_outcomes += 1
+        log.error("order outcome unknown; reconciling in the background", order_link_id=t.link_id, why=why)
+        self._set(t, OrderStatus.UNKNOWN, why)
+        self._spawn(self._resolve_unknown(t, exists))
+
+    async def _resolve_unknown(self, t: _Tracked, exists: bool) -> None:
+        """Ask until Bybit shows the order, or, for one never acknowledged, until a lookup made
+        after the last create's recv window (Bybit accepts no request older than that) finds
+        nothing: then it was never placed."""
+        delay = max(self.reconcile_delay, 0.01)
+        while not self._stopping and t.status is OrderStatus.UNKNOWN:
+            await asyncio.sleep(delay)
+            answered, item = await self._lookup(t)
+            if item is not None:
+                self._found(t, item, "background reconciliation")
+                return
+            expired = self.rest.now_ms() > t.sent_ms + self.config.recv_window + 1000
+            if answered and expired and not exists:
+                self._set(
+                    t,
+                    OrderStatus.REJECTED,
+                    f"not placed: Bybit has no order {t.link_id} after the last attempt's recv window",
+                )
+                return
+            delay = min(delay * 2, self.config.backoff_max)
 
     def _as_market(self, t: _Tracked, why: str) -> None:
         """A stop whose trigger is already passed would be refused (derivatives) or, on spot, armed
@@ -509,23 +601,28 @@ class BybitExecution:
         unified accounts), so an order that filled or was cancelled is looked for in the order
         history before the caller concludes that Bybit never had it and resends."""
         self.reconciliations += 1
+        _, item = await self._lookup(t)
+        if item is None:
+            return False
+        self._found(t, item, "reconciliation")
+        return True
+
+    def _found(self, t: _Tracked, item: Mapping[str, Any], source: str) -> None:
+        log.info(f"order found by {source}", order_link_id=t.link_id, status=item.get("orderStatus"))
+        self._apply_order(item)
+        if as_float(item.get("cumExecQty")) > t.filled + self._tolerance(t):
+            self.request_catchup()
+
+    async def _lookup(self, t: _Tracked) -> tuple[bool, Mapping[str, Any] | None]:
+        """(answered, Bybit's record of the order): answered False when a query got no reply."""
         for path in ("/v5/order/realtime", "/v5/order/history"):
             items = await self._orders_by_link(path, t)
             if items is None:
-                return False
+                return False, None
             for item in items:
                 if item.get("orderLinkId") == t.link_id:
-                    log.info(
-                        "order found by reconciliation",
-                        order_link_id=t.link_id,
-                        status=item.get("orderStatus"),
-                        source=path,
-                    )
-                    self._apply_order(item)
-                    if as_float(item.get("cumExecQty")) > t.filled + self._tolerance(t):
-                        self.request_catchup()
-                    return True
-        return False
+                    return True, item
+        return True, None
 
     async def _orders_by_link(self, path: str, t: _Tracked) -> list[Mapping[str, Any]] | None:
         """The orders ``path`` lists for the order's orderLinkId; None when no answer came."""
@@ -543,21 +640,45 @@ class BybitExecution:
         body: dict[str, Any] = {"category": self.category, "symbol": t.order.symbol, "orderLinkId": t.link_id}
         if t.conditional and self.category == "spot":
             body["orderFilter"] = "StopOrder"  # spot looks for the order in one book only
+        error: BybitError | None = None
         for _ in range(self.max_attempts):
             try:
                 await self.rest.request("POST", "/v5/order/cancel", body, signed=True, idempotent=False)
-                self._set(t, OrderStatus.CANCELLED)
+                # acknowledged is not cancelled: a fill can race it; the order stream (or a
+                # lookup) says which way it ended
+                self._spawn(self._confirm_final(t))
                 return
             except OrderNotFound:
                 await self._reconcile(t)  # filled or cancelled already: report what it is
                 return
             except (ServerError, RateLimited, IpBanned) as exc:
+                error = exc
                 await self._wait_after(exc)
                 if await self._reconcile(t) and t.status in _TERMINAL:
                     return
             except BybitError as exc:
                 log.error("cancel refused", order_link_id=t.link_id, error=str(exc))
+                t.cancel_sent = False
                 return
+        self.cancel_give_ups += 1
+        t.cancel_sent = False  # a later cancel() tries again
+        log.error(
+            "cancel given up; the order may still be working",
+            order_link_id=t.link_id,
+            attempts=self.max_attempts,
+            error=str(error),
+        )
+
+    async def _confirm_final(self, t: _Tracked) -> None:
+        """After a cancel's acknowledgement: give the order stream ``fill_grace`` to report the
+        final state, then look it up until it is final."""
+        delay = self.fill_grace
+        while not self._stopping and t.status not in _TERMINAL:
+            await asyncio.sleep(delay)
+            if t.status in _TERMINAL or t.held is not None:
+                return
+            await self._reconcile(t)
+            delay = min(delay * 2, 60.0)
 
     async def _amend(self, t: _Tracked, quantity: float | None, price: float | None) -> None:
         rules = self.rules[t.order.symbol]
@@ -791,7 +912,8 @@ class BybitExecution:
         exec_ms = as_int(item.get("execTime"))
         link = str(item.get("orderLinkId") or "")
         t = self._by_link.get(link) if link else None
-        if late and t is None and exec_ms < self._session_ms:
+        finished = self._finished.get(link) if t is None and link else None
+        if late and t is None and finished is None and exec_ms < self._session_ms:
             return False  # before this session and not one of its orders: never the stream's to show
         self._seen_exec[exec_id] = None
         if len(self._seen_exec) > 100_000:
@@ -817,20 +939,49 @@ class BybitExecution:
             return True
         if kind != "Trade":
             return False  # delivery, ADL and other bookkeeping: not fills of our orders
-        client_id = t.order.client_id if t is not None else link or str(item.get("orderId", ""))
         fee = self._fee_in_quote(item, fee, price)
+        side = Side.BUY if item.get("side") == "Buy" else Side.SELL
+        if t is None and finished is None:
+            # not an order of this engine: the account moved under it; report, never book
+            self.foreign_executions += 1
+            symbol = str(item.get("symbol"))
+            log.error(
+                "execution of an order this engine did not place; not booked",
+                symbol=symbol,
+                side=side.name.lower(),
+                qty=qty,
+                price=price,
+                exec_id=exec_id,
+                order_link_id=link,
+            )
+            self.bus.post(
+                ForeignExecution(
+                    exec_ms * _MS,
+                    time.time_ns(),
+                    symbol,
+                    side,
+                    qty,
+                    price,
+                    fee,
+                    exec_id,
+                    link,
+                    str(item.get("orderId") or ""),
+                )
+            )
+            return True
+        client_id = t.order.client_id if t is not None else finished[0]  # type: ignore[index]
         fill = Fill(
             exec_ms * _MS,
             time.time_ns(),
             client_id,
             str(item.get("symbol")),
-            Side.BUY if item.get("side") == "Buy" else Side.SELL,
+            side,
             qty,
             price,
             fee,
             "maker" if item.get("isMaker") else "taker",
             exec_id,
-            t.order.tag if t is not None else "",
+            t.order.tag if t is not None else finished[1],  # type: ignore[index]
         )
         self.bus.post(fill)
         if late:
@@ -855,6 +1006,9 @@ class BybitExecution:
         here: it is booked as reported, with a warning and a count, rather than guessed."""
         currency = str(item.get("feeCurrency") or "")
         symbol = str(item.get("symbol") or "")
+        if self.category == "spot" and not currency:
+            # the real spot execution frame has no feeCurrency: a buy pays in the coin it receives
+            return fee * price if item.get("side") == "Buy" else fee
         if self.category != "spot" or not currency or not fee or symbol.endswith(currency):
             return fee
         if symbol.startswith(currency):
@@ -886,6 +1040,19 @@ class BybitExecution:
             return  # a late create reply must not move the order backwards
         t.status = status
         self._update(t.order.client_id, t.order.symbol, status, reason, t.venue_order_id)
+        if status in _TERMINAL and t.held is None:
+            self._forget(t)
+
+    def _forget(self, t: _Tracked) -> None:
+        """A finished order leaves memory; its orderLinkId is kept (bounded) so that a late
+        execution is still known as this engine's and a resubmit as a repeat."""
+        if self.orders.get(t.order.client_id) is t:
+            del self.orders[t.order.client_id]
+        if self._by_link.get(t.link_id) is t:
+            del self._by_link[t.link_id]
+        self._finished[t.link_id] = (t.order.client_id, t.order.tag)
+        if len(self._finished) > _FINISHED_KEPT:
+            self._finished.popitem(last=False)
 
     def _update(
         self, client_id: str, symbol: str, status: OrderStatus, reason: str = "", venue_id: str = ""

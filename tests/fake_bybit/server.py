@@ -85,6 +85,8 @@ class Instrument:
     min_qty: float
     min_notional: float
     launch_ms: int = 1_577_836_800_000  # 2020-01-01
+    max_mkt_qty: float = 0.0
+    """Largest market order (0: the sample's value); larger ones are refused as Bybit does."""
 
     def info(self) -> dict[str, Any]:
         if self.category == "spot":
@@ -93,6 +95,8 @@ class Instrument:
             item["priceFilter"]["tickSize"] = _fmt(self.tick, self.tick)
             lot = item["lotSizeFilter"]
             lot.update(basePrecision=_fmt(self.step, self.step), minOrderAmt=str(self.min_notional))
+            if self.max_mkt_qty:
+                lot["maxMarketOrderQty"] = _fmt(self.max_mkt_qty, self.step)
             return item
         item = sample("rest_instruments_info_linear.json")["result"]["list"][0]
         item.update(symbol=self.symbol, launchTime=str(self.launch_ms), baseCoin=self.symbol[:3])
@@ -105,7 +109,13 @@ class Instrument:
             minOrderQty=_fmt(self.min_qty, self.step),
             minNotionalValue=str(self.min_notional),
         )
+        if self.max_mkt_qty:
+            lot["maxMktOrderQty"] = _fmt(self.max_mkt_qty, self.step)
         return item
+
+    def market_limit(self) -> float:
+        lot = self.info()["lotSizeFilter"]
+        return float(lot.get("maxMktOrderQty") or lot.get("maxMarketOrderQty") or 0.0)
 
 
 def default_instruments() -> list[Instrument]:
@@ -209,6 +219,18 @@ class Faults:
     its own order update (PartiallyFilled, ..., Filled)."""
     order_before_execution: bool = False
     """Push the order update ahead of the execution it reports (Bybit does not order the topics)."""
+    hide_orders: bool = False
+    """/v5/order/realtime and /history show nothing (Bybit's index lagging behind its engine)."""
+    no_fee_currency: bool = False
+    """Executions without ``feeCurrency``, as the real spot execution frame is."""
+    mute: dict[str, str] = field(default_factory=dict)
+    """Public topics that fall silent (pongs still flow), by how they heal: "subscribe" (any
+    later subscribe of the topic), "connect" (a subscribe on a connection opened after the
+    mute) or "never"."""
+    fail_subscribe: int = 0
+    """The next this many public subscribe requests are refused with success:false."""
+    auth_refusals: int = 0
+    """The next this many private auth requests are refused ("expires is in the past")."""
 
 
 @dataclass(eq=False)
@@ -660,6 +682,12 @@ class FakeBybit:
             if problem is not None:
                 return problem
         ref = price if otype == "Limit" else trigger or last
+        limit = inst.market_limit()
+        if otype == "Market" and limit and qty > limit + 1e-12:
+            return self._error(
+                170136 if spot else 10001,
+                "The quantity of a single market order must be less than the maximum value",
+            )
         if not spot and qty < inst.min_qty:
             return self._error(10001, "The number of contracts is below minimum")
         if qty * ref < inst.min_notional:
@@ -775,6 +803,8 @@ class FakeBybit:
             closedSize="0",
             feeCurrency=fee_currency,
         )
+        if self.faults.no_fee_currency:
+            del execution["feeCurrency"]
         self.executions.append(execution)
         if self.faults.order_before_execution:
             self._push_order(order)
@@ -842,7 +872,20 @@ class FakeBybit:
         return self._envelope({"orderId": order.order_id, "orderLinkId": order.link_id})
 
     async def _cancel(self, request: web.Request) -> web.StreamResponse:
-        body, early = await self._checked(request)
+        body, raced = await self._private_rest(request)
+        if raced is not None:
+            return raced
+        assert body is not None
+        for i, (prefix, fault) in enumerate(self.faults.rest):
+            if fault == "race" and request.path.startswith(prefix):
+                # the cancel is accepted, but a fill reaches the order first: it ends Filled
+                del self.faults.rest[i]
+                order = self._find(body)
+                if order is not None and order.status in ("New", "PartiallyFilled"):
+                    price = order.price or self.last_price(order.category, order.symbol)
+                    self._fill(order, price, maker=True)
+                    return self._envelope({"orderId": order.order_id, "orderLinkId": order.link_id})
+        early, _ = await self._fault(request)
         if early is not None:
             return early
         order = self._find(body)
@@ -861,6 +904,8 @@ class FakeBybit:
             return early
         found = []
         for order in sorted(self.orders.values(), key=lambda o: o.created, reverse=True):
+            if self.faults.hide_orders:
+                break
             if q.get("category") and order.category != q["category"]:
                 continue
             if q.get("symbol") and order.symbol != q["symbol"]:
@@ -892,6 +937,7 @@ class FakeBybit:
             order.to_json(self.instruments[(order.category, order.symbol)])
             for order in sorted(self.orders.values(), key=lambda o: o.created, reverse=True)
             if order.category == q.get("category")
+            and not self.faults.hide_orders
             and all(not q.get(k) or q[k] == v for k, v in self._order_keys(order).items())
         ]
         page = found[: int(q.get("limit", 20))]
