@@ -59,7 +59,7 @@ def bench_variant(variant: str, markets: list[Market], args: argparse.Namespace)
     cfg = ModelConfig(variant=variant, transfer_dim=args.dim)  # type: ignore[arg-type]
     model = QuantNet(cfg, [(m.name, m.assets) for m in markets], seed=0)
     tc = TrainConfig(
-        steps=args.steps, batch_markets=args.batch, seq_len=args.seq_len, val_fraction=0.0, patience=0,
+        steps=args.steps, batch_markets=args.batch, seq_len=args.seq_len, val_bars=0, patience=0,
         eval_every=args.steps, threads=args.threads,
     )  # fmt: skip
     train(model, markets, tc.model_copy(update={"steps": 3}))  # warm-up: allocations, first-call costs

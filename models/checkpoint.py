@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from models.config import ModelConfig, TrainConfig
-from models.data import FEATURES, Market
+from models.data import FEATURES, Market, Splits, union_calendar
 from models.network import QuantNet
 
 CHECKPOINT_FORMAT = "quantnet-engine/quantnet-model"
@@ -45,6 +45,18 @@ class Checkpoint:
     @property
     def periods_per_year(self) -> float:
         return float(self.meta.get("periods_per_year") or 252.0)
+
+    @property
+    def splits(self) -> Splits | None:
+        """The dated train/validation/test blocks the model was trained with (None: older file)."""
+        raw = self.meta.get("splits")
+        return Splits.from_meta(raw) if isinstance(raw, dict) else None
+
+    @property
+    def bar_interval_s(self) -> float | None:
+        """Median bar spacing of the training data in seconds (None: not recorded)."""
+        v = self.meta.get("bar_interval_s")
+        return float(v) if v else None
 
 
 def _versions() -> dict[str, str]:
@@ -88,16 +100,37 @@ def save_checkpoint(
     periods_per_year: float | None = None,
     previous: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    splits: Splits | None = None,
 ) -> dict[str, Any]:
     """Write weights and metadata to ``path`` (atomically) and return the metadata.
 
     ``previous`` is the metadata of the checkpoint this model was fine-tuned from: date ranges of
-    markets not in ``data`` are carried over. ``extra`` must hold plain Python values only.
+    markets not in ``data`` are carried over. ``splits`` (what training used, ``TrainResult.splits``)
+    records the train, validation and test boundaries, so a backtest can tell in-sample from
+    held-out bars. ``extra`` must hold plain Python values only.
     """
     ranges: dict[str, dict[str, Any]] = dict((previous or {}).get("data", {}).get("markets", {}))
     for m in data:
         start, end = m.date_range()
         ranges[m.name] = {"start": start, "end": end, "rows": len(m)}
+        if splits is not None:
+            v0, t0 = splits.bounds(m)
+            ranges[m.name].update({"train_rows": v0, "val_rows": t0 - v0, "test_rows": len(m) - t0})
+    cal = union_calendar(data).as_unit("ns").asi8 if data else np.zeros(0, dtype=np.int64)
+    interval = float(np.median(np.diff(cal))) / 1e9 if len(cal) > 1 else None
+    if interval is None and previous is not None:
+        interval = previous.get("bar_interval_s")
+    fitted = model.config.input_scaling == "train_std"
+    scaling = {
+        "method": model.config.input_scaling,
+        "fitted_on": "each asset's training rows (before the validation block)" if fitted else None,
+        "std": {
+            n: [float(v) for v in model.markets[i].input_scale.tolist()]
+            for i, n in enumerate(model.market_names)
+        }
+        if fitted
+        else None,
+    }
     starts = [r["start"] for r in ranges.values() if r["start"]]
     ends = [r["end"] for r in ranges.values() if r["end"]]
     meta: dict[str, Any] = {
@@ -110,6 +143,9 @@ def save_checkpoint(
         "train": train_config.model_dump() if train_config is not None else None,
         "periods_per_year": None if periods_per_year is None else float(periods_per_year),
         "data": {"start": min(starts, default=""), "end": max(ends, default=""), "markets": ranges},
+        "splits": splits.to_meta() if splits is not None else (previous or {}).get("splits"),
+        "bar_interval_s": interval,
+        "input_scaling": scaling,
         "versions": _versions(),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "extra": dict(extra or {}),

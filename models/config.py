@@ -57,7 +57,7 @@ class ModelConfig(_Frozen):
 class TrainConfig(_Frozen):
     """Algorithm 1 of the paper plus the guards it lacks (validation window, early stopping, costs)."""
 
-    steps: int = Field(2000, ge=0)
+    steps: int = Field(2000, ge=1)
     batch_markets: int = Field(8, ge=1, description="m: markets sampled per step")
     windows_per_market: int = Field(1, ge=1, description="random windows per sampled market per step")
     seq_len: int = Field(252, ge=2, description="k: window length and BPTT truncation")
@@ -65,7 +65,14 @@ class TrainConfig(_Frozen):
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: float = Field(0.0, ge=0.0, description="max gradient norm; 0 disables")
     seed: int = 0
-    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="tail of each market kept for validation")
+    test_bars: int = Field(
+        0,
+        ge=0,
+        description="last bars of the union calendar held out untouched (one start date for all markets)",
+    )
+    val_bars: int = Field(
+        252, ge=0, description="bars of the union calendar before the test block that score early stopping"
+    )
     eval_every: int = Field(50, ge=1, description="steps between validation evaluations")
     patience: int = Field(10, ge=0, description="evaluations without improvement before stopping; 0: never")
     cost_bps: float = Field(0.0, ge=0.0, description="cost per unit of |Δs|, in basis points")

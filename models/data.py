@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -54,10 +55,6 @@ class Market:
     def __len__(self) -> int:
         return len(self.index)
 
-    def split_row(self, val_fraction: float) -> int:
-        """First validation row: the last ``val_fraction`` of the market's rows are validation."""
-        return len(self) - int(len(self) * val_fraction)
-
     def rows(self, start: int, stop: int) -> Market:
         return Market(self.name, self.assets, self.index[start:stop], self.returns[start:stop])
 
@@ -65,6 +62,118 @@ class Market:
         if len(self) == 0:
             return ("", "")
         return (self.index[0].isoformat(), self.index[-1].isoformat())
+
+
+Part = Literal["train", "val", "test", "all"]
+
+
+@dataclass(frozen=True, slots=True)
+class Splits:
+    """Train, validation and test blocks on one calendar shared by every market.
+
+    The test block is the last ``test_bars`` bars of the union of all markets' bar times, the
+    validation block the ``val_bars`` bars before it, training everything earlier: one start date
+    per block for all markets, so no market trains on dates another one validates or tests on (the
+    shared layer would carry that information across). A market without rows in a block simply
+    has none there. ``*_start`` and ``*_end`` are the first and last bar times of a block (None:
+    the block is empty); ``interval_s`` is the calendar's median bar spacing in seconds.
+    """
+
+    first: pd.Timestamp
+    last: pd.Timestamp
+    val_start: pd.Timestamp | None
+    test_start: pd.Timestamp | None
+    train_end: pd.Timestamp | None
+    val_end: pd.Timestamp | None
+    val_bars: int
+    test_bars: int
+    interval_s: float
+
+    def bounds(self, market: Market) -> tuple[int, int]:
+        """(first validation row, first test row) of ``market``: training rows are ``[0, v0)``,
+        validation ``[v0, t0)``, test ``[t0, len)``."""
+        n = len(market)
+        t0 = n if self.test_start is None else int(market.index.searchsorted(self.test_start, "left"))
+        v0 = t0 if self.val_start is None else int(market.index.searchsorted(self.val_start, "left"))
+        return min(v0, t0), t0
+
+    def rows(self, market: Market, part: Part) -> tuple[int, int]:
+        v0, t0 = self.bounds(market)
+        return {"train": (0, v0), "val": (v0, t0), "test": (t0, len(market)), "all": (0, len(market))}[part]
+
+    def part(self, market: Market, part: Part) -> Market:
+        return market.rows(*self.rows(market, part))
+
+    def to_meta(self) -> dict[str, object]:
+        """Plain values for checkpoint metadata (ISO times; None for an empty block)."""
+
+        def iso(t: pd.Timestamp | None) -> str | None:
+            return None if t is None else t.isoformat()
+
+        return {
+            "calendar": "union of all markets' bar times",
+            "first": iso(self.first),
+            "last": iso(self.last),
+            "train_end": iso(self.train_end),
+            "val_start": iso(self.val_start),
+            "val_end": iso(self.val_end),
+            "test_start": iso(self.test_start),
+            "val_bars": self.val_bars,
+            "test_bars": self.test_bars,
+            "interval_s": self.interval_s,
+        }
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, object]) -> Splits:
+        def ts(key: str) -> pd.Timestamp | None:
+            v = meta.get(key)
+            return None if v is None else pd.Timestamp(str(v))
+
+        first, last = ts("first"), ts("last")
+        if first is None or last is None:
+            raise ValueError("split metadata lacks the calendar's first and last bar")
+        return cls(
+            first, last, ts("val_start"), ts("test_start"), ts("train_end"), ts("val_end"),
+            int(meta.get("val_bars") or 0), int(meta.get("test_bars") or 0),  # type: ignore[call-overload]
+            float(meta.get("interval_s") or 0.0),  # type: ignore[arg-type]
+        )  # fmt: skip
+
+
+def union_calendar(markets: Sequence[Market]) -> pd.DatetimeIndex:
+    """Every bar time of any market, sorted and distinct."""
+    stamps = [m.index for m in markets if len(m)]
+    if not stamps:
+        return pd.DatetimeIndex([], tz="UTC")
+    out = stamps[0]
+    for ix in stamps[1:]:
+        out = out.union(ix)
+    return pd.DatetimeIndex(out).sort_values().unique()
+
+
+def dated_splits(markets: Sequence[Market], test_bars: int, val_bars: int) -> Splits:
+    """Dated splits on the union calendar of ``markets``: test = its last ``test_bars`` bars,
+    validation = the ``val_bars`` before, training = the rest. Refuses a calendar too short to
+    leave any training bars."""
+    if test_bars < 0 or val_bars < 0:
+        raise ValueError("test_bars and val_bars must be >= 0")
+    cal = union_calendar(markets)
+    if len(cal) == 0:
+        raise ValueError("no bars: the markets are empty")
+    held = test_bars + val_bars
+    if held >= len(cal):
+        raise ValueError(
+            f"the calendar has {len(cal)} bars ({cal[0].date()} .. {cal[-1].date()}); "
+            f"{test_bars} test + {val_bars} validation bars leave none for training"
+        )
+    n = len(cal)
+    test_start = cal[n - test_bars] if test_bars else None
+    val_start = cal[n - held] if val_bars else None
+    val_end = cal[n - test_bars - 1] if val_bars else None
+    ns = cal.as_unit("ns").asi8
+    interval = float(np.median(np.diff(ns))) / 1e9 if n > 1 else 0.0
+    return Splits(
+        cal[0], cal[-1], val_start, test_start, cal[n - held - 1], val_end, val_bars, test_bars, interval
+    )
 
 
 def returns_from_closes(closes: np.ndarray) -> np.ndarray:

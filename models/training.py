@@ -3,8 +3,9 @@
 Each step samples ``batch_markets`` markets and, per market, ``windows_per_market`` random windows
 of ``seq_len`` bars that end inside the market's training rows; every window starts from a zero
 state, so backpropagation through time is truncated at ``seq_len``. The loss is eqs. 7-8, the
-optimiser AMSGrad. The last ``val_fraction`` of every market is never sampled: it scores the
-model every ``eval_every`` steps, and the best-scoring weights are kept.
+optimiser AMSGrad. The splits are dated on one calendar for all markets (:func:`models.data.dated_splits`):
+windows are drawn from the training block only, the validation block scores the model every
+``eval_every`` steps and the best-scoring weights are kept, and the test block is never read.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from torch import Tensor
 from models._threads import torch_threads
 from models.checkpoint import check_assets
 from models.config import TrainConfig
-from models.data import Market, infer_periods_per_year, model_arrays
+from models.data import Market, Splits, dated_splits, infer_periods_per_year, model_arrays
 from models.loss import market_sharpe, quantnet_loss
 from models.network import QuantNet
 
@@ -43,6 +44,7 @@ class TrainResult:
     periods_per_year: float
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    splits: Splits | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,7 @@ class _Series:
     r: Tensor  # (T, n) targets, missing as 0
     m: Tensor  # (T, n) bool, True where the target exists
     val_start: int
+    test_start: int
     k: int
 
 
@@ -91,22 +94,28 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _series(model: QuantNet, markets: Sequence[Market], val_fraction: float, seq_len: int) -> list[_Series]:
+def _series(
+    model: QuantNet, markets: Sequence[Market], splits: Splits, seq_len: int, *, need_train: bool = True
+) -> list[_Series]:
+    """Device tensors per market, cut at the test start: nothing of the test block is copied unless
+    it is to be scored (``need_train=False`` is evaluation, which may score any block)."""
     p = next(model.parameters())
     out = []
     for mk in markets:
-        x, r, m = model_arrays(mk.returns)
-        v0 = mk.split_row(val_fraction)
+        v0, t0 = splits.bounds(mk)
+        x, r, m = model_arrays(mk.returns if not need_train else mk.returns[:t0])
         k = min(seq_len, v0 - 1)
-        if k < 2:
+        if k < 2 and need_train:
+            before = "" if splits.train_end is None else f" (training ends {splits.train_end.date()})"
             raise ValueError(
-                f"market {mk.name!r}: {v0} training rows; need at least 3 (seq_len {seq_len} wanted)"
+                f"market {mk.name!r}: {max(v0, 0)} training rows{before}; need at least 3 "
+                f"(seq_len {seq_len} wanted): drop the market or hold out fewer bars"
             )
 
         def t(a: np.ndarray, dtype: torch.dtype = p.dtype) -> Tensor:
             return torch.as_tensor(a, dtype=dtype, device=p.device)
 
-        out.append(_Series(model.index(mk.name), t(x), t(r), t(m, torch.bool), v0, k))
+        out.append(_Series(model.index(mk.name), t(x), t(r), t(m, torch.bool), v0, t0, max(k, 1)))
     return out
 
 
@@ -115,24 +124,27 @@ def evaluate(
     model: QuantNet,
     markets: Sequence[Market],
     *,
-    rows: Literal["train", "val", "all"] = "val",
-    val_fraction: float = 0.2,
+    rows: Literal["train", "val", "test", "all"] = "val",
+    splits: Splits | None = None,
     seq_len: int = 252,
     periods_per_year: float = 252.0,
     cost_bps: float = 0.0,
     threads: int | None = 1,
 ) -> dict[str, float]:
-    """Eq. 7 Sharpe per market over its training rows, validation rows or all rows, and their mean.
+    """Eq. 7 Sharpe per market over its training, validation, test or all rows, and their mean.
 
-    Signals run from a zero state: over the training rows from their start, over the validation
-    rows from ``seq_len`` bars before it (the warm-up a deployed model would get). Markets with
-    nothing to score are left out.
+    ``splits`` defaults to everything being training rows. Signals run from a zero state: over the
+    training rows from their start, over a validation or test block from ``seq_len`` bars before it
+    (the warm-up a deployed model would get; only earlier returns are inputs). Markets with nothing
+    to score are left out.
     """
+    if splits is None:
+        splits = dated_splits(markets, 0, 0)
     was = model.training
     model.eval()
     try:
         with torch_threads(threads):
-            return _evaluate(model, markets, rows, val_fraction, seq_len, periods_per_year, cost_bps)
+            return _evaluate(model, markets, rows, splits, seq_len, periods_per_year, cost_bps)
     finally:
         model.train(was)
 
@@ -141,16 +153,18 @@ def _evaluate(
     model: QuantNet,
     markets: Sequence[Market],
     rows: str,
-    val_fraction: float,
+    splits: Splits,
     seq_len: int,
     periods_per_year: float,
     cost_bps: float,
 ) -> dict[str, float]:
     out: dict[str, float] = {}
-    for mk, s in zip(markets, _series(model, markets, val_fraction, seq_len), strict=True):
+    for mk, s in zip(markets, _series(model, markets, splits, seq_len, need_train=False), strict=True):
         n = len(mk)
         if rows == "val":
-            lo, hi, warm = s.val_start, n, max(1, s.val_start - seq_len)
+            lo, hi, warm = s.val_start, s.test_start, max(1, s.val_start - seq_len)
+        elif rows == "test":
+            lo, hi, warm = s.test_start, n, max(1, s.test_start - seq_len)
         elif rows == "train":
             lo, hi, warm = 1, s.val_start, 1
         else:
@@ -179,12 +193,15 @@ def train(
     *,
     callback: Callback | None = None,
     log_path: str | Path | None = None,
+    splits: Splits | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``markets`` (all must be in the model with the same assets).
 
     Only the given markets' own parameters and the shared layer (per ``config.shared``) are updated;
-    other markets of the model are untouched. On return the model holds the weights with the best
-    validation Sharpe (the final ones without a validation window) and is in eval mode.
+    other markets of the model are untouched. ``splits`` defaults to
+    ``dated_splits(markets, config.test_bars, config.val_bars)``. On return the model holds the
+    weights with the best validation Sharpe (the final ones without a validation block) and is in
+    eval mode; nothing of the test block has been read.
     Each step's record (step, loss, train_sharpe, val_sharpe on evaluation steps, ...) goes to
     ``callback`` and, as one JSON line, to ``log_path``.
     """
@@ -195,23 +212,25 @@ def train(
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     model.to(device)
+    if splits is None:
+        splits = dated_splits(markets, config.test_bars, config.val_bars)
     ppy = config.periods_per_year or infer_periods_per_year(markets)
     for mk in markets:
         if not bool(model.markets[model.index(mk.name)].scale_fitted):
-            model.fit_input_scale(mk.name, mk.returns[: mk.split_row(config.val_fraction)])
-    series = _series(model, markets, config.val_fraction, config.seq_len)
-    has_val = config.val_fraction > 0 and any(
-        len(mk) - s.val_start >= 2 for mk, s in zip(markets, series, strict=True)
-    )
+            model.fit_input_scale(mk.name, mk.returns[: splits.bounds(mk)[0]])
+    series = _series(model, markets, splits, config.seq_len)
+    has_val = any(s.test_start - s.val_start >= 2 for s in series)
+    # validation scores never see the test block: hand evaluate() the markets cut at its start
+    until_test = [mk.rows(0, s.test_start) for mk, s in zip(markets, series, strict=True)]
 
     def score() -> float | None:
         if not has_val:
             return None
         res = evaluate(
             model,
-            markets,
+            until_test,
             rows="val",
-            val_fraction=config.val_fraction,
+            splits=splits,
             seq_len=config.seq_len,
             periods_per_year=ppy,
             cost_bps=config.cost_bps,
@@ -304,4 +323,5 @@ def train(
         periods_per_year=ppy,
         seconds=time.perf_counter() - t0,
         history=history,
+        splits=splits,
     )

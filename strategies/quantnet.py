@@ -16,6 +16,11 @@ book's ex-ante annualised volatility sqrt(ppy · wᵀΣw), Σ the same exponenti
 of the returns' second moments (its diagonal is σ²), again from past returns only. The first
 ``warmup`` bars only settle the states and estimates. A signal s_t computed from returns up to bar
 t trades at bar t+1's open.
+
+Two guards from the checkpoint's metadata: bars of another length than the model was trained on
+(median spacing of the first five bars against the training calendar's, beyond a factor 1.5) are
+refused before anything trades, and a run whose first traded bar lies in the model's training or
+validation block gets a warning that its results are in-sample.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import structlog
 from pydantic import Field
 
@@ -64,6 +70,18 @@ class QuantNetParams(Params):
     warmup: int = Field(63, ge=0, description="bars that only settle states before the first trade")
 
 
+_SPACING_BARS = 5
+_SPACING_TOLERANCE = 1.5
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("day", 86400.0), ("hour", 3600.0), ("minute", 60.0)):
+        if seconds >= size:
+            n = seconds / size
+            return f"{n:g}-{unit}" if abs(n - round(n)) < 1e-9 else f"{n:.2f}-{unit}"
+    return f"{seconds:g}-second"
+
+
 class ModelDataMismatch(StrategyError):
     """The data's instruments do not cover the checkpoint's markets."""
 
@@ -93,6 +111,12 @@ class QuantNetStrategy(Strategy):
             detail = "; ".join(f"{m}: {', '.join(a)}" for m, a in missing.items())
             raise ModelDataMismatch(f"{path}: the data has no bars for the model's assets ({detail})")
         self.stepper = SignalStepper(ckpt.model)
+        self._path = path
+        self._splits = ckpt.splits
+        self._interval_s = ckpt.bar_interval_s
+        self._first_ts: list[int] = []
+        self._refusal: str | None = None
+        self._window_checked = False
         self.market_index = {m: np.array([position[a] for a in markets[m]]) for m in self.stepper.markets}
         covered = np.concatenate(list(self.market_index.values()))
         if len(np.unique(covered)) != len(covered):
@@ -118,6 +142,8 @@ class QuantNetStrategy(Strategy):
         self._bars = 0
 
     def on_bars(self, bars: BarSet, ctx: StrategyContext) -> np.ndarray | None:
+        if self._refusal is not None or len(self._first_ts) < _SPACING_BARS:
+            self._check_interval(bars.ts_event)
         close = bars.close
         r = close / self._prev - 1.0  # prices are positive: NaN where either close is missing
         seen = close == close
@@ -136,7 +162,51 @@ class QuantNetStrategy(Strategy):
         self._bars += 1
         if self._bars <= self.params.warmup:
             return None
+        if not self._window_checked:
+            self._window_checked = True
+            self._warn_in_sample(bars.ts_event)
         return self._targets(seen)
+
+    def _check_interval(self, ts: int) -> None:
+        """Refuse bars of another length than the training data's (a daily model on hourly bars
+        would run its daily dynamics hourly); once refused, every later bar is refused too."""
+        if self._refusal is None:
+            self._first_ts.append(ts)
+            if len(self._first_ts) < _SPACING_BARS or not self._interval_s:
+                return
+            seen = float(np.median(np.diff(self._first_ts))) / 1e9
+            ratio = seen / self._interval_s
+            if 1 / _SPACING_TOLERANCE <= ratio <= _SPACING_TOLERANCE:
+                return
+            self._refusal = (
+                f"{self._path}: the model was trained on {_span(self._interval_s)} bars, this data has "
+                f"{_span(seen)} bars; train a model on bars of this length"
+            )
+        raise StrategyError(self._refusal)
+
+    def _warn_in_sample(self, ts: int) -> None:
+        sp = self._splits
+        if sp is None:
+            return
+        first = pd.Timestamp(ts, tz="UTC")
+        in_sample = sp.val_end if sp.val_end is not None else sp.train_end
+        if in_sample is None or first > in_sample:
+            return
+        parts = []  # the window runs to the data's end, so it covers every block after its start
+        if sp.train_end is not None and first <= sp.train_end:
+            parts.append(f"training rows ({sp.first.date()} .. {sp.train_end.date()})")
+        if sp.val_start is not None and sp.val_end is not None:
+            parts.append(f"validation rows ({sp.val_start.date()} .. {sp.val_end.date()})")
+        after = (
+            f"the model's test block starts {sp.test_start.date()}"
+            if sp.test_start is not None
+            else "the model has no test block"
+        )
+        log.warning(
+            f"this run trades from {first.date()}, inside the model's {' and '.join(parts)}: its results "
+            f"are in-sample, not a test; start after {in_sample.date()} ({after})",
+            model=str(self._path),
+        )
 
     _STATE = ("_var", "_prev", "_signal", "_held", "_bars")
 

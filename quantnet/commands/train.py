@@ -23,7 +23,7 @@ from engine.config import ConfigError, read_toml, validate
 from models.config import ModelConfig, TrainConfig
 
 if TYPE_CHECKING:
-    from models import Market, QuantNet
+    from models import Market, QuantNet, Splits
 from quantnet.commands.common import err_console, fail
 
 DEFAULT_DATASET = "us_sectors"
@@ -92,23 +92,40 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.3f}"
 
 
-def _summary(markets: Sequence[Market], model: QuantNet, cfg: TrainConfig, ppy: float) -> Table:
+def _summary(
+    markets: Sequence[Market], model: QuantNet, cfg: TrainConfig, ppy: float, splits: Splits
+) -> Table:
+    """Train and validation Sharpe per market; the test block is counted, never scored here."""
     from models import evaluate
 
-    kw = {"val_fraction": cfg.val_fraction, "seq_len": cfg.seq_len, "periods_per_year": ppy}
-    tr = evaluate(model, markets, rows="train", cost_bps=cfg.cost_bps, **kw)
-    va = evaluate(model, markets, rows="val", cost_bps=cfg.cost_bps, **kw)
+    kw: dict[str, Any] = {"splits": splits, "seq_len": cfg.seq_len, "periods_per_year": ppy}
+    cut = [m.rows(0, splits.bounds(m)[1]) for m in markets]
+    tr = evaluate(model, cut, rows="train", cost_bps=cfg.cost_bps, **kw)
+    va = evaluate(model, cut, rows="val", cost_bps=cfg.cost_bps, **kw)
     table = Table(title="QuantNet: Sharpe by market (eq. 7, after training)")
-    for col in ("market", "assets", "first", "last", "train rows", "val rows", "train", "val"):
+    cols = ("market", "assets", "first", "last", "train rows", "val rows", "test rows", "train", "val")
+    for col in cols:
         table.add_column(col, justify="left" if col in ("market", "first", "last") else "right")
     for m in markets:
-        v0 = m.split_row(cfg.val_fraction)
+        v0, t0 = splits.bounds(m)
         table.add_row(
             m.name, str(m.n_assets), str(m.index[0].date()), str(m.index[-1].date()), str(v0),
-            str(len(m) - v0), _fmt(tr.get(m.name)), _fmt(va.get(m.name)),
+            str(t0 - v0), str(len(m) - t0), _fmt(tr.get(m.name)), _fmt(va.get(m.name)),
         )  # fmt: skip
-    table.add_row("mean", "", "", "", "", "", _fmt(tr.get("mean")), _fmt(va.get("mean")), style="bold")
+    table.add_row("mean", "", "", "", "", "", "", _fmt(tr.get("mean")), _fmt(va.get("mean")), style="bold")
     return table
+
+
+def _blocks(splits: Splits) -> str:
+    def day(t: pd.Timestamp | None) -> str:
+        return "-" if t is None else str(t.date()) if t == t.normalize() else t.isoformat()
+
+    text = f"training {day(splits.first)} .. {day(splits.train_end)}"
+    if splits.val_start is not None:
+        text += f", validation {day(splits.val_start)} .. {day(splits.val_end)}"
+    if splits.test_start is not None:
+        text += f", test (untouched) {day(splits.test_start)} .. {day(splits.last)}"
+    return text
 
 
 def register(app: typer.Typer) -> None:
@@ -131,6 +148,19 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         steps: Annotated[int | None, typer.Option("--steps", help="training steps")] = None,
+        test_bars: Annotated[
+            int | None,
+            typer.Option(
+                "--test-bars",
+                help="hold out the last N bars of the union calendar (one date for all markets); default 0",
+            ),
+        ] = None,
+        val_bars: Annotated[
+            int | None,
+            typer.Option(
+                "--val-bars", help="validation bars before the test block, for early stopping; default 252"
+            ),
+        ] = None,
         seed: Annotated[int | None, typer.Option("--seed", help="seed (init, sampling, dropout)")] = None,
         config: Annotated[
             Path | None,
@@ -158,11 +188,12 @@ def register(app: typer.Typer) -> None:
         ] = None,
         device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda")] = None,
     ) -> None:
-        """Train QuantNet (paper algorithm 1) with early stopping on a validation tail of each market."""
+        """Train QuantNet (paper algorithm 1) with early stopping on a dated validation block."""
         from models import (  # torch loads here, not on every `quantnet` start
             CheckpointMismatch,
             QuantNet,
             check_assets,
+            dated_splits,
             load_checkpoint,
             save_checkpoint,
             train,
@@ -172,9 +203,14 @@ def register(app: typer.Typer) -> None:
             model_raw, cfg = _configs(
                 config,
                 {"variant": variant},
-                {"steps": steps, "seed": seed, "shared": shared, "device": device},
-            )
+                {
+                    "steps": steps, "seed": seed, "shared": shared, "device": device,
+                    "test_bars": test_bars, "val_bars": val_bars,
+                },
+            )  # fmt: skip
+            mcfg = validate(ModelConfig, model_raw, "[model] (with command-line options)")
             markets = load_markets(data, start=start, end=end)
+            splits = dated_splits(markets, cfg.test_bars, cfg.val_bars)
             previous = None
             if init_from is not None:
                 ckpt = load_checkpoint(init_from)
@@ -186,10 +222,12 @@ def register(app: typer.Typer) -> None:
                     model.add_market(name, assets, seed=cfg.seed + 1000 + i)
                     err_console.print(f"new market {name} ({len(assets)} assets): fresh encoder/decoder")
             else:
-                mcfg = validate(ModelConfig, model_raw, "[model] (with command-line options)")
                 model = QuantNet(mcfg, [(m.name, m.assets) for m in markets], seed=cfg.seed)
         except (ConfigError, DataError, CheckpointMismatch, FileNotFoundError) as exc:
             fail(str(exc))
+        except ValueError as exc:  # the calendar cannot hold the requested blocks
+            fail(str(exc))
+        err_console.print(_blocks(splits), highlight=False)
         log_path = log or out.with_name(_stem(out) + ".log.jsonl")
         progress = Progress(
             TextColumn("train"),
@@ -210,7 +248,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             with progress:
-                result = train(model, markets, cfg, callback=on_step, log_path=log_path)
+                result = train(model, markets, cfg, callback=on_step, log_path=log_path, splits=splits)
         except ValueError as exc:
             fail(str(exc))
         save_checkpoint(
@@ -220,6 +258,7 @@ def register(app: typer.Typer) -> None:
             data=markets,
             periods_per_year=result.periods_per_year,
             previous=previous,
+            splits=splits,
             extra={
                 "init_from": str(init_from) if init_from else None,
                 "steps_run": result.steps,
@@ -229,7 +268,7 @@ def register(app: typer.Typer) -> None:
             },
         )
         console = Console()
-        console.print(_summary(markets, model, cfg, result.periods_per_year))
+        console.print(_summary(markets, model, cfg, result.periods_per_year, splits))
         note = " (stopped early)" if result.stopped_early else ""
         console.print(
             f"{result.steps} steps in {result.seconds:.1f} s{note}; best validation Sharpe "

@@ -6,7 +6,7 @@ import torch
 
 from connectors import datasets
 from connectors.replay import load_ohlcv
-from models import ModelConfig, QuantNet, TrainConfig, evaluate, markets_from_frame, train
+from models import ModelConfig, QuantNet, TrainConfig, dated_splits, evaluate, markets_from_frame, train
 
 
 def test_training_on_us_sectors_lifts_the_training_window_sharpe():
@@ -16,13 +16,12 @@ def test_training_on_us_sectors_lifts_the_training_window_sharpe():
     cfg = TrainConfig(steps=150, batch_markets=6, seq_len=252, lr=0.01, eval_every=150, patience=0, seed=7)
     small = ModelConfig(variant="lstm-linear", dropout=0.0)
     model = QuantNet(small, {m.name: m.assets for m in markets}, seed=cfg.seed)
+    splits = dated_splits(markets, cfg.test_bars, cfg.val_bars)
     for m in markets:
-        model.fit_input_scale(m.name, m.returns[: m.split_row(cfg.val_fraction)])
+        model.fit_input_scale(m.name, m.returns[: splits.bounds(m)[0]])
 
     def sharpe() -> float:
-        return evaluate(model, markets, rows="train", val_fraction=cfg.val_fraction, seq_len=cfg.seq_len)[
-            "mean"
-        ]
+        return evaluate(model, markets, rows="train", splits=splits, seq_len=cfg.seq_len)["mean"]
 
     before = sharpe()
     torch.manual_seed(0)

@@ -23,7 +23,7 @@ from models import (
 )
 
 SMALL = {"transfer_dim": 4, "decoder_dim": 4, "encoder_layers": 1, "decoder_layers": 1, "dropout": 0.0}
-QUICK = TrainConfig(steps=20, batch_markets=2, seq_len=16, lr=0.02, eval_every=10, patience=0)
+QUICK = TrainConfig(steps=20, batch_markets=2, seq_len=16, lr=0.02, eval_every=10, patience=0, val_bars=40)
 
 
 def _trained(markets: list[Market], variant: str = "lstm-lstm") -> QuantNet:

@@ -51,6 +51,7 @@ decoder_layers = 1
 batch_markets = 2
 seq_len = 16
 eval_every = 5
+val_bars = 30
 """
 
 

@@ -12,14 +12,22 @@ import pytest
 import torch
 
 import models.training
-from models import Market, ModelConfig, QuantNet, TrainConfig, evaluate, train
+from models import Market, ModelConfig, QuantNet, TrainConfig, dated_splits, evaluate, train
 from models.data import model_arrays
 
 SMALL = ModelConfig(
     variant="lstm-linear", transfer_dim=4, decoder_dim=4, encoder_layers=1, decoder_layers=1, dropout=0.0
 )
 CFG = TrainConfig(
-    steps=120, batch_markets=3, windows_per_market=4, seq_len=32, lr=0.02, eval_every=20, patience=0, seed=3
+    steps=120,
+    batch_markets=3,
+    windows_per_market=4,
+    seq_len=32,
+    lr=0.02,
+    eval_every=20,
+    patience=0,
+    seed=3,
+    val_bars=120,
 )
 
 
@@ -29,15 +37,17 @@ def _fit(markets: list[Market], cfg: TrainConfig = CFG) -> tuple[QuantNet, model
 
 
 def _sharpe(model: QuantNet, markets: list[Market], rows: str) -> float:
-    return evaluate(model, markets, rows=rows, val_fraction=CFG.val_fraction, seq_len=CFG.seq_len)["mean"]  # type: ignore[arg-type]
+    splits = dated_splits(markets, CFG.test_bars, CFG.val_bars)
+    return evaluate(model, markets, rows=rows, splits=splits, seq_len=CFG.seq_len)["mean"]  # type: ignore[arg-type]
 
 
 def _shuffle_training_rows(markets: list[Market], seed: int) -> list[Market]:
     """Permute the time order of each market's training rows; validation rows stay as they were."""
     rng = np.random.default_rng(seed)
+    splits = dated_splits(markets, CFG.test_bars, CFG.val_bars)
     out = []
     for m in markets:
-        v0 = m.split_row(CFG.val_fraction)
+        v0 = splits.bounds(m)[0]
         r = m.returns.copy()
         r[:v0] = r[rng.permutation(v0)]
         out.append(Market(m.name, m.assets, m.index, r))
@@ -106,9 +116,10 @@ def test_input_scale_is_fitted_on_training_rows_only(make_markets: Callable[...,
     cfg = CFG.model_copy(update={"steps": 2})
     a, _ = _fit(markets, cfg)
     changed = []
+    splits = dated_splits(markets, cfg.test_bars, cfg.val_bars)
     for m in markets:
         r = m.returns.copy()
-        r[m.split_row(cfg.val_fraction) :] *= 10
+        r[splits.bounds(m)[0] :] *= 10
         changed.append(Market(m.name, m.assets, m.index, r))
     b, _ = _fit(changed, cfg)
     for m in markets:
