@@ -165,7 +165,7 @@ def project_loop(markets: list[Market], steps: int, *, batch: int, seq_len: int,
     model = QuantNet(RELEASED, [(m.name, m.assets) for m in markets], seed=seed)
     tc = TrainConfig(
         steps=steps, batch_markets=len(markets), windows_per_market=batch, seq_len=seq_len,
-        val_fraction=0.0, patience=0, eval_every=max(1, steps), threads=1, seed=seed, lr=0.01,
+        val_bars=0, patience=0, eval_every=max(1, steps), threads=1, seed=seed, lr=0.01,
     )  # fmt: skip
     train(model, markets, tc.model_copy(update={"steps": 1}))
     return train(model, markets, tc).seconds
