@@ -17,6 +17,9 @@ Execution rules, the same for every strategy:
   entry at the open) works for the rest of that bar: it fills at its own price if the bar's range
   reaches it, never at the open, which traded before it existed.
 * An order for an instrument without a bar waits for that instrument's next bar.
+* With ``fill_at="close"`` a market order fills instead at the close of the bar it was decided on
+  (market-on-close, :meth:`PaperBroker.on_close`, run after the bar's decisions), or of its
+  instrument's next bar; slippage and taker fee as at the open.
 * Live (paper trading), a market order fills as soon as the stream reports the next bar's first
   price (:class:`~engine.events.BarOpen`): the same open a backtest fills at, seconds after the
   decision instead of at that bar's close.
@@ -43,7 +46,15 @@ from engine.state import capture, restore_into
 class PaperBroker:
     name = "paper"
 
-    def __init__(self, bus: EventBus, clock: Clock, symbols: tuple[str, ...], costs: CostConfig) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        clock: Clock,
+        symbols: tuple[str, ...],
+        costs: CostConfig,
+        *,
+        fill_at: str = "next_open",
+    ) -> None:
         self.bus = bus
         self.clock = clock
         self.index = {s: i for i, s in enumerate(symbols)}
@@ -53,6 +64,7 @@ class PaperBroker:
         self._working: dict[str, Order] = {}
         self._armed: list[Order] | None = None  # stop/limit orders placed while a bar fills
         self._seq = 0
+        self.at_close = fill_at == "close"
         self.position = np.zeros(len(symbols))
         """Signed quantity per symbol from this broker's fills (what reduce-only is judged by)."""
         bus.subscribe(BarSet, self.on_bars)
@@ -131,8 +143,9 @@ class PaperBroker:
         ts = bars.ts_event
         at_open: list[tuple[Order, float]] = []
         in_range: list[tuple[Order, float]] = []
+        at_close = self.at_close
         for order in self._working.values():
-            if order.ts_init >= ts:
+            if order.ts_init >= ts or (at_close and order.type is OrderType.MARKET):
                 continue
             i = self.index[order.symbol]
             opn = float(bars.open[i])
@@ -158,6 +171,17 @@ class PaperBroker:
                     self._execute(order, order.price, ts)
         finally:
             self._armed = None
+
+    def on_close(self, bars: BarSet) -> None:
+        """``fill_at="close"``: fill the working market orders at this bar's close (subscribed
+        after the bar's decisions, so the orders decided on it fill at its close)."""
+        if not self._working:
+            return
+        close = bars.close
+        for order in [o for o in self._working.values() if o.type is OrderType.MARKET]:
+            price = float(close[self.index[order.symbol]])
+            if price == price and self._working.get(order.client_id) is order:
+                self._execute(order, price, bars.ts_event)
 
     def _execute(self, order: Order, price: float, ts: int) -> None:
         del self._working[order.client_id]

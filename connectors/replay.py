@@ -174,14 +174,19 @@ def _read_one(file: Path, timestamp_unit: str = "", timestamp_format: str = "") 
     return df
 
 
-def _fill_close_only(df: pd.DataFrame, file: Path) -> pd.DataFrame:
-    absent = [c for c in ("open", "high", "low") if c not in df.columns or df[c].isna().all()]
+def _absent(df: pd.DataFrame) -> list[str]:
+    return [c for c in ("open", "high", "low") if c not in df.columns or df[c].isna().all()]
+
+
+def _fill_close_only(df: pd.DataFrame, file: Path, warn: bool = True) -> pd.DataFrame:
+    absent = _absent(df)
     for col in ("open", "high", "low"):
         if col not in df.columns:
             df[col] = np.nan
     partial = df[["open", "high", "low"]].isna().any(axis=1) & df["close"].notna()
     if absent:
-        log.warning("close-only data: open/high/low taken from close", file=str(file), fields=absent)
+        if warn:
+            log.warning("close-only data: open/high/low taken from close", file=str(file), fields=absent)
     elif partial.any():
         log.warning("rows without open/high/low: taken from close", file=str(file), rows=int(partial.sum()))
     for col in ("open", "high", "low"):
@@ -254,17 +259,24 @@ def load_ohlcv(
     symbols: Sequence[str] | None = None,
     timestamp_unit: str = "",
     timestamp_format: str = "",
+    close_only_warning: bool = True,
 ) -> pd.DataFrame:
     """Read and validate long-format OHLCV from files or directories, sorted by (timestamp, symbol).
 
     ``start``/``end`` are inclusive and filter on the file's timestamps. ``timestamp_unit`` and
     ``timestamp_format`` say how to read numbers and text that could mean more than one time.
+    ``close_only_warning=False``: the caller says what close-only files mean for it (a backtest).
+    ``attrs["close_only"]`` of the result says whether every file lacked opens.
     """
     paths = [path] if isinstance(path, str | Path) else list(path)
     frames = []
+    close_only: list[Path] = []
     for p in paths:
         for file in _files(Path(p)):
-            df = _fill_close_only(_read_one(file, timestamp_unit, timestamp_format), file)
+            df = _read_one(file, timestamp_unit, timestamp_format)
+            if _absent(df):
+                close_only.append(file)
+            df = _fill_close_only(df, file, close_only_warning)
             if symbols is not None:
                 df = df[df["symbol"].isin(symbols)]
             _validate(df, file)
@@ -272,6 +284,9 @@ def load_ohlcv(
             df["_row"] = df.index + 1
             frames.append(df)
     data = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if not close_only_warning and 0 < len(close_only) < len(frames):  # the caller hears of all-or-none
+        for file in close_only:
+            log.warning("close-only data: open/high/low taken from close", file=str(file))
     bar_interval_ns(data)
     if len(frames) > 1:
         dup = data.duplicated(["symbol", "timestamp"], keep="first")
@@ -291,7 +306,9 @@ def load_ohlcv(
     if data.empty:
         raise DataError(f"no bars in {', '.join(map(str, paths))} between {start or '-'} and {end or '-'}")
     keep = [c for c in data.columns if c not in ("_file", "_row")]
-    return data[keep].sort_values(["timestamp", "symbol"], kind="stable").reset_index(drop=True)
+    data = data[keep].sort_values(["timestamp", "symbol"], kind="stable").reset_index(drop=True)
+    data.attrs["close_only"] = len(close_only) == len(frames)
+    return data
 
 
 def parse_time(value: str | pd.Timestamp, *, end_of_day: bool = False) -> pd.Timestamp:

@@ -82,6 +82,16 @@ class CostConfig(Section):
     )
 
 
+class ExecutionConfig(Section):
+    """When simulated market orders fill (backtests; paper trading fills at the next bar's first price)."""
+
+    fill_at: Literal["auto", "next_open", "close"] = Field(
+        "auto",
+        description="next_open: a decision at bar t's close trades at bar t+1's open; close: at bar t's "
+        "close (market-on-close, same slippage and fee); auto: next_open, or close for data without opens",
+    )
+
+
 class EngineConfig(Section):
     journal: bool = Field(True, description="journal every order, fill and position change (journal.db)")
 

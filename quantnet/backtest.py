@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import structlog
 
 from connectors import datasets
 from connectors.funding import SimulatedFunding
@@ -34,6 +35,8 @@ from engine.roundtrips import Prices, round_trips
 from engine.strategy import Strategy, StrategyHost
 from quantnet.config import AppConfig
 from strategies.registry import create
+
+log = structlog.get_logger("quantnet.backtest")
 
 
 @dataclass(slots=True)
@@ -112,10 +115,12 @@ class BacktestResult:
     prices: Prices | None = None
 
 
-def simulated_venue(bus: EventBus, clock: Clock, symbols: tuple[str, ...], cfg: AppConfig) -> PaperBroker:
+def simulated_venue(
+    bus: EventBus, clock: Clock, symbols: tuple[str, ...], cfg: AppConfig, *, fill_at: str = "next_open"
+) -> PaperBroker:
     """The paper broker, and perpetual funding when a rate is configured (after the broker, so it
     charges the position that the bar's opening fills leave)."""
-    broker = PaperBroker(bus, clock, symbols, cfg.costs)
+    broker = PaperBroker(bus, clock, symbols, cfg.costs, fill_at=fill_at)
     if cfg.costs.funding_rate_bps:
         SimulatedFunding(bus, clock, symbols, cfg.costs)
     return broker
@@ -131,7 +136,7 @@ def data_path(cfg: AppConfig) -> Path:
     return given
 
 
-def load_data(cfg: AppConfig, *, history: bool = False) -> pd.DataFrame:
+def load_data(cfg: AppConfig, *, history: bool = False, close_only_warning: bool = True) -> pd.DataFrame:
     """The configured bars from ``start`` to ``end``; with ``history``, also every bar before
     ``start`` (for warm-up)."""
     start = None if history else cfg.data.start or None
@@ -141,7 +146,33 @@ def load_data(cfg: AppConfig, *, history: bool = False) -> pd.DataFrame:
         end=cfg.data.end or None,
         timestamp_unit=cfg.data.timestamp_unit,
         timestamp_format=cfg.data.timestamp_format,
+        close_only_warning=close_only_warning,
     )
+
+
+def close_only(data: pd.DataFrame) -> bool:
+    """Whether the bars carry no opens: the loader took open, high and low from the close because
+    no file had them."""
+    return bool(data.attrs.get("close_only", False))
+
+
+def fill_timing(cfg: AppConfig, data: pd.DataFrame) -> str:
+    """``[execution] fill_at`` for these bars, with one warning for data without opens: "next open"
+    would be the next close there, one bar later than the strategy meant."""
+    chosen = cfg.execution.fill_at
+    if chosen == "close" or not close_only(data):
+        return "next_open" if chosen == "auto" else chosen
+    if chosen == "auto":
+        log.warning(
+            "close-only data (open/high/low taken from close): market orders fill at the close of the "
+            'bar they are decided on ([execution] fill_at = "close")'
+        )
+        return "close"
+    log.warning(
+        "close-only data (open/high/low taken from close): with fill_at = next_open a decision at one "
+        'close trades at the next close, one bar late ([execution] fill_at = "close" trades at its own)'
+    )
+    return chosen
 
 
 def split_warmup(data: pd.DataFrame, start: str, bars: int) -> tuple[pd.DataFrame, int]:
@@ -173,7 +204,9 @@ def run_backtest(
     """``journal_path``: where to journal (default: ``journal.db`` in ``output`` when
     ``[engine] journal``); an existing journal there is replaced."""
     strategy = strategy or create(cfg.strategy.name, cfg.strategy.params)
-    data = load_data(cfg, history=cfg.data.warmup) if data is None else data
+    if data is None:
+        data = load_data(cfg, history=cfg.data.warmup, close_only_warning=False)
+    fill_at = fill_timing(cfg, data)
     data, warm = split_warmup(data, cfg.data.start, strategy.warmup_bars if cfg.data.warmup else 0)
     matrix = BarMatrix.from_frame(data, timestamps=cfg.data.timestamps)
     bus = EventBus("backtest")
@@ -195,11 +228,13 @@ def run_backtest(
             matrix.symbols,
             bus,
             clock,
-            lambda b, c: simulated_venue(b, c, matrix.symbols, cfg),
+            lambda b, c: simulated_venue(b, c, matrix.symbols, cfg, fill_at=fill_at),
             gates=gates,
             capacity=len(matrix),
             persist_risk=False,
         )
+        if fill_at == "close":  # last: after every decision on the bar
+            bus.subscribe(BarSet, node.orders.venue.on_close)  # type: ignore[attr-defined]
         bar_sets = matrix.bar_sets()
         for bars in itertools.islice(bar_sets, warm):  # before the start: the strategy only
             clock.advance(bars.ts_event)

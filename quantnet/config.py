@@ -14,6 +14,7 @@ from engine.config import (
     CostConfig,
     DataConfig,
     EngineConfig,
+    ExecutionConfig,
     PortfolioConfig,
     RiskConfig,
     Section,
@@ -58,6 +59,7 @@ class AppConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     portfolio: PortfolioConfig = Field(default_factory=PortfolioConfig)
     costs: CostConfig = Field(default_factory=CostConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     risk: RiskConfig = Field(default_factory=RiskConfig)
     bybit: BybitConfig = Field(default_factory=BybitConfig)

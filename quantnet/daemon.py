@@ -202,6 +202,11 @@ class Daemon:
                 "live mode is not available yet: the start-up reconciliation of orders, positions and "
                 "balances against the journal is not built, and orders are not sent without it"
             )
+        if cfg.execution.fill_at == "close":
+            raise DaemonError(
+                '[execution] fill_at = "close" is for backtests: a running daemon cannot trade at a close '
+                "it has already seen; paper trading fills at the next bar's first price (next_open or auto)"
+            )
         self.cfg = cfg
         self.live = cfg.live
         self.strategy = strategy

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -59,6 +60,12 @@ def halt_line(result: BacktestResult) -> str | None:
     return f"Ended HALTED by {halt['rule']} at {halt['time']}: {halt['reason']}"
 
 
+class FillAt(StrEnum):
+    auto = "auto"
+    next_open = "next_open"
+    close = "close"
+
+
 def end_lines(result: BacktestResult, shown: int = 10) -> list[str]:
     """What the run left unfinished: orders still working at the end (they never filled)."""
     working = result.settings.get("open_orders") or []
@@ -99,6 +106,14 @@ def register(app: typer.Typer) -> None:
             float | None, typer.Option("--fee-bps", help="fee in bps of notional (maker and taker)")
         ] = None,
         slippage_bps: Annotated[float | None, typer.Option("--slippage-bps", help="slippage in bps")] = None,
+        fill_at: Annotated[
+            FillAt | None,
+            typer.Option(
+                "--fill-at",
+                help="market orders fill at the next bar's open or at the decision bar's close "
+                "(config execution.fill_at; auto: close for data without opens)",
+            ),
+        ] = None,
         model: Annotated[
             Path | None, typer.Option("--model", help="QuantNet checkpoint (sets the strategy's model)")
         ] = None,
@@ -116,6 +131,7 @@ def register(app: typer.Typer) -> None:
             "data": {"path": data, "start": start, "end": end},
             "portfolio": {"cash": cash},
             "costs": {"taker_fee_bps": fee_bps, "maker_fee_bps": fee_bps, "slippage_bps": slippage_bps},
+            "execution": {"fill_at": fill_at.value if fill_at is not None else None},
         }
         params = parse_params(param)
         if model is not None:
