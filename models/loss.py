@@ -1,9 +1,16 @@
 """The QuantNet objective (paper eqs. 7-8): annualised Sharpe per asset, averaged per market, then
 over markets with equal weight, so a market with many assets does not dominate the shared layer.
 
-Masked entries (missing returns) are left out of every mean and variance. The optional cost charges
-``cost_bps`` basis points per unit of |s_t - s_{t-1}| inside the window at every unmasked t, so
-training sees turnover; the first bar of a window pays nothing (its previous position is unknown).
+Masked entries (missing returns) are left out of every mean and variance. An asset trades only at
+its own bars: over a return that follows a gap (masked rows) it holds the signal computed right
+after its previous bar, h_t = s_{p+1} with p its previous unmasked row, never a signal computed
+from other assets' bars during the gap (those could not have been traded). The optional cost
+charges ``cost_bps`` basis points per unit of |h_t - h_p| at every unmasked t, so training sees
+turnover; an asset's first bar in a window pays nothing (its previous position is unknown). This
+is the experiment evaluator's convention, so what is trained is what is scored.
+
+An asset with fewer than ``min_bars`` unmasked bars in a window is left out of that window's
+mean: a Sharpe over three bars is noise, and its gradient can dwarf a full asset's.
 """
 
 from __future__ import annotations
@@ -24,17 +31,20 @@ def sharpe_ratios(
     *,
     periods_per_year: float = 252.0,
     cost_bps: float = 0.0,
+    min_bars: int = 2,
 ) -> tuple[Tensor, Tensor]:
-    """Per-(window, asset) annualised Sharpe of ``s·r - cost`` over the time axis and its validity.
+    """Per-(window, asset) annualised Sharpe of ``h·r - cost`` over the time axis and its validity.
 
     Shapes ``(B, T, n)``; returns ``(B, n)`` ratios and a ``(B, n)`` bool mask of assets with at least
-    two unmasked bars (a Sharpe needs a variance). Uses the sample standard deviation (ddof=1).
+    ``max(2, min_bars)`` unmasked bars (a Sharpe needs a variance). Uses the sample standard
+    deviation (ddof=1).
     """
     m = mask.to(signals.dtype)
-    pnl = signals * returns
+    held, prev_row = held_positions(signals, mask)
+    pnl = held * returns
     if cost_bps:
-        turnover = torch.zeros_like(signals)
-        turnover[:, 1:] = (signals[:, 1:] - signals[:, :-1]).abs()
+        prev = torch.gather(held, 1, prev_row.clamp(min=0))
+        turnover = torch.where(prev_row >= 0, (held - prev).abs(), torch.zeros_like(held))
         pnl = pnl - cost_bps * 1e-4 * turnover
     pnl = pnl * m
     count = m.sum(dim=1)
@@ -42,7 +52,19 @@ def sharpe_ratios(
     dev = (pnl - mean.unsqueeze(1)) * m
     var = dev.pow(2).sum(dim=1) / (count - 1.0).clamp(min=1.0)
     ratio = mean / torch.sqrt(var + VAR_EPS) * math.sqrt(periods_per_year)
-    return ratio, count >= 2
+    return ratio, count >= max(2, min_bars)
+
+
+def held_positions(signals: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(h, p): the position held over each row's return, h_t = s_{p_t + 1}, and p_t, the previous
+    unmasked row of the asset in the window (-1: none, the bar before is outside the window; then
+    h_t = s_t). Without gaps h = s. Shapes ``(B, T, n)``; differentiable in ``signals``."""
+    T = signals.shape[1]
+    rows = torch.arange(T, device=signals.device).view(1, T, 1).expand_as(mask)
+    last = torch.where(mask, rows, torch.full_like(rows, -1)).cummax(dim=1).values
+    prev = torch.cat([torch.full_like(last[:, :1], -1), last[:, :-1]], dim=1)
+    held = torch.gather(signals, 1, torch.where(prev >= 0, prev + 1, rows))
+    return held, prev
 
 
 def market_sharpe(
@@ -52,9 +74,12 @@ def market_sharpe(
     *,
     periods_per_year: float = 252.0,
     cost_bps: float = 0.0,
+    min_bars: int = 2,
 ) -> Tensor | None:
     """Eq. 7 for one market: mean over its valid assets, then over windows; None if nothing valid."""
-    ratio, valid = sharpe_ratios(signals, returns, mask, periods_per_year=periods_per_year, cost_bps=cost_bps)
+    ratio, valid = sharpe_ratios(
+        signals, returns, mask, periods_per_year=periods_per_year, cost_bps=cost_bps, min_bars=min_bars
+    )
     v = valid.to(ratio.dtype)
     n_valid = v.sum(dim=-1)
     has = n_valid > 0
@@ -69,17 +94,16 @@ def quantnet_loss(
     *,
     periods_per_year: float = 252.0,
     cost_bps: float = 0.0,
+    min_bars: int = 2,
 ) -> Tensor:
     """Eq. 8: minus the equal-weight mean over markets of their eq. 7 Sharpe.
 
     ``batch`` holds one ``(signals, returns, mask)`` triple per market, each ``(B, T, n_i)``.
     """
-    values = [
-        s
-        for sig, ret, msk in batch
-        if (s := market_sharpe(sig, ret, msk, periods_per_year=periods_per_year, cost_bps=cost_bps))
-        is not None
-    ]
+    kw = {"periods_per_year": periods_per_year, "cost_bps": cost_bps, "min_bars": min_bars}
+    values = [s for sig, ret, msk in batch if (s := market_sharpe(sig, ret, msk, **kw)) is not None]  # type: ignore[arg-type]
     if not values:
-        raise ValueError("no market in the batch has two unmasked returns for any asset")
+        raise ValueError(
+            f"no market in the batch has {max(2, min_bars)} unmasked returns for any asset in any window"
+        )
     return -torch.stack(values).mean()

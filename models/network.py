@@ -72,9 +72,13 @@ class MarketNet(nn.Module):
     def __init__(self, config: ModelConfig, n_assets: int) -> None:
         super().__init__()
         c = config
-        self.encoder = _block(c.encoder_kind, n_assets, c.transfer_dim, c.encoder_layers, c.dropout)
+        self.encoder = _block(
+            c.encoder_kind, n_assets, c.transfer_dim, c.encoder_layers, c.part_dropout("encoder")
+        )
         dec_in = c.transfer_dim if self.encoder is not None else n_assets
-        self.decoder = _block(c.decoder_kind, dec_in, c.decoder_dim, c.decoder_layers, c.dropout)
+        self.decoder = _block(
+            c.decoder_kind, dec_in, c.decoder_dim, c.decoder_layers, c.part_dropout("decoder")
+        )
         head_in = c.decoder_dim if self.decoder is not None else n_assets
         self.head = nn.Linear(head_in, n_assets)
         # Per-asset input divisor, fitted on training rows only (see QuantNet.fit_input_scale).
@@ -107,7 +111,7 @@ class QuantNet(nn.Module):
                 config.transfer_dim,
                 config.transfer_dim,
                 config.transfer_layers,
-                config.dropout,
+                config.part_dropout("transfer"),
             )
         items = markets.items() if isinstance(markets, Mapping) else markets
         for i, (name, assets) in enumerate(items):

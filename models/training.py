@@ -6,6 +6,10 @@ state, so backpropagation through time is truncated at ``seq_len``. The loss is 
 optimiser AMSGrad. The splits are dated on one calendar for all markets (:func:`models.data.dated_splits`):
 windows are drawn from the training block only, the validation block scores the model every
 ``eval_every`` steps and the best-scoring weights are kept, and the test block is never read.
+
+Selection uses a smoothed criterion (the mean of the last ``val_smoothing`` validation Sharpes:
+one validation score is noisy, and a model whose first check happens to beat later ones is
+mostly luck) and ignores checks before ``min_steps``; early stopping cannot fire before it either.
 """
 
 from __future__ import annotations
@@ -58,7 +62,9 @@ class _Series:
     k: int
 
 
-LOG_FIELDS = ("step", "loss", "train_sharpe", "val_sharpe", "best_val_sharpe", "elapsed")
+LOG_FIELDS = (
+    "step", "loss", "train_sharpe", "val_sharpe", "val_criterion", "best_val_sharpe", "best_step", "elapsed"
+)  # fmt: skip
 
 
 class _Log:
@@ -237,19 +243,23 @@ def train(
         )
         return res.get("mean")
 
+    lr = config.learning_rate(model.config.variant)
+    min_bars = config.window_min_bars(min(s.k for s in series))
     own = [p for s in series for p in model.markets[s.model_index].parameters()]
-    groups: list[dict[str, Any]] = [{"params": own, "lr": config.lr}]
+    groups: list[dict[str, Any]] = [{"params": own, "lr": lr}]
     shared = list(model.shared_parameters())
     if shared and config.shared != "frozen":
         scale = config.shared_lr_scale if config.shared == "partial" else 1.0
-        groups.append({"params": shared, "lr": config.lr * scale})
-    opt = torch.optim.Adam(groups, lr=config.lr, amsgrad=True, weight_decay=config.weight_decay)
+        groups.append({"params": shared, "lr": lr * scale})
+    opt = torch.optim.Adam(groups, lr=lr, amsgrad=True, weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed)
     frozen = [(p, p.requires_grad) for p in shared] if config.shared == "frozen" else []
 
     history: list[dict[str, Any]] = []
-    best_val: float | None = None
+    best_val: float | None = None  # validation Sharpe of the kept weights
+    best_crit: float | None = None  # their smoothed criterion
     best_step: int | None = None
+    recent: list[float] = []
     best_state: dict[str, Tensor] | None = None
     bad = 0
     stopped = False
@@ -282,6 +292,7 @@ def train(
                 [(sg, r, m) for sg, (r, m) in zip(signals, targets, strict=True)],
                 periods_per_year=ppy,
                 cost_bps=config.cost_bps,
+                min_bars=min_bars,
             )
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -297,13 +308,19 @@ def train(
             if step % config.eval_every == 0 or step == config.steps:
                 val = score()
                 record["val_sharpe"] = val
-                if val is not None and (best_val is None or val > best_val):
-                    best_val, best_step, bad = val, step, 0
-                    best_state = copy.deepcopy(model.state_dict())
-                elif val is not None:
-                    bad += 1
-                    stopped = config.patience > 0 and bad >= config.patience
+                if val is not None:
+                    recent = [*recent, val][-config.val_smoothing :]
+                    crit = float(np.mean(recent))
+                    record["val_criterion"] = crit
+                    counts = step >= config.min_steps or step == config.steps
+                    if counts and (best_crit is None or crit > best_crit):
+                        best_val, best_crit, best_step, bad = val, crit, step, 0
+                        best_state = copy.deepcopy(model.state_dict())
+                    elif counts:
+                        bad += 1
+                        stopped = config.patience > 0 and bad >= config.patience
                 record["best_val_sharpe"] = best_val
+                record["best_step"] = best_step
                 model.train()
             history.append(record)
             if log is not None:

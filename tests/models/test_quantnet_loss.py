@@ -12,9 +12,13 @@ from models import quantnet_loss
 from models.loss import VAR_EPS
 
 
-def numpy_loss(batch: list[tuple[np.ndarray, np.ndarray, np.ndarray]], a: float, bps: float) -> float:
-    """Eq. 7 per asset and window, mean over assets with >= 2 valid bars, then windows; eq. 8 over
-    markets. Written with explicit loops, independently of the torch code."""
+def numpy_loss(
+    batch: list[tuple[np.ndarray, np.ndarray, np.ndarray]], a: float, bps: float, min_bars: int = 2
+) -> float:
+    """Eq. 7 per asset and window, mean over assets with >= min_bars valid bars, then windows; eq. 8
+    over markets. Over a return after a gap the position is the signal right after the asset's
+    previous bar; costs are charged against that previous held position. Written with explicit
+    loops, independently of the torch code."""
     market_values = []
     for s, r, mask in batch:
         windows = []
@@ -22,12 +26,15 @@ def numpy_loss(batch: list[tuple[np.ndarray, np.ndarray, np.ndarray]], a: float,
             ratios = []
             for j in range(s.shape[2]):
                 pnl = []
+                last_row, last_held = None, None
                 for t in range(s.shape[1]):
                     if not mask[b, t, j]:
                         continue
-                    cost = abs(s[b, t, j] - s[b, t - 1, j]) * bps * 1e-4 if t > 0 else 0.0
-                    pnl.append(s[b, t, j] * r[b, t, j] - cost)
-                if len(pnl) < 2:
+                    held = s[b, t, j] if last_row is None else s[b, last_row + 1, j]
+                    cost = 0.0 if last_held is None else abs(held - last_held) * bps * 1e-4
+                    pnl.append(held * r[b, t, j] - cost)
+                    last_row, last_held = t, held
+                if len(pnl) < max(2, min_bars):
                     continue
                 p = np.array(pnl)
                 ratios.append(p.mean() / math.sqrt(p.var(ddof=1) + VAR_EPS) * math.sqrt(a))
@@ -51,27 +58,53 @@ def _batch(seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     return out
 
 
-@pytest.mark.parametrize(("a", "bps"), [(252.0, 0.0), (8760.0, 10.0)])
-def test_loss_matches_numpy_reference(a: float, bps: float) -> None:
+@pytest.mark.parametrize(("a", "bps", "min_bars"), [(252.0, 0.0, 2), (8760.0, 10.0, 2), (252.0, 10.0, 22)])
+def test_loss_matches_numpy_reference(a: float, bps: float, min_bars: int) -> None:
     batch = _batch(1)
     tb = [(torch.tensor(s), torch.tensor(r), torch.tensor(m)) for s, r, m in batch]
-    got = float(quantnet_loss(tb, periods_per_year=a, cost_bps=bps))
-    assert got == pytest.approx(numpy_loss(batch, a, bps), rel=1e-9, abs=1e-12)
+    got = float(quantnet_loss(tb, periods_per_year=a, cost_bps=bps, min_bars=min_bars))
+    assert got == pytest.approx(numpy_loss(batch, a, bps, min_bars), rel=1e-9, abs=1e-12)
 
 
-def test_masked_entries_contribute_nothing() -> None:
+def test_min_bars_leaves_short_assets_out() -> None:
+    """30-bar windows with about 24 valid bars per asset: min_bars 22 keeps some, 29 none."""
+    batch = _batch(1)
+    tb = [(torch.tensor(s), torch.tensor(r), torch.tensor(m)) for s, r, m in batch]
+    assert float(quantnet_loss(tb, min_bars=22)) != pytest.approx(float(quantnet_loss(tb)), rel=1e-6)
+    with pytest.raises(ValueError, match="29 unmasked returns"):
+        quantnet_loss(tb, min_bars=29)
+
+
+def test_a_gap_holds_the_position_taken_at_the_assets_last_bar() -> None:
+    """Hand-computed: one asset, bars at rows 0, 1 and 4 (2, 3 masked). Over row 4's return the
+    position is s[2], the signal right after row 1; the cost there is |s[2] - s[1]|."""
+    s = torch.tensor([[[0.1], [0.5], [-0.3], [0.9], [0.7]]], dtype=torch.float64, requires_grad=True)
+    r = torch.tensor([[[0.01], [0.02], [0.0], [0.0], [-0.04]]], dtype=torch.float64)
+    m = torch.tensor([[[True], [True], [False], [False], [True]]])
+    bps = 50.0
+    pnl = np.array([0.1 * 0.01, 0.5 * 0.02 - 0.4 * bps * 1e-4, -0.3 * -0.04 - 0.8 * bps * 1e-4])
+    want = pnl.mean() / math.sqrt(pnl.var(ddof=1) + VAR_EPS) * math.sqrt(252.0)
+    loss = quantnet_loss([(s, r, m)], cost_bps=bps)
+    assert float(loss.detach()) == pytest.approx(-want, rel=1e-12)
+    loss.backward()
+    assert s.grad is not None
+    assert s.grad[0, 3, 0] == 0 and s.grad[0, 4, 0] == 0 and s.grad[0, 2, 0] != 0  # never held: no gradient
+
+
+def test_masked_targets_contribute_nothing() -> None:
     batch = _batch(2)
     s = torch.tensor(batch[0][0], requires_grad=True)
     r = torch.tensor(batch[0][1])
     m = torch.tensor(batch[0][2])
     loss = quantnet_loss([(s, r, m)])
     loss.backward()
-    # garbage in masked targets changes nothing, and masked signals get no gradient
+    # garbage in masked targets changes nothing, and signals never held get no gradient
     r2 = r.clone()
     r2[~m] = 1e3
     assert float(quantnet_loss([(s.detach(), r2, m)])) == pytest.approx(float(loss.detach()), rel=1e-12)
     assert s.grad is not None
-    assert torch.all(s.grad[~m] == 0)
+    never_held = ~m & ~torch.cat([torch.zeros_like(m[:, :1]), m[:, :-1]], dim=1)
+    assert never_held.any() and torch.all(s.grad[never_held] == 0)
 
 
 def test_markets_weigh_equally_regardless_of_size() -> None:
