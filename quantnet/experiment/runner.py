@@ -1,0 +1,316 @@
+"""The experiment: baselines and learned models (variants × seeds) trained on the dated training
+block, selected on the validation block, scored once on the test window.
+
+Every (variant, seed) unit writes ``units/<variant>-s<seed>.json`` (per-asset metrics gross and net,
+per-market return series, learning curve, kept step, encodings) and its checkpoint; ``resume``
+skips units whose file exists with the same settings. Nothing from the test window reaches
+training, validation, input scaling or model selection: models train on markets cut at the test
+start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.config import BASELINE_VARIANTS, ModelConfig, TrainConfig
+from models.data import Market, infer_periods_per_year
+from quantnet.experiment.evaluate import (
+    BASELINES,
+    AssetReturns,
+    baseline_signals,
+    model_signals,
+    strategy_returns,
+)
+from quantnet.experiment.splits import DatedSplit, dated_split
+from quantnet.experiment.tables import asset_metrics
+
+DEFAULT_VARIANTS: tuple[str, ...] = ("lstm-linear", "linear-linear", "notransfer-linear", "notransfer-lstm")
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Settings:
+    test_bars: int = 752
+    val_bars: int = 252
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
+    seeds: int = 5
+    cost_bps: float = 10.0
+    train_cost_bps: float | None = None  # None: the evaluated cost (gross training reported beside)
+    model: dict[str, Any] = field(default_factory=dict)  # [model] overrides (variant set per unit)
+    train: dict[str, Any] = field(default_factory=dict)  # [train] overrides (seed set per unit)
+    lookback: int = 252  # baselines' window
+
+    def train_config(self, seed: int, extra: dict[str, Any] | None = None) -> TrainConfig:
+        raw = {**self.train, **(extra or {}), "seed": seed}
+        raw.setdefault("cost_bps", self.cost_bps if self.train_cost_bps is None else self.train_cost_bps)
+        return TrainConfig.model_validate(raw)
+
+    def model_config(self, variant: str, extra: dict[str, Any] | None = None) -> ModelConfig:
+        return ModelConfig.model_validate({**self.model, **(extra or {}), "variant": variant})
+
+    def key(self) -> str:
+        """What a unit's result depends on besides data, variant and seed (for --resume)."""
+        raw = json.dumps(
+            [self.test_bars, self.val_bars, self.cost_bps, self.train_cost_bps, self.model, self.train],
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+class DatedMarket(Market):
+    """A market cut at the test start whose validation rows are the dated block (the training
+    code asks ``split_row`` for where validation starts)."""
+
+    __slots__ = ("_val_row",)
+
+    def __init__(self, market: Market, val_row: int, stop: int) -> None:
+        super().__init__(market.name, market.assets, market.index[:stop], market.returns[:stop])
+        object.__setattr__(self, "_val_row", val_row)
+
+    def split_row(self, val_fraction: float) -> int:
+        return self._val_row
+
+
+def training_markets(markets: Sequence[Market], split: DatedSplit) -> list[Market]:
+    """The markets as training sees them: rows before the test start only."""
+    return [DatedMarket(m, split.val_row(m), split.test_row(m)) for m in markets]
+
+
+def _series(ar: AssetReturns) -> dict[str, list[float | None]]:
+    """Equal-weight average over a market's assets of their returns, per row (None: no asset)."""
+    out = {}
+    for kind in ("gross", "net"):
+        x = getattr(ar, kind)
+        with np.errstate(all="ignore"):
+            count = np.isfinite(x).sum(axis=1)
+            mean = np.where(count > 0, np.nansum(x, axis=1) / np.maximum(count, 1), np.nan)
+        out[kind] = [None if not math.isfinite(v) else float(v) for v in mean]
+    return out
+
+
+def score(
+    signals_by_market: dict[str, np.ndarray],
+    markets: Sequence[Market],
+    split: DatedSplit,
+    ppy: float,
+    cost_bps: float,
+) -> dict[str, Any]:
+    """Per-asset metrics (gross and net, assets in market order) and per-market return series."""
+    gross: dict[str, list[float]] = {}
+    net: dict[str, list[float]] = {}
+    series = {}
+    for m in markets:
+        ar = strategy_returns(signals_by_market[m.name], m, start=split.test_row(m), cost_bps=cost_bps)
+        for target, is_net in ((gross, False), (net, True)):
+            for k, v in asset_metrics(ar, ppy, net=is_net).items():
+                target.setdefault(k, []).extend(v)
+        series[m.name] = _series(ar)
+    return {"gross": gross, "net": net, "series": series}
+
+
+def baselines(
+    markets: Sequence[Market], split: DatedSplit, ppy: float, settings: Settings
+) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name in BASELINES:
+        sig = {
+            m.name: baseline_signals(name, m.returns, lookback=settings.lookback, start=split.test_row(m))
+            for m in markets
+        }
+        out[name] = score(sig, markets, split, ppy, settings.cost_bps)
+    return out
+
+
+def encodings(model: Any, markets: Sequence[Market]) -> dict[str, list[float]]:
+    """Each market's representation in the shared space: the mean and standard deviation over its
+    training rows of its encoder's output (the transfer layer's input), for the dendrogram."""
+    import torch
+
+    from models.data import model_arrays
+
+    out: dict[str, list[float]] = {}
+    getter = getattr(model, "encodings", None)
+    for m in markets:
+        net = model.markets[model.index(m.name)]
+        if net.encoder is None:
+            return {}
+        x, _, _ = model_arrays(m.returns[: m.split_row(0.0)])
+        if callable(getter):
+            e = np.asarray(getter(m.name, m.returns[: m.split_row(0.0)]), dtype=np.float64)
+        else:
+            was = model.training
+            model.eval()
+            with torch.no_grad():
+                h = torch.as_tensor(x, dtype=next(model.parameters()).dtype).unsqueeze(0) / net.input_scale
+                e = net.encoder(h)[0][0].double().numpy()
+            model.train(was)
+        out[m.name] = [*e.mean(axis=0).tolist(), *e.std(axis=0).tolist()]
+    return out
+
+
+def run_unit(
+    variant: str,
+    seed: int,
+    markets: Sequence[Market],
+    split: DatedSplit,
+    ppy: float,
+    settings: Settings,
+    *,
+    model_extra: dict[str, Any] | None = None,
+    train_extra: dict[str, Any] | None = None,
+    checkpoint: Path | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train one (variant, seed) on the training block, keep the best validation weights, score
+    the test window."""
+    from models import QuantNet, save_checkpoint, train
+
+    train_set = training_markets(markets, split)
+    mcfg = settings.model_config(variant, model_extra)
+    tcfg = settings.train_config(seed, train_extra)
+    model = QuantNet(mcfg, [(m.name, m.assets) for m in markets], seed=seed)
+    t0 = time.perf_counter()
+    result = train(model, train_set, tcfg, callback=on_step)
+    seconds = time.perf_counter() - t0
+    if checkpoint is not None:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(
+            checkpoint,
+            model,
+            train_config=tcfg,
+            data=train_set,
+            periods_per_year=result.periods_per_year,
+            extra={"split": split.as_dict(), "best_step": result.best_step, "steps_run": result.steps},
+        )
+    sig = {
+        m.name: model_signals(model.signals, m, start=split.test_row(m), warmup=tcfg.seq_len) for m in markets
+    }
+    out = score(sig, markets, split, ppy, settings.cost_bps)
+    curve = [
+        {"step": r["step"], "train_sharpe": r["train_sharpe"], "val_sharpe": r.get("val_sharpe")}
+        for r in result.history
+        if "val_sharpe" in r
+    ]
+    out.update(
+        variant=variant,
+        seed=seed,
+        steps_run=result.steps,
+        best_step=result.best_step,
+        best_val_sharpe=result.best_val_sharpe,
+        stopped_early=result.stopped_early,
+        seconds=seconds,
+        learning_curve=curve,
+        encodings=encodings(model, train_set) if variant not in BASELINE_VARIANTS else {},
+        model_config=mcfg.model_dump(),
+        train_config=tcfg.model_dump(),
+    )
+    return out
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, np.generic):
+        return _json_safe(x.item())
+    return x
+
+
+def _unjson(x: Any) -> Any:
+    if x is None:
+        return math.nan
+    if isinstance(x, dict):
+        return {k: _unjson(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_unjson(v) for v in x]
+    return x
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_json_safe(obj), indent=1))
+    tmp.replace(path)  # a unit is either finished on disk or absent (resume trusts the file)
+
+
+@dataclass
+class Outcome:
+    split: DatedSplit
+    periods_per_year: float
+    markets: list[dict[str, Any]]
+    baselines: dict[str, dict[str, Any]]
+    units: list[dict[str, Any]]
+    search: dict[str, Any] | None = None
+
+
+def run(
+    markets: Sequence[Market],
+    out: Path,
+    settings: Settings,
+    *,
+    resume: bool = False,
+    progress: Progress | None = None,
+    tuned: dict[str, dict[str, dict[str, Any]]] | None = None,
+) -> Outcome:
+    """Baselines, then every (variant, seed) unit (skipping finished ones under ``resume``).
+
+    ``tuned``: per variant, the ``{"model": ..., "train": ...}`` overrides a search selected.
+    """
+    notify = progress or (lambda stage, info: None)
+    split = dated_split(markets, test_bars=settings.test_bars, val_bars=settings.val_bars)
+    ppy = infer_periods_per_year(markets)
+    notify("baselines", {})
+    base = baselines(markets, split, ppy, settings)
+    key = settings.key()
+    units = []
+    for variant in settings.variants:
+        extra = (tuned or {}).get(variant, {})
+        for seed in range(settings.seeds):
+            path = out / "units" / f"{variant}-s{seed}.json"
+            if resume and path.is_file():
+                saved = _unjson(json.loads(path.read_text()))
+                if saved.get("key") == key and saved.get("tuned") == _unjson(_json_safe(extra)):
+                    notify("skip", {"variant": variant, "seed": seed})
+                    units.append(saved)
+                    continue
+            notify("train", {"variant": variant, "seed": seed})
+            unit = run_unit(
+                variant,
+                seed,
+                markets,
+                split,
+                ppy,
+                settings,
+                model_extra=extra.get("model"),
+                train_extra=extra.get("train"),
+                checkpoint=out / "models" / f"{variant}-s{seed}.pt",
+                on_step=lambda rec, v=variant, s=seed: notify("step", {"variant": v, "seed": s, **rec}),
+            )
+            unit["key"] = key
+            unit["tuned"] = extra
+            write_json(path, unit)
+            units.append(unit)
+    info = [
+        {
+            "name": m.name,
+            "assets": list(m.assets),
+            "first": m.index[0].isoformat(),
+            "history_bars": split.val_row(m),
+            "test_rows": len(m) - split.test_row(m),
+        }
+        for m in markets
+    ]
+    return Outcome(split, ppy, info, base, units)
