@@ -51,7 +51,7 @@ class Settings:
 
     def train_config(self, seed: int, extra: dict[str, Any] | None = None) -> TrainConfig:
         raw = {**self.train, **(extra or {}), "seed": seed}
-        raw.setdefault("cost_bps", self.cost_bps if self.train_cost_bps is None else self.train_cost_bps)
+        raw["cost_bps"] = self.cost_bps if self.train_cost_bps is None else self.train_cost_bps
         return TrainConfig.model_validate(raw)
 
     def model_config(self, variant: str, extra: dict[str, Any] | None = None) -> ModelConfig:
