@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("quantnet.commands.data", "Historical market data: fetch Bybit klines to files."),
     "stream": ("quantnet.commands.stream", "Print live closed Bybit klines as JSON lines."),
     "train": ("quantnet.commands.train", "Train a QuantNet model and write a checkpoint."),
+    "experiment": (
+        "quantnet.commands.experiment",
+        "QuantNet against No-Transfer and the classical baselines on a held-out window.",
+    ),
     "live": ("quantnet.commands.live", "Run the daemon on live klines: signals, paper or live orders."),
     "paper": ("quantnet.commands.live", "Paper trading on live klines (live --mode paper)."),
     "status": ("quantnet.commands.live", "A daemon's positions, equity, risk state and orders."),

@@ -28,19 +28,21 @@ def register(app: typer.Typer) -> None:
                 "per file (default: built-in us_sectors)",
             ),
         ] = None,
-        out: Annotated[Path, typer.Option("--out", help="directory for results, tables, report, models")] = Path(
-            "experiment"
-        ),
+        out: Annotated[
+            Path, typer.Option("--out", help="directory for results, tables, report, models")
+        ] = Path("experiment"),
         test_bars: Annotated[
             int, typer.Option("--test-bars", help="test window: the last N bars of the union calendar")
         ] = 752,
-        val_bars: Annotated[int, typer.Option("--val-bars", help="validation block just before the test")] = 252,
+        val_bars: Annotated[
+            int, typer.Option("--val-bars", help="validation block just before the test")
+        ] = 252,
         variants: Annotated[
             str,
             typer.Option(
                 "--variants",
-                help="comma-separated: linear-linear, linear-lstm, lstm-linear, lstm-lstm, notransfer-linear, "
-                "notransfer-lstm",
+                help="comma-separated: linear-linear, linear-lstm, lstm-linear, lstm-lstm, "
+                "notransfer-linear, notransfer-lstm",
             ),
         ] = "lstm-linear,linear-linear,notransfer-linear,notransfer-lstm",
         seeds: Annotated[int, typer.Option("--seeds", help="seeds per learned variant")] = 5,
@@ -54,7 +56,9 @@ def register(app: typer.Typer) -> None:
         ] = None,
         config: Annotated[
             Path | None,
-            typer.Option("--config", help="TOML whose [model] and [train] set the defaults (default ./config.toml)"),
+            typer.Option(
+                "--config", help="TOML whose [model] and [train] set the defaults (default ./config.toml)"
+            ),
         ] = None,
         search: Annotated[
             int, typer.Option("--search", help="random-search trials per variant on Ray Tune (0: off)")
@@ -62,11 +66,16 @@ def register(app: typer.Typer) -> None:
         ray_address: Annotated[
             str | None, typer.Option("--ray-address", help="existing Ray cluster (default: local)")
         ] = None,
-        cpus_per_trial: Annotated[float, typer.Option("--cpus-per-trial", help="search: CPUs per trial")] = 1.0,
-        gpus_per_trial: Annotated[float, typer.Option("--gpus-per-trial", help="search: GPUs per trial")] = 0.0,
+        cpus_per_trial: Annotated[
+            float, typer.Option("--cpus-per-trial", help="search: CPUs per trial")
+        ] = 1.0,
+        gpus_per_trial: Annotated[
+            float, typer.Option("--gpus-per-trial", help="search: GPUs per trial")
+        ] = 0.0,
         asha: Annotated[bool, typer.Option("--asha", help="search: stop poor trials early (ASHA)")] = False,
         resume: Annotated[
-            bool, typer.Option("--resume", help="skip finished (variant, seed) units and search trials in --out")
+            bool,
+            typer.Option("--resume", help="skip finished (variant, seed) units and search trials in --out"),
         ] = False,
         start: Annotated[str | None, typer.Option("--start", help="first bar used (ISO 8601)")] = None,
         end: Annotated[str | None, typer.Option("--end", help="last bar used, inclusive")] = None,
@@ -136,7 +145,9 @@ def register(app: typer.Typer) -> None:
                 label = f"{info['variant']} seed {info['seed']}"
                 if stage == "skip":
                     done["n"] += 1
-                    progress.update(overall, completed=done["n"], stage="resume", detail=f"{label}: done before")
+                    progress.update(
+                        overall, completed=done["n"], stage="resume", detail=f"{label}: done before"
+                    )
                     return
                 progress.update(overall, completed=done["n"], stage="train", detail=label)
                 progress.update(inner, completed=0, visible=True, stage="  step", detail="")
@@ -144,7 +155,9 @@ def register(app: typer.Typer) -> None:
             elif stage == "step":
                 fields = {}
                 if info.get("val_sharpe") is not None:
-                    fields["detail"] = f"val Sharpe {info['val_sharpe']:+.3f} (best {info['best_val_sharpe']:+.3f})"
+                    fields["detail"] = (
+                        f"val Sharpe {info['val_sharpe']:+.3f} (best {info['best_val_sharpe']:+.3f})"
+                    )
                 progress.update(inner, completed=info["step"], **fields)
 
         tuned: dict[str, Any] = {}
@@ -195,7 +208,7 @@ def register(app: typer.Typer) -> None:
             write_report(out / "report.html", results, outcome.units, outcome.baselines)
         print(text)
         err_console.print(
-            f"{units} models and 4 baselines in {time.perf_counter() - t0:.0f} s; wrote {out / 'results.json'}, "
-            f"{out / 'table1.md'}, {out / 'report.html'}",
+            f"{units} models and 4 baselines in {time.perf_counter() - t0:.0f} s; wrote "
+            f"{out / 'results.json'}, {out / 'table1.md'}, {out / 'report.html'}",
             highlight=False,
         )

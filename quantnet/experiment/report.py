@@ -69,7 +69,8 @@ def _figures(results: dict[str, Any], units: list[dict[str, Any]], baselines: di
     fig.update_layout(height=260 * rows + 80, yaxis_title="cumulative return")
     figs.append(
         (
-            f"Cumulative returns per market, each scaled to {VOL_TARGET:.0%} annual volatility (net; x: test bar)",
+            f"Cumulative returns per market, each scaled to {VOL_TARGET:.0%} annual volatility "
+            "(net; x: test bar)",
             fig,
         )
     )
@@ -108,7 +109,9 @@ def _figures(results: dict[str, Any], units: list[dict[str, Any]], baselines: di
         fig = ff.create_dendrogram(x, labels=names, linkagefun=lambda d: _ward(d))
         fig.update_layout(yaxis_title="Ward distance")
         variant = next(u["variant"] for u in units if u.get("encodings"))
-        figs.append((f"Hierarchical clustering of the markets' encoder representations ({variant}, seed 0)", fig))
+        figs.append(
+            (f"Hierarchical clustering of the markets' encoder representations ({variant}, seed 0)", fig)
+        )
 
     fig = go.Figure()
     for u in units:
@@ -149,7 +152,12 @@ def _gains(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
                 gain = pm[q][m] - pm[b][m]
                 if math.isfinite(gain):
                     pts.append(
-                        {"market": m, "gain": gain, "history": meta["history_bars"], "assets": len(meta["assets"])}
+                        {
+                            "market": m,
+                            "gain": gain,
+                            "history": meta["history_bars"],
+                            "assets": len(meta["assets"]),
+                        }
                     )
             out[f"{label(q)} − {label(b)}"] = pts
     return out
@@ -182,8 +190,8 @@ def write_report(
     s = results["settings"]
     split = results["split"]
     parts = [
-        f"<p>Test window {split['test_start'][:10]} .. {split['last'][:10]} ({s['test_bars']} bars of the union "
-        f"calendar, one start date for every market); validation from {split['val_start'][:10]}; "
+        f"<p>Test window {split['test_start'][:10]} .. {split['last'][:10]} ({s['test_bars']} bars of "
+        f"the union calendar, one start date for every market); validation from {split['val_start'][:10]}; "
         f"{len(results['assets'])} assets in {len(results['markets'])} markets; {s['seeds']} seeds; cost "
         f"{s['cost_bps']:g} bps per unit of position change; training cost {s['train_cost_bps']:g} bps.</p>",
         "<p>Cells: median across assets <small>(mean absolute deviation)</small>; learned models: mean ± sd "

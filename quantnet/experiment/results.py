@@ -57,10 +57,19 @@ def summarise(outcome: Outcome, settings: Settings, extra: dict[str, Any] | None
             {
                 k: u[k]
                 for k in (
-                    "seed", "gross", "net", "steps_run", "best_step", "best_val_sharpe",
-                    "stopped_early", "seconds", "learning_curve", "train_config", "model_config",
+                    "seed",
+                    "gross",
+                    "net",
+                    "steps_run",
+                    "best_step",
+                    "best_val_sharpe",
+                    "stopped_early",
+                    "seconds",
+                    "learning_curve",
+                    "train_config",
+                    "model_config",
                 )
-            }  # fmt: skip
+            }
         )
     assets = [(m["name"], a) for m in outcome.markets for a in m["assets"]]
     out: dict[str, Any] = {

@@ -62,7 +62,9 @@ def overrides(variant: str, trial: dict[str, Any], n_markets: int) -> dict[str, 
     return {"model": model, "train": train}
 
 
-def _trial(config: dict[str, Any], *, markets: Sequence[Market], settings: Any, variant: str, seed: int) -> None:
+def _trial(
+    config: dict[str, Any], *, markets: Sequence[Market], settings: Any, variant: str, seed: int
+) -> None:
     from ray import tune
 
     from models import QuantNet, train
@@ -141,7 +143,9 @@ def run_search(
     for r in grid:
         if r.metrics is None or r.config is None:
             continue
-        rows.append({"config": dict(r.config), "val_sharpe": r.metrics.get("val_sharpe"), "error": bool(r.error)})
+        rows.append(
+            {"config": dict(r.config), "val_sharpe": r.metrics.get("val_sharpe"), "error": bool(r.error)}
+        )
     best = grid.get_best_result(metric="val_sharpe", mode="max", scope="last")
     if best is None or best.config is None:
         raise RuntimeError(f"search for {variant}: no trial finished")

@@ -26,7 +26,7 @@ def _fill_at_section() -> str | None:
 
 
 SECTION = _fill_at_section()
-NO_FILL_AT = "the engine has no fill_at setting yet (fill_at = \"close\", issue 8)"
+NO_FILL_AT = 'the engine has no fill_at setting yet (fill_at = "close", issue 8)'
 
 
 class Replay(Strategy):
