@@ -49,8 +49,11 @@ class Settings:
     train: dict[str, Any] = field(default_factory=dict)  # [train] overrides (seed set per unit)
     lookback: int = 252  # baselines' window
 
-    def train_config(self, seed: int, extra: dict[str, Any] | None = None) -> TrainConfig:
-        raw = {**self.train, **(extra or {}), "seed": seed}
+    def train_config(
+        self, seed: int, extra: dict[str, Any] | None = None, *, test_bars: int = 0
+    ) -> TrainConfig:
+        """``test_bars``: the experiment's own on full markets, 0 on markets cut at the test start."""
+        raw = {**self.train, **(extra or {}), "seed": seed, "val_bars": self.val_bars, "test_bars": test_bars}
         raw["cost_bps"] = self.cost_bps if self.train_cost_bps is None else self.train_cost_bps
         return TrainConfig.model_validate(raw)
 
@@ -67,23 +70,11 @@ class Settings:
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-class DatedMarket(Market):
-    """A market cut at the test start whose validation rows are the dated block (the training
-    code asks ``split_row`` for where validation starts)."""
-
-    __slots__ = ("_val_row",)
-
-    def __init__(self, market: Market, val_row: int, stop: int) -> None:
-        super().__init__(market.name, market.assets, market.index[:stop], market.returns[:stop])
-        object.__setattr__(self, "_val_row", val_row)
-
-    def split_row(self, val_fraction: float) -> int:
-        return self._val_row
-
-
 def training_markets(markets: Sequence[Market], split: DatedSplit) -> list[Market]:
-    """The markets as training sees them: rows before the test start only."""
-    return [DatedMarket(m, split.val_row(m), split.test_row(m)) for m in markets]
+    """The markets cut at the test start: what a search trial receives (the test window never
+    reaches it); their union calendar before the test start is the full one, so the same dated
+    validation block results with ``test_bars = 0``."""
+    return [m.rows(0, split.test_row(m)) for m in markets]
 
 
 def _series(ar: AssetReturns) -> dict[str, list[float | None]]:
@@ -131,7 +122,7 @@ def baselines(
     return out
 
 
-def encodings(model: Any, markets: Sequence[Market]) -> dict[str, list[float]]:
+def encodings(model: Any, markets: Sequence[Market], split: DatedSplit) -> dict[str, list[float]]:
     """Each market's representation in the shared space: the mean and standard deviation over its
     training rows of its encoder's output (the transfer layer's input), for the dendrogram."""
     import torch
@@ -144,9 +135,10 @@ def encodings(model: Any, markets: Sequence[Market]) -> dict[str, list[float]]:
         net = model.markets[model.index(m.name)]
         if net.encoder is None:
             return {}
-        x, _, _ = model_arrays(m.returns[: m.split_row(0.0)])
+        train_rows = m.returns[: split.val_row(m)]
+        x, _, _ = model_arrays(train_rows)
         if callable(getter):
-            e = np.asarray(getter(m.name, m.returns[: m.split_row(0.0)]), dtype=np.float64)
+            e = np.asarray(getter(m.name, train_rows), dtype=np.float64)
         else:
             was = model.training
             model.eval()
@@ -175,12 +167,11 @@ def run_unit(
     the test window."""
     from models import QuantNet, save_checkpoint, train
 
-    train_set = training_markets(markets, split)
     mcfg = settings.model_config(variant, model_extra)
-    tcfg = settings.train_config(seed, train_extra)
+    tcfg = settings.train_config(seed, train_extra, test_bars=settings.test_bars)
     model = QuantNet(mcfg, [(m.name, m.assets) for m in markets], seed=seed)
     t0 = time.perf_counter()
-    result = train(model, train_set, tcfg, callback=on_step)
+    result = train(model, markets, tcfg, callback=on_step)
     seconds = time.perf_counter() - t0
     if checkpoint is not None:
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -188,9 +179,10 @@ def run_unit(
             checkpoint,
             model,
             train_config=tcfg,
-            data=train_set,
+            data=markets,
             periods_per_year=result.periods_per_year,
-            extra={"split": split.as_dict(), "best_step": result.best_step, "steps_run": result.steps},
+            splits=result.splits,
+            extra={"best_step": result.best_step, "steps_run": result.steps},
         )
     sig = {
         m.name: model_signals(model.signals, m, start=split.test_row(m), warmup=tcfg.seq_len) for m in markets
@@ -210,7 +202,7 @@ def run_unit(
         stopped_early=result.stopped_early,
         seconds=seconds,
         learning_curve=curve,
-        encodings=encodings(model, train_set) if variant not in BASELINE_VARIANTS else {},
+        encodings=encodings(model, markets, split) if variant not in BASELINE_VARIANTS else {},
         model_config=mcfg.model_dump(),
         train_config=tcfg.model_dump(),
     )
