@@ -302,6 +302,7 @@ def run(
             "first": m.index[0].isoformat(),
             "history_bars": split.val_row(m),
             "test_rows": len(m) - split.test_row(m),
+            "test_dates": [t.isoformat() for t in m.index[split.test_row(m) :]],
         }
         for m in markets
     ]
