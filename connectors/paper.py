@@ -65,6 +65,7 @@ class PaperBroker:
         self._armed: list[Order] | None = None  # stop/limit orders placed while a bar fills
         self._seq = 0
         self.at_close = fill_at == "close"
+        self._delisted: dict[str, str] = {}
         self.position = np.zeros(len(symbols))
         """Signed quantity per symbol from this broker's fills (what reduce-only is judged by)."""
         bus.subscribe(BarSet, self.on_bars)
@@ -131,6 +132,8 @@ class PaperBroker:
             return f"duplicate client order id {order.client_id}"
         if order.symbol not in self.index:
             return f"unknown symbol {order.symbol}"
+        if self._delisted and order.symbol in self._delisted:
+            return self._delisted[order.symbol]
         if not (math.isfinite(order.quantity) and order.quantity > 0):
             return f"quantity must be positive and finite, got {order.quantity}"
         if order.type is not OrderType.MARKET and not (math.isfinite(order.price) and order.price > 0):
@@ -182,6 +185,40 @@ class PaperBroker:
             price = float(close[self.index[order.symbol]])
             if price == price and self._working.get(order.client_id) is order:
                 self._execute(order, price, bars.ts_event)
+
+    def delist(self, symbol: str, price: float, ts: int, reason: str) -> tuple[float, int]:
+        """The symbol's data has ended: cancel its working orders, settle its position at ``price``
+        (its last close; no fee, no slippage: nothing trades) and refuse its orders from now on.
+        Returns the signed quantity settled and the number of orders cancelled."""
+        self._delisted[symbol] = reason
+        cancelled = [o for o in self._working.values() if o.symbol == symbol]
+        for order in cancelled:
+            del self._working[order.client_id]
+            self._cancelled(order, ts, reason)
+        i = self.index[symbol]
+        held = float(self.position[i])
+        if held:
+            self.position[i] = 0.0
+            self._seq += 1
+            side = Side.SELL if held > 0 else Side.BUY
+            cid = f"delist-{symbol}-{ts // 1_000_000}"
+            now = self.clock.now_ns()
+            self.bus.publish(
+                Fill(
+                    ts,
+                    now,
+                    cid,
+                    symbol,
+                    side,
+                    abs(held),
+                    price,
+                    0.0,
+                    "delist",
+                    f"paper-{self._seq}",
+                    "delisted",
+                )
+            )
+        return held, len(cancelled)
 
     def _execute(self, order: Order, price: float, ts: int) -> None:
         del self._working[order.client_id]

@@ -52,6 +52,12 @@ class DataConfig(Section):
         description="trading days for annualisation: 252, 365, 365*6/7 (FX Sun..Fri); auto: from the data",
     )
     periods_per_year: float | None = Field(None, gt=0, description="annualisation override")
+    delist_after_bars: int = Field(
+        5,
+        ge=0,
+        description="backtests: this many bars after a symbol's data ends, close its position at its last "
+        "close and cancel its orders (delisted); 0: never",
+    )
 
 
 class PortfolioConfig(Section):

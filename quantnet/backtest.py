@@ -24,7 +24,7 @@ from connectors.paper import PaperBroker
 from connectors.replay import BarMatrix, DataError, load_ohlcv, parse_time
 from engine.bus import EventBus, replay
 from engine.clock import Clock, ReplayClock
-from engine.events import BarSet, Fill, Order, RiskEvent
+from engine.events import BarSet, Fill, Order, RiskEvent, TradingState
 from engine.journal import JOURNAL_FILE, Journal
 from engine.metrics import backtest_metrics, periods_per_year
 from engine.orders import OrderGate, OrderManager
@@ -175,6 +175,79 @@ def fill_timing(cfg: AppConfig, data: pd.DataFrame) -> str:
     return chosen
 
 
+class Delisting:
+    """Backtests: a symbol whose data ends ``after`` bars before the data set's is taken as delisted
+    on its ``after``-th bar without data: its working orders are cancelled, its position is settled
+    at its last close (no fee, no slippage) and later orders for it are refused. Each is published
+    as a RiskEvent (journaled, in the report) and listed in the summary."""
+
+    def __init__(
+        self,
+        matrix: BarMatrix,
+        labels: np.ndarray,
+        after: int,
+        bus: EventBus,
+        clock: Clock,
+        state: Callable[[], TradingState],
+    ) -> None:
+        self.bus, self.clock, self.state = bus, clock, state
+        self.symbols = matrix.symbols
+        self.labels = labels
+        self.venue: PaperBroker | None = None
+        self.closed: list[dict[str, Any]] = []
+        self._due: dict[int, list[tuple[int, int, float]]] = {}
+        if after <= 0 or not len(matrix):
+            return
+        codes = matrix.codes
+        last_row = np.full(len(self.symbols), -1, dtype=np.int64)
+        np.maximum.at(last_row, codes, np.arange(len(codes), dtype=np.int64))
+        last_slot = np.searchsorted(matrix.offsets, last_row, side="right") - 1
+        close = matrix.columns[3]
+        for i in np.flatnonzero(last_slot + after < len(matrix)):
+            due = int(last_slot[i] + after)
+            self._due.setdefault(due, []).append((int(i), int(last_slot[i]), float(close[last_row[i]])))
+
+    def on_bars(self, bars: BarSet) -> None:
+        due = self._due.pop(bars.index, None) if self._due else None
+        if due is None or self.venue is None:
+            return
+        for i, last, price in due:
+            symbol = self.symbols[i]
+            since = _label(self.labels[last])
+            reason = f"{symbol} delisted: no bar since {since}"
+            held, cancelled = self.venue.delist(symbol, price, bars.ts_event, reason)
+            if not held and not cancelled:
+                continue
+            message = (
+                f"{reason}: position {held:.8g} closed at its last close {price:.8g}, "
+                f"{cancelled} working order(s) cancelled"
+            )
+            log.warning("delisted", symbol=symbol, quantity=held, price=price, orders_cancelled=cancelled)
+            details: dict[str, float | str] = {
+                "quantity": held,
+                "price": price,
+                "orders_cancelled": cancelled,
+            }
+            now = self.clock.now_ns()
+            self.bus.publish(
+                RiskEvent(bars.ts_event, now, "delisted", message, symbol, self.state(), details)
+            )
+            self.closed.append(
+                {
+                    "symbol": symbol,
+                    "quantity": held,
+                    "price": price,
+                    "last_bar": since,
+                    "closed_on": _label(self.labels[bars.index]),
+                    "orders_cancelled": cancelled,
+                }
+            )
+
+
+def _label(ns: int | np.integer) -> str:
+    return str(pd.Timestamp(int(ns), tz="UTC"))
+
+
 def split_warmup(data: pd.DataFrame, start: str, bars: int) -> tuple[pd.DataFrame, int]:
     """Keep the bars from ``start`` on, preceded by at most ``bars`` earlier timestamps for warm-up;
     returns the frame and how many of its timestamps are warm-up."""
@@ -211,6 +284,16 @@ def run_backtest(
     matrix = BarMatrix.from_frame(data, timestamps=cfg.data.timestamps)
     bus = EventBus("backtest")
     clock = ReplayClock()
+    labels = matrix.ts_event - (matrix.interval_ns if cfg.data.timestamps == "open" else 0)
+    risk_state: list[RiskManager | None] = [None]
+    delisting = Delisting(
+        matrix,
+        labels,
+        cfg.data.delist_after_bars,
+        bus,
+        clock,
+        lambda: risk_state[0].state if risk_state[0] is not None else TradingState.ACTIVE,
+    )
     out = Path(output) if output is not None else None
     journal = None
     if journal_path is None and out is not None and cfg.engine.journal:
@@ -221,6 +304,7 @@ def run_backtest(
             Path(f"{journal_path}{suffix}").unlink(missing_ok=True)
         # subscribed first: a fill is recorded before the position change it causes
         journal = Journal(journal_path, bus)
+    bus.subscribe(BarSet, delisting.on_bars)  # before the bar's fills, marks and decisions
     try:
         node = assemble(
             cfg,
@@ -233,6 +317,8 @@ def run_backtest(
             capacity=len(matrix),
             persist_risk=False,
         )
+        delisting.venue = node.orders.venue  # type: ignore[assignment]
+        risk_state[0] = node.risk
         if fill_at == "close":  # last: after every decision on the bar
             bus.subscribe(BarSet, node.orders.venue.on_close)  # type: ignore[attr-defined]
         bar_sets = matrix.bar_sets()
@@ -249,6 +335,7 @@ def run_backtest(
             journal.close()
     seconds = time.perf_counter() - started
     result = _result(cfg, strategy, matrix, node, seconds, warm)
+    result.settings["force_closed"] = delisting.closed
     if out is not None:
         write_outputs(result, out)
     return result
@@ -362,7 +449,7 @@ def write_outputs(result: BacktestResult, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     with (out / "metrics.json").open("w") as fh:
-        listed = {"open_orders": result.settings["open_orders"]}
+        listed = {k: result.settings.get(k, []) for k in ("open_orders", "force_closed")}
         json.dump({**_json_safe(result.metrics), **listed}, fh, indent=2, sort_keys=True)
     result.equity.to_csv(out / "equity.csv", index=False)
     result.trades.to_csv(out / "trades.csv", index=False)

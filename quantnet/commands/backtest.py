@@ -67,11 +67,25 @@ class FillAt(StrEnum):
 
 
 def end_lines(result: BacktestResult, shown: int = 10) -> list[str]:
-    """What the run left unfinished: orders still working at the end (they never filled)."""
+    """What the run did or left unusually: positions force-closed when their symbol's data ended,
+    orders still working at the end (they never filled)."""
+    lines = []
+    closed = result.settings.get("force_closed") or []
+    if closed:
+        lines.append(
+            f"{len(closed)} symbol(s) delisted (data ended), positions force-closed at the last close:"
+        )
+        for c in closed[:shown]:
+            lines.append(
+                f"  {c['symbol']}: {c['quantity']:.8g} at {c['price']:.8g} on {c['closed_on']} "
+                f"(last bar {c['last_bar']}; {c['orders_cancelled']} order(s) cancelled)"
+            )
+        if len(closed) > shown:
+            lines.append(f"  ... and {len(closed) - shown} more (metrics.json: force_closed)")
     working = result.settings.get("open_orders") or []
     if not working:
-        return []
-    lines = [f"{len(working)} order(s) still working at the end (not filled, not in the results):"]
+        return lines
+    lines.append(f"{len(working)} order(s) still working at the end (not filled, not in the results):")
     for o in working[:shown]:
         at = "" if o["price"] is None else f" at {o['price']:.8g}"
         what = f"{o['tag']} " if o["tag"] else ""
