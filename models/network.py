@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Literal
 
 import numpy as np
 import torch
@@ -231,6 +232,35 @@ class QuantNet(nn.Module):
         finally:
             self.train(was)
         out[1:] = s[0].cpu().numpy()
+        return out
+
+    @torch.no_grad()
+    def encodings(
+        self, market: str | int, returns: np.ndarray, *, part: Literal["encoder", "transfer"] = "encoder"
+    ) -> np.ndarray:
+        """A market's representations over a (T × n) return history (NaN = missing), eval mode,
+        zero initial state: row t is e_t (``part="encoder"``) or z_t = omega(e_t) (``"transfer"``),
+        computed from rows before t exactly as :meth:`signals` computes row t's signal; row 0 (no
+        past) is NaN. Shape (T, N). What the paper clusters to compare markets; no-transfer models
+        have no such layer."""
+        net = self.markets[self.index(market)]
+        if net.encoder is None or self.shared is None:
+            raise ValueError(f"{self.config.variant} models have no encoder or transfer layer")
+        p = next(self.parameters())
+        x = np.nan_to_num(np.asarray(returns, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)[:-1]
+        out = np.full((len(returns), self.config.transfer_dim), np.nan)
+        if len(x) == 0:
+            return out
+        was = self.training
+        self.eval()
+        try:
+            h = torch.as_tensor(x, dtype=p.dtype, device=p.device).unsqueeze(0) / net.input_scale
+            h = net.encoder(h)[0]
+            if part == "transfer":
+                h = self.shared(h)[0]
+        finally:
+            self.train(was)
+        out[1:] = h[0].cpu().numpy()
         return out
 
 

@@ -3,6 +3,7 @@ from their own market)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,3 +109,45 @@ def test_add_market_and_name_errors() -> None:
         model.add_market("kr", ["z", "z"])
     with pytest.raises(KeyError, match="not in the model"):
         model.index("nope")
+
+
+def test_encodings_are_the_encoder_and_transfer_outputs() -> None:
+    """Linear-linear with one layer each: e_t = W x_t / scale + b and z_t = Z e_t + b_Z, with x_t the
+    returns of row t-1 (0 for missing entries; row 0 has no past: NaN), recomputed in NumPy."""
+    cfg = ModelConfig(variant="linear-linear", transfer_dim=3, encoder_layers=1, transfer_layers=1)
+    model = QuantNet(cfg, MARKETS, seed=4)
+    rng = np.random.default_rng(0)
+    r = rng.normal(0, 0.01, (40, 2))
+    r[5, 1] = np.nan
+    model.fit_input_scale("jp", r)
+    net = model.markets[model.index("jp")]
+    x = np.vstack([np.full((1, 2), np.nan), np.nan_to_num(r[:-1])]) / net.input_scale.numpy()
+    lin = net.encoder.layers[0]  # type: ignore[union-attr]
+    e = x @ lin.weight.detach().numpy().T + lin.bias.detach().numpy()
+    shared = model.shared.layers[0]  # type: ignore[union-attr]
+    z = e @ shared.weight.detach().numpy().T + shared.bias.detach().numpy()
+    np.testing.assert_allclose(model.encodings("jp", r), e, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.encodings("jp", r, part="transfer"), z, rtol=1e-5, atol=1e-6)
+    # LSTM encoder: causal, and the decoder on z reproduces the signals
+    lstm = _model("lstm-lstm")
+    enc = lstm.encodings("us", rng.normal(0, 0.01, (30, 4)), part="transfer")
+    assert enc.shape == (30, 5)
+    with pytest.raises(ValueError, match="no encoder"):
+        _model("notransfer-lstm").encodings("us", r)
+
+
+def test_encodings_feed_the_signals() -> None:
+    model = _model("lstm-linear")
+    r = np.random.default_rng(1).normal(0, 0.01, (25, 4))
+    z = torch.as_tensor(model.encodings("us", r, part="transfer"), dtype=torch.float32).unsqueeze(0)
+    net = model.markets[model.index("us")]
+    with torch.no_grad():
+        s = torch.tanh(net.head(net.decoder(z[:, 1:])[0]))[0].numpy()  # type: ignore[misc]
+    s = np.vstack([np.zeros((1, 4)), s])
+    np.testing.assert_allclose(s[1:], model.signals("us", r)[1:], atol=1e-6)  # decoder from zero state
+    changed = r.copy()
+    changed[10] += 0.05
+    a, b = model.encodings("us", r), model.encodings("us", changed)
+    np.testing.assert_array_equal(a[1:11], b[1:11])  # row t sees returns before t only
+    assert np.isnan(a[0]).all()
+    assert not np.allclose(a[11:], b[11:])
