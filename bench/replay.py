@@ -2,7 +2,16 @@
 
     python bench/replay.py [--symbols 10] [--bars 100000] [--no-backtrader] [--no-quantnet]
                            [--staggered-symbols 10000] [--staggered-bars 500] [--no-staggered]
-                           [--no-journal]
+                           [--no-journal] [--single-bars 1000000] [--no-single] [--no-peers]
+                           [--repeats 1] [--quantnet-data PATH] [--only single,quantnet,...]
+
+Single symbol (the most common shape of user data): one symbol's minute bars, a no-op strategy and
+the peers' SMA 10/30 crossover holding a fixed 5 units, 10 bps fee, fills at the next open. The
+engine's fills and final equity are checked against an independent plain-Python loop in this file,
+and (with the ``bench`` extra) backtesting.py and backtrader run the same work on the same bars in
+the same run; their fills and final equity are checked too and their speeds printed as ratios.
+Single-symbol figures are wall time of the whole call (engine: ``run_backtest`` with building the
+bar matrix and the metrics; backtesting.py: ``Backtest(...).run()``; backtrader: ``cerebro.run()``).
 
 The journal cases run the SMA crossover with no journal, with the JSON-lines writer the engine
 used before (kept here only for the comparison) and with the SQLite journal, in the same run.
@@ -80,6 +89,205 @@ def staggered_bars(n_symbols: int, n_bars: int, n_days: int, seed: int = 7) -> p
             "close": close[order],
             "volume": np.ones(close.size),
         }
+    )
+
+
+SINGLE_QTY = 5.0
+SINGLE_FEE_BPS = 10.0
+CASH = 100_000.0
+
+
+def reference_sma(opn: np.ndarray, close: np.ndarray) -> tuple[list[tuple[int, int, float]], float]:
+    """The single-symbol SMA work as a plain-Python loop, independent of the engine: decide at each
+    close from running sums (fast SMA above slow: hold SINGLE_QTY units, else none; the first
+    decision at the first bar with both averages), fill at the next bar's open with the fee.
+    Returns the fills (bar, side, price) and the final equity marked at the last close."""
+    opn_l, close_l = opn.tolist(), close.tolist()
+    rate = SINGLE_FEE_BPS / 1e4
+    ring = [0.0] * SLOW
+    fast_sum = slow_sum = 0.0
+    cash, pos = CASH, 0.0
+    above = False
+    order = 0.0
+    fills: list[tuple[int, int, float]] = []
+    for t, c in enumerate(close_l):
+        if order:
+            price = opn_l[t]
+            qty = abs(order)
+            cash -= order * price + qty * price * rate
+            pos += order
+            fills.append((t, 1 if order > 0 else -1, price))
+            order = 0.0
+        slow_sum += c - ring[t % SLOW]
+        if t >= FAST:
+            fast_sum += c - ring[(t - FAST) % SLOW]
+        else:
+            fast_sum += c
+        ring[t % SLOW] = c
+        if t + 1 < SLOW:
+            continue
+        now = fast_sum * SLOW > slow_sum * FAST
+        if t + 1 == SLOW or now != above:
+            above = now
+            want = SINGLE_QTY if now else 0.0
+            if want != pos:
+                order = want - pos
+    return fills, cash + pos * close_l[-1]
+
+
+def run_single(case: str, n_bars: int, queue: mp.Queue) -> None:
+    """The engine on one symbol: ``noop`` or ``sma`` (SMA 10/30, fixed quantity), checked against
+    :func:`reference_sma`."""
+    from quantnet.backtest import run_backtest
+    from quantnet.config import load_config
+    from strategies.registry import create
+
+    data = minute_bars(1, n_bars)
+    frame_mb = data.memory_usage(deep=True).sum() / 2**20
+    reset_peak_rss()
+    cfg = load_config(
+        None,
+        {
+            "data": {"calendar": "24/7"},
+            "portfolio": {"cash": CASH},
+            "costs": {"taker_fee_bps": SINGLE_FEE_BPS, "slippage_bps": 0},
+        },
+    )
+    params = {"fast": FAST, "slow": SLOW, "quantity": SINGLE_QTY} if case == "sma" else {}
+    strategy = create("sma_crossover" if case == "sma" else "noop", params)
+    started = time.perf_counter()
+    result = run_backtest(cfg, strategy=strategy, data=data)
+    seconds = time.perf_counter() - started
+    rss = peak_rss_mb()
+    check = ""
+    if case == "sma":
+        fills, final = reference_sma(data["open"].to_numpy(), data["close"].to_numpy())
+        trades = result.trades
+        got_sides = (trades["side"] == "buy").to_numpy() * 2 - 1
+        ref_prices = np.array([p for _, _, p in fills])
+        same = (
+            len(trades) == len(fills)
+            and (got_sides == np.array([s for _, s, _ in fills])).all()
+            and np.array_equal(trades["price"].to_numpy(), ref_prices)
+            and (trades["quantity"] == SINGLE_QTY).all()
+        )
+        got_final = float(result.equity["equity"].iloc[-1])
+        check = (
+            f"fills {'==' if same else '!='} loop ({len(trades):,} vs {len(fills):,}), "
+            f"final equity {got_final:,.6f} vs loop {final:,.6f}"
+        )
+        if not same or abs(got_final - final) > 1e-6 * abs(final):
+            check = "MISMATCH: " + check
+    name = "engine noop, 1 symbol" if case == "noop" else "engine sma qty=5, 1 symbol"
+    queue.put((name, n_bars, seconds, rss, len(result.trades), frame_mb, check, result.seconds))
+
+
+def run_reference(n_bars: int, queue: mp.Queue) -> None:
+    data = minute_bars(1, n_bars)
+    opn, close = data["open"].to_numpy(), data["close"].to_numpy()
+    started = time.perf_counter()
+    fills, final = reference_sma(opn, close)
+    seconds = time.perf_counter() - started
+    row = ("plain-Python loop sma qty=5", n_bars, seconds, peak_rss_mb(), len(fills), float("nan"))
+    queue.put((*row, f"final equity {final:,.6f}", seconds))
+
+
+def _peer_check(fills: int, final: float, n_bars: int) -> str:
+    data = minute_bars(1, n_bars)
+    ref, ref_final = reference_sma(data["open"].to_numpy(), data["close"].to_numpy())
+    same = fills == len(ref) and abs(final - ref_final) <= 1e-6 * abs(ref_final)
+    text = f"fills {fills:,} vs loop {len(ref):,}, final equity {final:,.6f} vs loop {ref_final:,.6f}"
+    return text if same else "MISMATCH: " + text
+
+
+def run_backtesting_py(n_bars: int, queue: mp.Queue) -> None:
+    """backtesting.py with its own rolling-mean indicators. It calls ``next`` one bar after its
+    indicators' warm-up; a finite first value makes it start at bar 1, so that (like the engine and
+    the loop) it decides on the first bar with both averages (NaN comparisons are False before)."""
+    import warnings
+
+    from backtesting import Backtest, Strategy
+
+    data = minute_bars(1, n_bars)
+    frame = pd.DataFrame(
+        {
+            "Open": data["open"].to_numpy(),
+            "High": data["high"].to_numpy(),
+            "Low": data["low"].to_numpy(),
+            "Close": data["close"].to_numpy(),
+            "Volume": data["volume"].to_numpy(),
+        },
+        index=pd.DatetimeIndex(data["timestamp"].dt.tz_localize(None)),
+    )
+
+    def sma(values: np.ndarray, n: int) -> np.ndarray:
+        out = pd.Series(values).rolling(n).mean().to_numpy(copy=True)
+        out[0] = 0.0
+        return out
+
+    class SmaCross(Strategy):
+        def init(self) -> None:
+            self.fast = self.I(sma, self.data.Close, FAST)
+            self.slow = self.I(sma, self.data.Close, SLOW)
+
+        def next(self) -> None:
+            if self.fast[-1] > self.slow[-1]:
+                if not self.position:
+                    self.buy(size=int(SINGLE_QTY))
+            elif self.position:
+                self.position.close()
+
+    reset_peak_rss()
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bt = Backtest(frame, SmaCross, cash=CASH, commission=SINGLE_FEE_BPS / 1e4, finalize_trades=False)
+        stats = bt.run()
+    seconds = time.perf_counter() - started
+    rss = peak_rss_mb()
+    fills = 2 * len(stats["_trades"]) + (1 if stats["_strategy"].position else 0)
+    final = float(stats["Equity Final [$]"])
+    check = _peer_check(fills, final, n_bars)
+    queue.put(
+        ("backtesting.py sma qty=5, 1 symbol", n_bars, seconds, rss, fills, float("nan"), check, seconds)
+    )
+
+
+def run_backtrader_single(n_bars: int, queue: mp.Queue) -> None:
+    import backtrader as bt
+
+    data = minute_bars(1, n_bars)
+    count = [0]
+
+    class SmaCross(bt.Strategy):
+        def __init__(self) -> None:
+            self.above = bt.ind.SMA(self.data.close, period=FAST) > bt.ind.SMA(self.data.close, period=SLOW)
+
+        def notify_order(self, order) -> None:
+            if order.status == order.Completed:
+                count[0] += 1
+
+        def next(self) -> None:
+            if self.above[0]:
+                if not self.position:
+                    self.buy(size=SINGLE_QTY)
+            elif self.position:
+                self.close()
+
+    feed = data.set_index(data["timestamp"].dt.tz_localize(None))[["open", "high", "low", "close", "volume"]]
+    reset_peak_rss()
+    started = time.perf_counter()
+    cerebro = bt.Cerebro(stdstats=False)
+    cerebro.broker.setcash(CASH)
+    cerebro.broker.setcommission(commission=SINGLE_FEE_BPS / 1e4)
+    cerebro.adddata(bt.feeds.PandasData(dataname=feed, timeframe=bt.TimeFrame.Minutes), name="SYM00")
+    cerebro.addstrategy(SmaCross)
+    cerebro.run()
+    seconds = time.perf_counter() - started
+    rss = peak_rss_mb()
+    check = _peer_check(count[0], float(cerebro.broker.getvalue()), n_bars)
+    queue.put(
+        ("backtrader sma qty=5, 1 symbol", n_bars, seconds, rss, count[0], float("nan"), check, seconds)
     )
 
 
@@ -167,9 +375,11 @@ def run_journal(kind: str, n_symbols: int, n_bars: int, queue: mp.Queue) -> None
     queue.put((name, result.bars, result.seconds, peak_rss_mb(), result.metrics["n_fills"], float("nan")))
 
 
-def run_quantnet(min_change: float, queue: mp.Queue) -> None:
-    """QuantNet through the full pipeline on the built-in 20-stock, 6-market dataset, with a real
-    checkpoint file (paper-default architecture; weights untrained: the cost is the same)."""
+def run_quantnet(min_change: float, rebalance: str, data_path: str, queue: mp.Queue) -> None:
+    """QuantNet through the full pipeline on the built-in 20-stock, 6-market dataset (or the
+    file at ``data_path``, markets from its ``market`` column or one market), with a real
+    checkpoint file (paper-default architecture; weights untrained: the cost is the same).
+    ``every_bar`` re-targets every asset every bar (the order path's worst case)."""
     import tempfile
 
     import torch
@@ -184,8 +394,11 @@ def run_quantnet(min_change: float, queue: mp.Queue) -> None:
     from strategies.registry import create
 
     torch.set_num_threads(1)
-    data = load_ohlcv(datasets.path("us_sectors"))
-    markets = {str(m): sorted(g["symbol"].unique()) for m, g in data.groupby("market")}
+    data = load_ohlcv(data_path or datasets.path("us_sectors"))
+    if "market" in data:
+        markets = {str(m): sorted(g["symbol"].unique()) for m, g in data.groupby("market")}
+    else:
+        markets = {"all": sorted(data["symbol"].unique())}
     path = Path(tempfile.mkdtemp()) / "bench.pt"
     save_checkpoint(path, QuantNet(ModelConfig(), markets, seed=0), periods_per_year=252.0)
     strategy = create("quantnet", {"model": str(path), "min_change": min_change})
@@ -199,11 +412,12 @@ def run_quantnet(min_change: float, queue: mp.Queue) -> None:
         return out
 
     strategy.on_bars = timed  # type: ignore[method-assign]
-    result = run_backtest(load_config(None, {}), strategy=strategy, data=data)
+    cfg = load_config(None, {"portfolio": {"rebalance": rebalance}})
+    result = run_backtest(cfg, strategy=strategy, data=data)
     share = spent[0] / result.seconds
     queue.put(
         (
-            f"engine quantnet min_change={min_change:g} ({share:.0%} in strategy)",
+            f"engine quantnet {rebalance} min_change={min_change:g} ({share:.0%} in strategy)",
             result.bars,
             result.seconds,
             peak_rss_mb(),
@@ -252,68 +466,141 @@ def in_process(target, *args) -> tuple:
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
-    row = queue.get()
+    while True:
+        try:
+            row = queue.get(timeout=1.0)
+            break
+        except Exception:
+            if not proc.is_alive():
+                raise SystemExit(f"case {target.__name__}{args} failed (exit code {proc.exitcode})") from None
     proc.join()
     return row
+
+
+GROUPS = ("dense", "staggered", "journal", "quantnet", "single", "peers", "backtrader")
+
+
+def median_rows(runs: list[list[tuple]]) -> list[tuple]:
+    """Per case, the repeat with the median time (its RSS, fills and checks with it)."""
+    out = []
+    for reps in zip(*runs, strict=True):
+        ranked = sorted(reps, key=lambda row: row[2])
+        out.append(ranked[len(ranked) // 2])
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--symbols", type=int, default=10)
     parser.add_argument("--bars", type=int, default=100_000, help="bars per symbol")
-    parser.add_argument("--no-backtrader", action="store_true")
+    parser.add_argument("--no-backtrader", action="store_true", help="no backtrader case (any width)")
     parser.add_argument("--no-quantnet", action="store_true")
     parser.add_argument("--no-staggered", action="store_true")
     parser.add_argument("--staggered-symbols", type=int, default=10_000)
     parser.add_argument("--staggered-bars", type=int, default=500, help="bars per staggered symbol")
     parser.add_argument("--no-journal", action="store_true")
+    parser.add_argument("--single-bars", type=int, default=1_000_000, help="bars of the 1-symbol cases")
+    parser.add_argument("--no-single", action="store_true")
+    parser.add_argument("--no-peers", action="store_true", help="no backtesting.py/backtrader 1-symbol runs")
+    parser.add_argument("--quantnet-data", default="", help="OHLCV file for the quantnet cases")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per case; the median is shown")
+    parser.add_argument("--only", default="", help=f"comma-separated groups of {', '.join(GROUPS)}")
     args = parser.parse_args()
+    only = {g.strip() for g in args.only.split(",") if g.strip()}
+    unknown = only - set(GROUPS)
+    if unknown:
+        parser.error(f"unknown group(s) {', '.join(sorted(unknown))}; choose from {', '.join(GROUPS)}")
+    skip = {
+        "quantnet": args.no_quantnet,
+        "staggered": args.no_staggered,
+        "journal": args.no_journal,
+        "single": args.no_single,
+        "peers": args.no_peers or args.no_single,
+        "backtrader": args.no_backtrader,
+    }
 
+    def wanted(group: str) -> bool:
+        return (group in only) if only else not skip.get(group, False)
+
+    cases: list[tuple] = []
     dense = ("dense", args.symbols, args.bars)
-    rows = [in_process(run_engine, case, dense) for case in ("noop", "sma_crossover")]
-    if not args.no_staggered:
-        rows.append(
-            in_process(run_engine, "noop", ("staggered", args.staggered_symbols, args.staggered_bars))
-        )
-    if not args.no_journal:
-        kinds = ("none", "jsonl", "sqlite")
-        rows += [in_process(run_journal, kind, args.symbols, args.bars) for kind in kinds]
-    if not args.no_quantnet:
-        rows += [in_process(run_quantnet, min_change) for min_change in (0.0, 0.01)]
-    if not args.no_backtrader:
+    if wanted("dense"):
+        cases += [(run_engine, case, dense) for case in ("noop", "sma_crossover")]
+    if wanted("staggered"):
+        cases.append((run_engine, "noop", ("staggered", args.staggered_symbols, args.staggered_bars)))
+    if wanted("journal"):
+        cases += [(run_journal, kind, args.symbols, args.bars) for kind in ("none", "jsonl", "sqlite")]
+    if wanted("quantnet"):
+        cases += [
+            (run_quantnet, min_change, rebalance, args.quantnet_data)
+            for min_change, rebalance in ((0.0, "on_change"), (0.01, "on_change"), (0.0, "every_bar"))
+        ]
+    if wanted("single"):
+        cases += [(run_single, case, args.single_bars) for case in ("noop", "sma")]
+        cases.append((run_reference, args.single_bars))
+    have_bt = True
+    try:
+        import backtrader  # noqa: F401
+    except ImportError:
+        have_bt = False
+        print("backtrader not installed (pip install -e '.[bench]'): skipping its cases")
+    if wanted("peers"):
         try:
-            import backtrader  # noqa: F401
+            import backtesting  # noqa: F401
         except ImportError:
-            print("backtrader not installed (pip install -e '.[bench]'): skipping the comparison")
+            print("backtesting.py not installed (pip install -e '.[bench]'): skipping its case")
         else:
-            rows.append(in_process(run_backtrader, args.symbols, args.bars))
+            cases.append((run_backtesting_py, args.single_bars))
+        if have_bt and not args.no_backtrader:
+            cases.append((run_backtrader_single, args.single_bars))
+    if have_bt and wanted("backtrader") and (wanted("dense") or "backtrader" in only):
+        cases.append((run_backtrader, args.symbols, args.bars))
+
+    runs = [[in_process(*case) for case in cases] for _ in range(max(args.repeats, 1))]
+    rows = median_rows(runs)
 
     print(
-        f"\n{args.symbols} symbols x {args.bars:,} minute bars = {args.symbols * args.bars:,} bars "
-        "(quantnet: built-in us_sectors, 20 stocks x 8,313 days), one process each"
+        f"\n{args.symbols} symbols x {args.bars:,} minute bars = {args.symbols * args.bars:,} bars; "
+        f"1 symbol x {args.single_bars:,} minute bars; quantnet: "
+        f"{args.quantnet_data or 'built-in us_sectors, 20 stocks x 8,313 days'}; one process per case, "
+        f"median of {max(args.repeats, 1)}"
     )
     print(
-        f"{'case':<50}{'bars':>12}{'seconds':>10}{'bars/s':>14}{'peak RSS MB':>14}{'frame MB':>10}"
+        f"{'case':<58}{'bars':>12}{'seconds':>10}{'bars/s':>14}{'peak RSS MB':>14}{'frame MB':>10}"
         f"{'peak/frame':>12}{'fills':>10}"
     )
-    for name, bars, seconds, rss, fills, frame in rows:
+    for name, bars, seconds, rss, fills, frame, *_ in rows:
         print(
-            f"{name:<50}{bars:>12,}{seconds:>10.2f}{bars / seconds:>14,.0f}{rss:>14,.0f}{frame:>10,.0f}"
+            f"{name:<58}{bars:>12,}{seconds:>10.2f}{bars / seconds:>14,.0f}{rss:>14,.0f}{frame:>10,.0f}"
             f"{rss / frame:>12.2f}{fills:>10.0f}"
         )
     print(
         "peak RSS: the whole process (interpreter and data frame included) while the backtest runs, "
         "after the data was generated"
     )
+    for name, _, _, _, _, _, *extra in rows:
+        if extra and extra[0]:
+            print(
+                f"{name}: {extra[0]}"
+                + (f" (replay loop {extra[1]:.2f} s)" if name.startswith("engine") else "")
+            )
     speed = {name: bars / seconds for name, bars, seconds, *_ in rows}
     if "engine sma_crossover, journal: sqlite" in speed:
         base = speed["engine sma_crossover, journal: none"]
         for kind in ("jsonl", "sqlite"):
             ratio = speed[f"engine sma_crossover, journal: {kind}"] / base
             print(f"journal {kind}: {ratio:.3f}x the speed without a journal")
-    if "backtrader sma_crossover" in speed:
+    if "backtrader sma_crossover" in speed and "engine sma_crossover" in speed:
         ratio = speed["engine sma_crossover"] / speed["backtrader sma_crossover"]
-        print(f"\nSMA crossover: engine is {ratio:,.1f}x backtrader on the same bars")
+        print(f"\nSMA crossover, {args.symbols} symbols: engine is {ratio:,.1f}x backtrader on the same bars")
+    engine = speed.get("engine sma qty=5, 1 symbol")
+    for peer in (
+        "backtesting.py sma qty=5, 1 symbol",
+        "backtrader sma qty=5, 1 symbol",
+        "plain-Python loop sma qty=5",
+    ):
+        if engine and peer in speed:
+            print(f"SMA qty=5, 1 symbol: engine is {engine / speed[peer]:,.2f}x {peer.split(' sma')[0]}")
 
 
 if __name__ == "__main__":

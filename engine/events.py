@@ -98,7 +98,9 @@ class BarOpen:
 
 @dataclass(slots=True)
 class Signal:
-    """A strategy's desired exposure: target weights (fraction of equity) per universe symbol.
+    """A strategy's desired exposure: target weights (fraction of equity) per universe symbol, or
+    with ``units`` target quantities (signed units of each instrument, as ``size=5`` in
+    backtesting.py), which do not resize as equity moves.
 
     NaN leaves a symbol's position as it is.
     """
@@ -107,6 +109,7 @@ class Signal:
     ts_init: int
     strategy: str
     targets: np.ndarray
+    units: bool = False
 
 
 @dataclass(slots=True)

@@ -71,6 +71,7 @@ class OrderManager:
         self.instance_id = instance_id
         n = len(portfolio.symbols)
         self.targets = np.full(n, np.nan)
+        self.units = np.zeros(n, dtype=bool)  # targets held in units of the instrument, not weights
         self.pending = np.zeros(n)
         self._open: dict[str, tuple[int, float]] = {}
         self._open_count = np.zeros(n, dtype=np.int64)
@@ -89,11 +90,12 @@ class OrderManager:
         old = self.targets
         given = ~np.isnan(new)
         self._strategy = signal.strategy
+        np.copyto(self.units, signal.units, where=given)
         if self.every_bar:
             np.copyto(old, new, where=given)  # traded by rebalance() once the bar's decisions are in
             return
         changed = given & (~(np.abs(new - old) <= 1e-12) | self.unpriced)
-        if self.rebalance_band > 0:
+        if self.rebalance_band > 0 and not signal.units:
             drift = np.abs(self.portfolio.weights() - np.where(given, new, old))
             changed |= given & (drift > self.rebalance_band)
         np.copyto(old, new, where=given)
@@ -131,7 +133,8 @@ class OrderManager:
             return
         if not math.isfinite(pf.equity) or pf.equity <= 0.0:
             return
-        delta = target * pf.equity / price - pf.qty[i] - self.pending[i]
+        wanted = target if self.units[i] else target * pf.equity / price
+        delta = wanted - pf.qty[i] - self.pending[i]
         if abs(delta) * price <= max(self.min_trade_notional, 1e-9 * pf.equity):
             return
         symbol = pf.symbols[i]
@@ -198,7 +201,7 @@ class OrderManager:
             self.pending[i] -= remaining
             self._close(update.client_id, i)
 
-    _STATE = ("targets", "pending", "_open", "_open_count", "unpriced", "_any_unpriced", "unknown")
+    _STATE = ("targets", "units", "pending", "_open", "_open_count", "unpriced", "_any_unpriced", "unknown")
 
     def state(self) -> dict[str, object]:
         """Targets and orders on their way: after a restart the same targets do not trade again."""

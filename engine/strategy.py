@@ -90,11 +90,14 @@ class Strategy(ABC):
     """Subclass, set ``name`` and ``Params``, implement ``on_bars``.
 
     ``window`` is how many past closes the host keeps for ``ctx.closes`` (0: none, cheapest).
+    ``units``: targets are quantities of each instrument instead of fractions of equity (read
+    after ``on_start``).
     """
 
     name: ClassVar[str]
     Params: ClassVar[type[Params]] = Params
     window: int = 0
+    units: bool = False
 
     def __init__(self, params: Params | None = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -182,7 +185,9 @@ class StrategyHost:
             targets = standing if targets is None else np.where(np.isnan(targets), standing, targets)
         if targets is None or np.isnan(targets).all():
             return
-        self.bus.publish(Signal(bars.ts_event, self.clock.now_ns(), self.strategy.name, targets))
+        self.bus.publish(
+            Signal(bars.ts_event, self.clock.now_ns(), self.strategy.name, targets, self.strategy.units)
+        )
 
     def _decide(self, bars: BarSet) -> np.ndarray | None:
         """The strategy's answer for this bar, with invalid targets turned into "no change"."""
@@ -198,7 +203,9 @@ class StrategyHost:
                 f"strategy {self.strategy.name} returned targets of shape {targets.shape}, "
                 f"expected ({len(ctx.symbols)},)"
             )
-        bad = np.isinf(targets) | (np.abs(targets) > self.max_weight + 1e-12)
+        bad = np.isinf(targets)
+        if not self.strategy.units:
+            bad |= np.abs(targets) > self.max_weight + 1e-12
         if bad.any():
             self.invalid_targets += int(bad.sum())
             log.warning(

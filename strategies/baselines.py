@@ -56,16 +56,22 @@ class SmaCrossoverParams(Params):
     slow: int = Field(30, ge=2)
     target: float | None = Field(None, gt=0, le=1, description="weight held while fast > slow; default 1/N")
     short: bool = Field(False, description="hold -target while fast < slow instead of staying flat")
+    quantity: float | None = Field(
+        None, gt=0, description="hold this many units (not a weight) while fast > slow; excludes target"
+    )
 
     @model_validator(mode="after")
     def _fast_below_slow(self) -> SmaCrossoverParams:
         if self.fast >= self.slow:
             raise ValueError(f"fast ({self.fast}) must be shorter than slow ({self.slow})")
+        if self.quantity is not None and self.target is not None:
+            raise ValueError("give target (a weight) or quantity (units), not both")
         return self
 
 
 class SmaCrossover(Strategy):
-    """Long ``target`` while the fast simple moving average of closes is above the slow one.
+    """Long ``target`` (or ``quantity`` units) while the fast simple moving average of closes is
+    above the slow one.
 
     Moving sums are updated incrementally, so a bar costs O(assets) whatever the windows.
     """
@@ -80,7 +86,8 @@ class SmaCrossover(Strategy):
     def on_start(self, symbols: tuple[str, ...]) -> None:
         p = self.params
         n = len(symbols)
-        self.target = _per_asset(p.target, n)
+        self.units = p.quantity is not None
+        self.target = p.quantity if p.quantity is not None else _per_asset(p.target, n)
         self._ring = np.zeros((p.slow, n))
         self._count = np.zeros(n, dtype=np.int64)
         self._steps = 0

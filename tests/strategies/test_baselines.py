@@ -86,3 +86,48 @@ def test_ts_momentum_is_sign_of_mean_return():
 def test_unknown_parameter_is_refused():
     with pytest.raises(StrategyError, match=r"strategy risk_parity: unknown parameter 'lookbak'"):
         create("risk_parity", {"lookbak": 3})
+
+
+def test_sma_crossover_with_a_quantity_trades_units_at_the_next_open():
+    """``quantity`` holds a fixed number of units (not a weight) whatever equity does: every fill
+    is that many units at the next bar's open, and the final equity is the hand-booked one."""
+    from quantnet.backtest import run_backtest
+    from quantnet.config import load_config
+
+    data = make_bars(("A", "B"), 300, seed=11)
+    cfg = load_config(
+        None,
+        {
+            "portfolio": {"cash": 50_000},
+            "costs": {"taker_fee_bps": 10, "slippage_bps": 0},
+            "data": {"timestamps": "close"},
+        },
+    )
+    result = run_backtest(
+        cfg, strategy=create("sma_crossover", {"fast": 5, "slow": 20, "quantity": 3}), data=data
+    )
+    cash, final, expected = 50_000.0, 0.0, []
+    for sym in ("A", "B"):
+        rows = data[data["symbol"] == sym].reset_index(drop=True)
+        close, opn = rows["close"], rows["open"].to_numpy()
+        want = np.where(close.rolling(5).mean() > close.rolling(20).mean(), 3.0, 0.0)
+        held = 0.0
+        for t in range(19, len(rows) - 1):
+            if want[t] != held:
+                side = 1.0 if want[t] > held else -1.0
+                price = opn[t + 1]
+                cash -= side * 3.0 * price + 3.0 * price * 0.001
+                held = want[t]
+                expected.append((rows["timestamp"][t + 1], sym, "buy" if side > 0 else "sell", price))
+        final += held * close.iloc[-1]
+    trades = result.trades
+    assert len(trades) > 10
+    assert (trades["quantity"] == 3.0).all()
+    got = sorted(zip(trades["timestamp"], trades["symbol"], trades["side"], trades["price"], strict=True))
+    assert got == sorted(expected)
+    assert result.equity["equity"].iloc[-1] == pytest.approx(cash + final, rel=1e-12)
+
+
+def test_sma_crossover_refuses_a_target_and_a_quantity():
+    with pytest.raises(StrategyError, match="not both"):
+        create("sma_crossover", {"target": 0.5, "quantity": 3})
