@@ -18,7 +18,7 @@ import numpy as np
 import structlog
 from pydantic import BaseModel, ConfigDict
 
-from engine.bus import EventBus
+from engine.bus import BusMode, EventBus
 from engine.clock import Clock
 from engine.events import BarSet, Signal
 
@@ -148,6 +148,9 @@ class StrategyHost:
         self.max_weight = max_weight
         self.ctx = StrategyContext(symbols, strategy.window, weights)
         self.invalid_targets = 0
+        self.strict = bus.mode is BusMode.BACKTEST
+        self.max_gross_target = 0.0
+        self._targets = np.zeros(len(symbols))
         self._standing: np.ndarray | None = None
         strategy.on_start(symbols)
         bus.subscribe(BarSet, self.on_bars)
@@ -207,6 +210,16 @@ class StrategyHost:
         if not self.strategy.units:
             bad |= np.abs(targets) > self.max_weight + 1e-12
         if bad.any():
+            values = ", ".join(f"{ctx.symbols[i]}={targets[i]:g}" for i in np.flatnonzero(bad)[:5])
+            if self.strict:  # a backtest with dropped decisions would look right and be wrong
+                from datetime import UTC, datetime
+
+                when = datetime.fromtimestamp(bars.ts_event / 1e9, UTC).isoformat()
+                raise StrategyError(
+                    f"strategy {self.strategy.name} returned invalid targets at {when}: {values} "
+                    f"(a target is a finite weight of equity with |w| <= max_weight {self.max_weight:g}; "
+                    "NaN means no change)"
+                )
             self.invalid_targets += int(bad.sum())
             log.warning(
                 "invalid targets ignored",
@@ -216,4 +229,22 @@ class StrategyHost:
                 max_weight=self.max_weight,
             )
             targets[bad] = np.nan
+        self._check_gross(targets)
         return targets
+
+    def _check_gross(self, targets: np.ndarray) -> None:
+        """Warn once when the standing targets add up to more than the equity (leverage: cash goes
+        negative and is charged ``[costs] borrow_rate``); per-asset targets that look small sum
+        past 1 quickly over a universe."""
+        known = ~np.isnan(targets)
+        self._targets[known] = targets[known]
+        gross = float(np.abs(self._targets).sum())
+        if gross > self.max_gross_target:
+            if gross > 1.0 + 1e-9 and self.max_gross_target <= 1.0 + 1e-9:
+                log.warning(
+                    "targets sum above 1: the book is leveraged (negative cash)",
+                    strategy=self.strategy.name,
+                    gross_target=round(gross, 4),
+                    assets=int(np.count_nonzero(self._targets)),
+                )
+            self.max_gross_target = gross

@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 # name -> (module whose register(app) defines it, one-line help shown by ``quantnet --help``)
 COMMANDS: dict[str, tuple[str, str]] = {
     "backtest": ("quantnet.commands.backtest", "Replay historical bars through a strategy."),
+    "strategies": ("quantnet.commands.strategies", "List strategies with their parameters and defaults."),
     "data": ("quantnet.commands.data", "Historical market data: fetch Bybit klines to files."),
     "stream": ("quantnet.commands.stream", "Print live closed Bybit klines as JSON lines."),
     "train": ("quantnet.commands.train", "Train a QuantNet model and write a checkpoint."),

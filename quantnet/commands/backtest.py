@@ -15,9 +15,21 @@ from engine.bus import HandlerError
 from engine.config import ConfigError, validate
 from engine.logs import configure_logging
 from quantnet.backtest import BacktestResult, run_backtest
-from quantnet.commands.common import delayed_progress, fail, parse_params
+from quantnet.commands.common import (
+    at_least,
+    check_model_file,
+    check_range,
+    check_strategy_model,
+    config_source,
+    delayed_progress,
+    fail,
+    iso_time,
+    output_dir,
+    parse_params,
+    remove_if_empty,
+)
 from quantnet.config import AppConfig, load_config
-from strategies.registry import StrategyError
+from strategies.registry import StrategyError, takes_model
 
 _SUMMARY = (
     ("total_return", "Total return", "{:.2%}"),
@@ -134,13 +146,22 @@ def register(app: typer.Typer) -> None:
         config: Annotated[
             Path | None, typer.Option("--config", help="config TOML (default ./config.toml)")
         ] = None,
-        output: Annotated[Path, typer.Option("--output", help="output directory")] = Path("out/backtest"),
+        output: Annotated[
+            Path | None,
+            typer.Option("--output", help="results directory (default: a new out/STRATEGY-UTCSTAMP)"),
+        ] = None,
         log_json: Annotated[bool, typer.Option("--log-json", help="log JSON lines")] = False,
     ) -> None:
         """Run a historical replay backtest. With no options: the configured default strategy on the
-        built-in dataset."""
+        built-in dataset. --strategy also takes your own class: path/to/file.py:ClassName."""
         if log_json:
             configure_logging(json=True)
+        start, end = iso_time(start, "--start"), iso_time(end, "--end")
+        check_range(start, end)
+        at_least(cash, "--cash", strict=True)
+        at_least(fee_bps, "--fee-bps")
+        at_least(slippage_bps, "--slippage-bps")
+        check_model_file(model)
         overrides: dict[str, Any] = {
             "data": {"path": data, "start": start, "end": end},
             "portfolio": {"cash": cash},
@@ -148,15 +169,28 @@ def register(app: typer.Typer) -> None:
             "execution": {"fill_at": fill_at.value if fill_at is not None else None},
         }
         params = parse_params(param)
-        if model is not None:
-            params["model"] = str(model)
-            strategy = strategy or "quantnet"
+        config, config_line = config_source(config)
+        made: Path | None = None
         try:
-            cfg = with_strategy(load_config(config, overrides), strategy, params)
+            cfg = load_config(config, overrides)
+            check_range(cfg.data.start, cfg.data.end, "[data] start", "[data] end")
+            if model is not None:
+                strategy = strategy or ("quantnet" if not takes_model(cfg.strategy.name) else None)
+                check_strategy_model(strategy or cfg.strategy.name, model)
+                params["model"] = str(model)
+            cfg = with_strategy(cfg, strategy, params)
+            existed = output is not None and output.exists()
+            output = output_dir(output, cfg.strategy.name)
+            made = None if existed else output
             result = run_backtest(cfg, output=output, progress=delayed_progress)
         except (ConfigError, DataError, StrategyError) as exc:
+            remove_if_empty(made)
             fail(str(exc))
         except HandlerError as exc:
+            remove_if_empty(made)
+            cause = exc.__cause__
+            if isinstance(cause, StrategyError):
+                fail(f"backtest stopped: {cause}", code=1)
             fail(f"backtest stopped: {exc}", code=1)
         Console().print(summary_table(result))
         halted = halt_line(result)
@@ -168,8 +202,11 @@ def register(app: typer.Typer) -> None:
         files = "metrics.json, equity.csv, trades.csv, round_trips.csv, report.html" + (
             ", journal.db" if cfg.engine.journal else ""
         )
-        Console().print(
+        out = Console(soft_wrap=True)
+        out.print(config_line, highlight=False, markup=False)
+        out.print(
             f"{result.bars:,} bars in {result.seconds:.2f} s ({rate:,.0f} bars/s); "
             f"results in {output}/ ({files})",
             highlight=False,
+            markup=False,
         )

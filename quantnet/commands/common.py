@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import typer
@@ -37,7 +39,7 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
 
 
 def delayed_progress(
-    items: Iterable[T], total: int, *, label: str = "replay", after: float = 2.0, every: int = 2048
+    items: Iterable[T], total: int, *, label: str = "replay", after: float = 1.0, every: int = 2048
 ) -> Iterator[T]:
     """Yield ``items``; show a progress bar only once the loop has run ``after`` seconds, checking
     the time every ``every`` items so the hot loop pays almost nothing."""
@@ -64,3 +66,119 @@ def delayed_progress(
     finally:
         if progress is not None:
             progress.stop()
+
+
+_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}:?\d{2})?$")
+
+
+def iso_time(text: str | None, option: str) -> str | None:
+    """An ISO 8601 date or datetime as typed, or a one-line refusal: ``01/02/2005`` is January or
+    February depending on who reads it, so only YYYY-MM-DD[THH:MM[:SS]] is accepted."""
+    if text is None or text == "":
+        return text
+    import pandas as pd
+
+    value = text.strip()
+    if not _ISO.match(value):
+        fail(f"{option} {text!r} is not an ISO 8601 date: write YYYY-MM-DD or YYYY-MM-DDTHH:MM (UTC)")
+    try:
+        pd.Timestamp(value)
+    except ValueError:
+        fail(f"{option} {text!r} is not a valid date")
+    return value
+
+
+def check_range(start: str | None, end: str | None, first: str = "--start", last: str = "--end") -> None:
+    """Refuse an empty period before any data is read (the data would say only "no bars")."""
+    if not start or not end:
+        return
+    import pandas as pd
+
+    a, b = pd.Timestamp(start), pd.Timestamp(end)
+    a = a.tz_localize("UTC") if a.tzinfo is None else a
+    b = b.tz_localize("UTC") if b.tzinfo is None else b
+    if a > b:
+        fail(f"{first} {start} is after {last} {end}: no bars in between")
+
+
+def at_least(value: float | None, option: str, minimum: float = 0.0, *, strict: bool = False) -> None:
+    """A bound on a number, named by the option the user typed (not by the config key it sets)."""
+    if value is None:
+        return
+    if value != value or (value <= minimum if strict else value < minimum):
+        word = "greater than" if strict else "at least"
+        fail(f"{option} must be {word} {minimum:g}, got {value:g}")
+
+
+def check_model_file(model: Path | None) -> None:
+    """A checkpoint is a torch zip archive: refuse anything else before data or torch is loaded,
+    rather than answer with torch's unpickling paragraph."""
+    if model is None:
+        return
+    import zipfile
+
+    if not model.exists():
+        fail(f"--model {model}: file not found (train one with `quantnet train --out {model}`)")
+    if model.is_dir():
+        fail(f"--model {model} is a directory; give the checkpoint file written by `quantnet train`")
+    if not zipfile.is_zipfile(model):
+        fail(f"--model {model} is not a QuantNet checkpoint (not a file written by `quantnet train`)")
+
+
+def check_strategy_model(strategy: str, model: Path | None) -> None:
+    """``--model`` sets a strategy's ``model`` parameter; a strategy without one cannot use it."""
+    if model is None:
+        return
+    from strategies.registry import StrategyError, takes_model
+
+    try:
+        ok = takes_model(strategy)
+    except StrategyError as exc:
+        fail(str(exc))
+    if not ok:
+        fail(f"--model is a QuantNet checkpoint; --strategy {strategy} takes no model (drop --model)")
+
+
+def output_dir(output: Path | None, strategy: str, root: Path = Path("out")) -> Path:
+    """``--output`` as given, else a new folder per run: ``out/<strategy>-<UTC stamp>``, so no run
+    overwrites another. Refuses a file or an unwritable place in one line."""
+    import os
+    from datetime import UTC, datetime
+
+    if output is None:
+        label = re.sub(r"[^A-Za-z0-9_.-]+", "_", strategy.rpartition(":")[2] or strategy)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        output = root / f"{label}-{stamp}"
+        n = 2
+        while output.exists():
+            output = root / f"{label}-{stamp}-{n}"
+            n += 1
+    if output.exists() and not output.is_dir():
+        fail(f"--output {output} is a file; give a directory for the results")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"--output {output}: cannot create the directory ({exc.strerror or exc})")
+    if not os.access(output, os.W_OK | os.X_OK):
+        fail(f"--output {output}: directory is not writable")
+    return output
+
+
+def config_source(config: Path | None) -> tuple[Path | None, str]:
+    """Which config file a command reads, and the summary's line about it: a run from another
+    directory silently using defaults gave different numbers than the same run beside config.toml."""
+    from quantnet.config import DEFAULT_CONFIG
+
+    if config is not None:
+        return config, f"config: {config}"
+    if DEFAULT_CONFIG.is_file():
+        return DEFAULT_CONFIG, f"config: {DEFAULT_CONFIG.resolve()}"
+    return None, (
+        f"config: no config.toml in {Path.cwd()}; built-in defaults apply (--config FILE to use one)"
+    )
+
+
+def remove_if_empty(folder: Path | None) -> None:
+    """A run that failed before writing anything leaves no empty folder behind."""
+    if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()

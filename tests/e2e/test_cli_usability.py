@@ -90,3 +90,79 @@ def test_a_misspelt_command_is_answered_with_the_right_one(tmp_path):
     result = quantnet("backtst", cwd=tmp_path)
     assert result.returncode == 2
     assert "Did you mean 'backtest'" in result.stderr
+
+
+# --- quantnet backtest: input checked before any data is read, one line naming the option -------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--start", "01/02/2005"], "--start '01/02/2005' is not an ISO 8601 date"),
+        (["--end", "2005-13-01"], "--end '2005-13-01' is not a valid date"),
+        (["--start", "2012-01-01", "--end", "2011-01-01"], "--start 2012-01-01 is after --end 2011-01-01"),
+        (["--fee-bps", "-3"], "--fee-bps must be at least 0, got -3"),
+        (["--slippage-bps", "-1"], "--slippage-bps must be at least 0, got -1"),
+        (["--cash", "0"], "--cash must be greater than 0, got 0"),
+        (["--param", "fats=3"], "unknown parameter 'fats' (valid parameters: fast, slow, target, short)"),
+        (["--strategy", "nope"], "unknown strategy 'nope'; available: buy_and_hold, cs_momentum"),
+    ],
+)
+def test_backtest_refuses_bad_options_in_one_line(tmp_path, prices_csv, args, expected):
+    result = runner.invoke(app, ["backtest", "--data", str(prices_csv), "--strategy", "sma_crossover", *args])
+    assert result.exit_code == 2, result.output
+    assert expected in result.output
+    assert result.output.count("\n") <= 2, result.output
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_backtest_model_checks(tmp_path, prices_csv):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    result = runner.invoke(app, ["backtest", "--data", str(prices_csv), "--model", str(junk)])
+    assert result.exit_code == 2
+    assert f"--model {junk} is not a QuantNet checkpoint" in result.output
+    assert "weights_only" not in result.output
+    result = runner.invoke(app, ["backtest", "--model", str(tmp_path), "--data", str(prices_csv)])
+    assert "is a directory" in result.output
+    ok_zip = tmp_path / "real.zip"
+    import zipfile
+
+    with zipfile.ZipFile(ok_zip, "w") as zf:
+        zf.writestr("x", "y")
+    result = runner.invoke(
+        app, ["backtest", "--strategy", "sma_crossover", "--model", str(ok_zip), "--data", str(prices_csv)]
+    )
+    assert result.exit_code == 2
+    assert "--strategy sma_crossover takes no model" in result.output
+
+
+def test_backtest_output_that_is_a_file_or_unwritable(tmp_path, prices_csv):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    result = runner.invoke(app, ["backtest", "--data", str(prices_csv), "--output", str(afile)])
+    assert result.exit_code == 2
+    assert f"--output {afile} is a file" in result.output
+    result = runner.invoke(app, ["backtest", "--data", str(prices_csv), "--output", str(afile / "sub")])
+    assert result.exit_code == 2
+    assert "cannot create the directory" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_each_run_gets_its_own_folder_and_the_summary_names_it_and_the_config(tmp_path, prices_csv):
+    """Two runs from a directory without config.toml: two folders, both named, defaults stated;
+    with a config.toml beside the run, the summary names that file."""
+    first = quantnet("backtest", "--strategy", "sma_crossover", "--data", str(prices_csv), cwd=tmp_path)
+    second = quantnet("backtest", "--strategy", "sma_crossover", "--data", str(prices_csv), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    folders = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert len(folders) == 2
+    assert all((name.startswith("sma_crossover-") and name.endswith("Z")) or "Z-" in name for name in folders)
+    for run, folder in zip((first, second), folders, strict=True):
+        assert f"results in out/{folder}/" in run.stdout
+        assert (tmp_path / "out" / folder / "metrics.json").is_file()
+        assert f"no config.toml in {tmp_path}; built-in defaults apply" in run.stdout
+    (tmp_path / "config.toml").write_text("[costs]\ntaker_fee_bps = 0\n")
+    third = quantnet("backtest", "--strategy", "sma_crossover", "--data", str(prices_csv), cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert f"config: {tmp_path / 'config.toml'}" in third.stdout
