@@ -118,7 +118,7 @@ def check_model_file(model: Path | None) -> None:
     import zipfile
 
     if not model.exists():
-        fail(f"--model {model}: file not found (train one with `quantnet train --out {model}`)")
+        fail(f"--model {model} not found (train one with `quantnet train --out {model}`)")
     if model.is_dir():
         fail(f"--model {model} is a directory; give the checkpoint file written by `quantnet train`")
     if not zipfile.is_zipfile(model):
