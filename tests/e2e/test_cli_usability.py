@@ -104,7 +104,7 @@ def test_a_misspelt_command_is_answered_with_the_right_one(tmp_path):
         (["--fee-bps", "-3"], "--fee-bps must be at least 0, got -3"),
         (["--slippage-bps", "-1"], "--slippage-bps must be at least 0, got -1"),
         (["--cash", "0"], "--cash must be greater than 0, got 0"),
-        (["--param", "fats=3"], "unknown parameter 'fats' (valid parameters: fast, slow, target, short)"),
+        (["--param", "fats=3"], "unknown parameter 'fats' (valid parameters: fast, slow, target, short"),
         (["--strategy", "nope"], "unknown strategy 'nope'; available: buy_and_hold, cs_momentum"),
     ],
 )
