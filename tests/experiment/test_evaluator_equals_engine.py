@@ -13,20 +13,8 @@ from engine.strategy import Strategy, StrategyContext
 from models import ModelConfig, QuantNet
 from models.data import markets_from_frame
 from quantnet.backtest import run_backtest
-from quantnet.config import AppConfig, load_config
+from quantnet.config import load_config
 from quantnet.experiment.evaluate import BASELINES, baseline_signals, model_signals, strategy_returns
-
-
-def _fill_at_section() -> str | None:
-    for name, field in AppConfig.model_fields.items():
-        sub = field.annotation
-        if isinstance(sub, type) and "fill_at" in getattr(sub, "model_fields", {}):
-            return name
-    return None
-
-
-SECTION = _fill_at_section()
-NO_FILL_AT = 'the engine has no fill_at setting yet (fill_at = "close", issue 8)'
 
 
 class Replay(Strategy):
@@ -65,11 +53,10 @@ def _frame() -> pd.DataFrame:
 def _engine_returns(
     frame: pd.DataFrame, sym: str, targets: dict[int, float], cost_bps: float, fill_at: str
 ) -> np.ndarray:
-    execution = {SECTION: {"fill_at": fill_at}} if SECTION is not None else {}
     cfg = load_config(
         None,
         {
-            **execution,
+            "execution": {"fill_at": fill_at},
             "costs": {"taker_fee_bps": cost_bps, "maker_fee_bps": cost_bps, "slippage_bps": 0.0},
             "portfolio": {"rebalance": "every_bar", "max_weight": 10.0, "cash": 1e6},
             "engine": {"journal": False},
@@ -89,8 +76,6 @@ def _engine_returns(
 def test_evaluator_equals_engine(cost_bps, fill_at):
     """``next_open`` runs on data whose opens equal the previous close, where a next-open fill is
     priced like a fill at the decision's close; ``close`` is market-on-close itself."""
-    if fill_at == "close" and SECTION is None:
-        pytest.skip(NO_FILL_AT)
     frame = _frame()
     (market,) = markets_from_frame(frame[["timestamp", "symbol", "close", "market"]])
     start = 100
