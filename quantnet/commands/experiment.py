@@ -155,9 +155,9 @@ def register(app: typer.Typer) -> None:
             elif stage == "step":
                 fields = {}
                 if info.get("val_sharpe") is not None:
-                    fields["detail"] = (
-                        f"val Sharpe {info['val_sharpe']:+.3f} (best {info['best_val_sharpe']:+.3f})"
-                    )
+                    best = info.get("best_val_sharpe")
+                    kept = "-" if best is None else f"{best:+.3f}"
+                    fields["detail"] = f"val Sharpe {info['val_sharpe']:+.3f} (kept {kept})"
                 progress.update(inner, completed=info["step"], **fields)
 
         tuned: dict[str, Any] = {}
