@@ -102,7 +102,8 @@ def _figures(results: dict[str, Any], units: list[dict[str, Any]], baselines: di
         figs.append(("Sharpe gain of QuantNet over No-Transfer by market (paper figs. 4-5)", fig))
 
     enc = next((u["encodings"] for u in units if u.get("encodings")), None)
-    if enc and len(enc) >= 2:
+    enc = {k: v for k, v in (enc or {}).items() if all(math.isfinite(x) for x in v)}
+    if len(enc) >= 2:
         import plotly.figure_factory as ff
 
         names = list(enc)

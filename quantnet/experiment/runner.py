@@ -124,29 +124,16 @@ def baselines(
 
 def encodings(model: Any, markets: Sequence[Market], split: DatedSplit) -> dict[str, list[float]]:
     """Each market's representation in the shared space: the mean and standard deviation over its
-    training rows of its encoder's output (the transfer layer's input), for the dendrogram."""
-    import torch
-
-    from models.data import model_arrays
-
+    training rows of its encoder's output e_t (the transfer layer's input), for the dendrogram.
+    Empty for models without a transfer layer."""
+    if model.shared is None:
+        return {}
     out: dict[str, list[float]] = {}
-    getter = getattr(model, "encodings", None)
     for m in markets:
-        net = model.markets[model.index(m.name)]
-        if net.encoder is None:
-            return {}
-        train_rows = m.returns[: split.val_row(m)]
-        x, _, _ = model_arrays(train_rows)
-        if callable(getter):
-            e = np.asarray(getter(m.name, train_rows), dtype=np.float64)
-        else:
-            was = model.training
-            model.eval()
-            with torch.no_grad():
-                h = torch.as_tensor(x, dtype=next(model.parameters()).dtype).unsqueeze(0) / net.input_scale
-                e = net.encoder(h)[0][0].double().numpy()
-            model.train(was)
-        out[m.name] = [*e.mean(axis=0).tolist(), *e.std(axis=0).tolist()]
+        e = model.encodings(m.name, m.returns[: split.val_row(m)], part="encoder")
+        e = e[np.isfinite(e).all(axis=1)]
+        if len(e) >= 2:
+            out[m.name] = [*e.mean(axis=0).tolist(), *e.std(axis=0).tolist()]
     return out
 
 

@@ -144,7 +144,9 @@ def test_tables_match_values_computed_from_the_files(finished):
     assert set(results["tests"]["net"]["lstm-linear vs notransfer-linear"]) == {"sharpe", "calmar"}
     assert "Table 1, net of 10 bps" in text and "QuantNet lstm-linear" in text
     html = (out / "report.html").read_text()
-    assert "Plotly.newPlot" in html and 'src="http' not in html and html.count("plotly-graph-div") >= 5
+    assert "Plotly.newPlot" in html and 'src="http' not in html
+    assert all(f'id="fig{i}"' in html for i in range(5)), "histogram, returns, gains, dendrogram, curves"
+    assert "Hierarchical clustering" in html
 
 
 def test_resume_skips_finished_units(data_dir, finished):
