@@ -44,6 +44,12 @@ class BybitConfig(BaseModel):
     requests_per_second: float = Field(10.0, gt=0, description="client-side REST throttle")
     ping_interval: float = Field(20.0, gt=0, description="JSON ping period; silence for two is death")
     connect_timeout: float = Field(10.0, gt=0, description="seconds to open a websocket")
+    healthy_after: float = Field(
+        60.0, gt=0, description="s a websocket must stay up before the reconnect backoff resets"
+    )
+    topic_timeout: float = Field(
+        0.0, ge=0, description="s a kline topic may be silent before it is resubscribed; 0: interval + 30 s"
+    )
     time_sync_interval: float = Field(300.0, gt=0, description="seconds between server-time syncs")
 
     @model_validator(mode="after")

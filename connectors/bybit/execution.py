@@ -298,6 +298,7 @@ class BybitExecution:
                 on_connected=self._resync,
                 on_disconnected=self._on_disconnected,
                 now_ms=self.rest.now_ms,
+                resync=self.rest.sync_time,
             )
             self._spawn(self.stream.run())
             await self.stream.wait_ready(self.config.connect_timeout * 2)

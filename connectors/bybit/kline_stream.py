@@ -28,8 +28,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 from connectors.bybit.config import BybitConfig
+from connectors.bybit.connlimit import limit_for
 from connectors.bybit.errors import BybitError, InvalidRequest
-from connectors.bybit.intervals import check_interval, floor_start, next_start, prev_start
+from connectors.bybit.intervals import check_interval, floor_start, interval_ms, next_start, prev_start
 from connectors.bybit.rest import BybitRest, Kline
 from engine.bus import EventBus
 from engine.events import Bar
@@ -65,6 +66,20 @@ class StreamStats:
     gaps: int = 0
     venue_holes: int = 0
     backfill_errors: int = 0
+    subscribe_failures: int = 0
+    resubscribes: int = 0
+    silent_reconnects: int = 0
+    stalls: int = 0
+    rest_retries: int = 0
+    silent_topics: set[str] = field(default_factory=set)
+    """Topics still silent after a resubscription and a reconnect: the stream is degraded."""
+    refused_topics: set[str] = field(default_factory=set)
+    open_gaps: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Gaps REST could not fill, by topic: (first missing start, first bar after it), ms."""
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.silent_topics or self.refused_topics or self.open_gaps)
 
 
 @dataclass(slots=True, eq=False)
@@ -79,6 +94,12 @@ class _Series:
     fill_to: int = -1
     filler: asyncio.Task[None] | None = None
     opened: int = -1
+    rx_ns: int = 0
+    """Local time of the topic's last message (its silence is measured from here)."""
+    stage: int = 0
+    """Silence handling so far: 0 none, 1 resubscribed, 2 reconnected, 3 degraded."""
+    stage_ns: int = 0
+    refill: asyncio.Task[None] | None = None
 
 
 class KlineStream:
@@ -108,6 +129,7 @@ class KlineStream:
         validate_symbols: bool = True,
         max_backfill_attempts: int = 8,
         on_open: Callable[[str, int, float, int], None] | None = None,
+        on_gap: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         if bus is None and on_bar is None:
             raise ValueError("KlineStream needs a bus or an on_bar callback")
@@ -116,6 +138,7 @@ class KlineStream:
         self.url = ws_url or self.config.public_ws(self.category)
         self._emit: Callable[[Bar], None] = on_bar if on_bar is not None else bus.post  # type: ignore[union-attr]
         self._on_open = on_open
+        self._on_gap = on_gap
         self._rest = rest
         self._own_rest = rest is None
         self.validate_symbols = validate_symbols
@@ -136,6 +159,9 @@ class KlineStream:
         self._ws: ClientConnection | None = None
         self._stop = asyncio.Event()
         self._req = itertools.count(1)
+        self._req_topics: dict[str, list[str]] = {}
+        self._resub: list[str] = []
+        self._limit = limit_for(self.url)
 
     @property
     def topics(self) -> list[str]:
@@ -155,16 +181,13 @@ class KlineStream:
         cfg = self.config
         failures = 0
         try:
-            if self.validate_symbols:
-                await self._validate()
-            for s in self.series.values():
-                if s.last is not None:  # start_ms given: fetch history before the live bars
-                    self._want_fill(s, floor_start(self.rest.now_ms(), s.interval) - 1)
+            await self._prepare()
             while not stop.is_set():
-                delivered = await self._connection()
+                await self._limit.acquire()
+                healthy = await self._connection()
                 if stop.is_set():
                     break
-                failures = 0 if delivered else failures + 1
+                failures = 0 if healthy else failures + 1
                 delay = min(cfg.backoff_initial * 2 ** min(failures, 30), cfg.backoff_max)
                 delay *= 0.5 + random.random() / 2
                 self.stats.reconnects += 1
@@ -173,8 +196,9 @@ class KlineStream:
                     await asyncio.wait_for(stop.wait(), delay)
         finally:
             for s in self.series.values():
-                if s.filler is not None:
-                    s.filler.cancel()
+                for task in (s.filler, s.refill):
+                    if task is not None:
+                        task.cancel()
             if self._own_rest and self._rest is not None:
                 await self._rest.close()
 
@@ -182,6 +206,31 @@ class KlineStream:
         self._stop.set()
         if self._ws is not None:
             self._abort(self._ws)
+
+    async def _prepare(self) -> None:
+        """Symbol check and history through REST before the first connection. REST that does
+        not answer (down, unreachable) is waited for, with backoff: a refusal of the symbols is
+        final, an outage is not."""
+        cfg = self.config
+        delay = cfg.backoff_initial
+        while not self._stop.is_set():
+            try:
+                if self.validate_symbols:
+                    await self._validate()
+                for s in self.series.values():
+                    if s.last is not None:  # start_ms given: fetch history before the live bars
+                        self._want_fill(s, floor_start(self.rest.now_ms(), s.interval) - 1)
+                return
+            except InvalidRequest:
+                raise
+            except (BybitError, OSError, TimeoutError) as exc:
+                if isinstance(exc, BybitError) and not exc.retryable:
+                    raise
+                self.stats.rest_retries += 1
+                log.warning("Bybit REST not answering; retrying", error=str(exc), retry_in_s=round(delay, 3))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                delay = min(delay * 2, cfg.backoff_max)
 
     async def _validate(self) -> None:
         """Refuse unknown symbols before subscribing: Bybit would ack them with an error, and
@@ -192,9 +241,11 @@ class KlineStream:
             raise InvalidRequest(f"unknown {self.category} symbol(s): {', '.join(unknown)}")
 
     async def _connection(self) -> bool:
-        """One connection's life; True if it delivered market data (resets the backoff)."""
+        """One connection's life; True if it stayed up ``healthy_after`` seconds (only then does
+        the reconnect backoff start again from its first step: a venue that accepts and drops
+        every connection meets a growing delay)."""
         cfg = self.config
-        frames_before = self.stats.frames
+        opened = time.monotonic()
         try:
             async with connect(
                 self.url,
@@ -206,10 +257,16 @@ class KlineStream:
             ) as ws:
                 self._ws = ws
                 self.stats.connections += 1
-                self.last_rx = time.monotonic()
+                self.last_rx = opened = time.monotonic()
+                now_ns = time.time_ns()
+                for s in self.series.values():
+                    s.rx_ns = now_ns  # each topic's silence counts from its subscription
+                self._resub.clear()
                 heart = asyncio.ensure_future(self._heartbeat(ws))
                 try:
-                    for request in self._subscribe_requests():
+                    for request in self._subscribe_requests(
+                        [t for t in self.series if t not in self.stats.refused_topics]
+                    ):
                         await ws.send(request)
                     await self._read(ws)
                 finally:
@@ -222,38 +279,102 @@ class KlineStream:
                 log.warning(
                     "kline stream connection lost", url=self.url, error=f"{type(exc).__name__}: {exc}"
                 )
-        return self.stats.frames - frames_before > len(self.series)
+        return time.monotonic() - opened >= cfg.healthy_after
 
-    def _subscribe_requests(self) -> Iterable[str]:
-        topics = list(self.series)
+    def _subscribe_requests(self, topics: list[str], op: str = "subscribe") -> Iterable[str]:
         per = SPOT_ARGS_PER_REQUEST if self.category == "spot" else 500
         batch: list[str] = []
         size = 0
         for topic in topics:
             if batch and (len(batch) >= per or size + len(topic) > MAX_ARGS_CHARS):
-                yield self._sub(batch)
+                yield self._sub(batch, op)
                 batch, size = [], 0
             batch.append(topic)
             size += len(topic) + 3
         if batch:
-            yield self._sub(batch)
+            yield self._sub(batch, op)
 
-    def _sub(self, topics: list[str]) -> str:
-        return json.dumps({"req_id": f"sub-{next(self._req)}", "op": "subscribe", "args": topics})
+    def _sub(self, topics: list[str], op: str = "subscribe") -> str:
+        req_id = f"{op[:5]}-{next(self._req)}"
+        if op == "subscribe":
+            self._req_topics[req_id] = topics
+            if len(self._req_topics) > 10_000:
+                self._req_topics.pop(next(iter(self._req_topics)))
+        return json.dumps({"req_id": req_id, "op": op, "args": topics})
+
+    def topic_timeout(self, s: _Series) -> float:
+        """Seconds a topic may stay silent: its interval (Bybit confirms every bar, so a live
+        topic speaks at least that often) plus a margin, unless configured."""
+        return self.config.topic_timeout or interval_ms(s.interval) / 1000.0 + 30.0
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
-        """JSON ping every ``ping_interval``; two intervals of silence mean a dead connection."""
+        """JSON ping every ``ping_interval``; a connection silent for two ping periods is dead
+        (woken at that deadline, not at the next ping, so detection never takes longer). Each
+        ping period it also watches every topic's silence and sends resubscriptions due."""
         period = self.config.ping_interval
         ping = json.dumps({"req_id": "ping", "op": "ping"})
+        next_ping = time.monotonic() + period
         while True:
-            await asyncio.sleep(period)
-            silent = time.monotonic() - self.last_rx
-            if silent > 2 * period:
+            now = time.monotonic()
+            await asyncio.sleep(max(min(next_ping, self.last_rx + 2 * period) - now, 0.0))
+            now = time.monotonic()
+            silent = now - self.last_rx
+            if silent >= 2 * period:
+                self.stats.stalls += 1
                 log.warning("kline stream silent, dropping connection", silent_s=round(silent, 3))
                 self._abort(ws)
                 return
+            if now < next_ping:
+                continue
+            next_ping = now + period
             with contextlib.suppress(Exception):
                 await ws.send(ping)
+                if self._resub:
+                    topics, self._resub = self._resub, []
+                    for request in self._subscribe_requests(topics):
+                        await ws.send(request)
+            if self._watch_topics(ws):
+                return
+
+    def _watch_topics(self, ws: ClientConnection) -> bool:
+        """A topic silent past its timeout while the connection lives (pongs arrive): first
+        resubscribe it, then reconnect, then mark the stream degraded (and keep resubscribing).
+        True when the connection is being dropped."""
+        now = time.time_ns()
+        for s in self.series.values():
+            if s.topic in self.stats.refused_topics:
+                continue
+            limit = self.topic_timeout(s) * 1e9
+            since = max(s.rx_ns, s.stage_ns)
+            if now - since < limit:
+                continue
+            silent_s = round((now - s.rx_ns) / 1e9, 3)
+            s.stage_ns = now
+            if s.stage == 0 or s.stage >= 3:
+                s.stage = max(s.stage, 1)
+                self.stats.resubscribes += 1
+                log.warning("kline topic silent; resubscribing", topic=s.topic, silent_s=silent_s)
+                self._resub_now(ws, s.topic)
+            elif s.stage == 1:
+                s.stage = 2
+                self.stats.silent_reconnects += 1
+                log.warning("kline topic still silent; reconnecting", topic=s.topic, silent_s=silent_s)
+                self._abort(ws)
+                return True
+            else:
+                s.stage = 3
+                self.stats.silent_topics.add(s.topic)
+                log.error("kline topic silent after a reconnect; degraded", topic=s.topic, silent_s=silent_s)
+        return False
+
+    def _resub_now(self, ws: ClientConnection, topic: str) -> None:
+        async def send() -> None:
+            with contextlib.suppress(Exception):
+                await ws.send(self._sub([topic], "unsubscribe"))
+                await ws.send(self._sub([topic]))
+
+        task = asyncio.ensure_future(send())
+        task.add_done_callback(lambda t: None)
 
     @staticmethod
     def _abort(ws: ClientConnection) -> None:
@@ -293,6 +414,9 @@ class KlineStream:
         if not isinstance(data, list):
             self._malformed(raw, "data is not a list")
             return
+        series.rx_ns = ts_init
+        if series.stage:
+            self._spoke(series)
         for k in data:
             try:
                 start = k["start"]
@@ -308,6 +432,13 @@ class KlineStream:
             except (KeyError, TypeError, ValueError) as exc:
                 self._malformed(raw, f"bad kline element: {type(exc).__name__}: {exc}")
 
+    def _spoke(self, s: _Series) -> None:
+        if s.stage >= 2:
+            log.info("kline topic speaks again", topic=s.topic)
+        s.stage = 0
+        s.stage_ns = 0
+        self.stats.silent_topics.discard(s.topic)
+
     def _malformed(self, raw: str | bytes, why: str) -> None:
         self.stats.malformed += 1
         log.warning("malformed frame skipped", reason=why, frame=str(raw)[:160], count=self.stats.malformed)
@@ -319,17 +450,35 @@ class KlineStream:
         self.stats.control += 1
         if msg.get("ret_msg") == "pong" or msg.get("op") in ("pong", "ping"):
             return
-        if msg.get("op") == "subscribe" or "success" in msg:
-            if msg.get("success") is False:
-                reason = str(msg.get("ret_msg", ""))
-                if "already subscribed" in reason:
-                    return
-                raise SubscriptionError(f"Bybit refused the subscription: {reason}", path=self.url)
+        if msg.get("op") in ("subscribe", "unsubscribe") or "success" in msg:
+            if msg.get("success") is False and msg.get("op") != "unsubscribe":
+                self._refused(msg)
             return
         if "topic" in msg:
             log.debug("frame for an unknown topic ignored", topic=msg.get("topic"))
             return
         self._malformed(raw, "unrecognised message")
+
+    def _refused(self, msg: dict[str, Any]) -> None:
+        """A failed subscribe ack. A topic Bybit does not know ("handler not found") is dropped
+        (the stream is degraded; with no topic left it ends); any other refusal is retried at the
+        next ping, so one bad answer does not end the stream."""
+        reason = str(msg.get("ret_msg", ""))
+        if "already subscribed" in reason:
+            return
+        self.stats.subscribe_failures += 1
+        topics = self._req_topics.get(str(msg.get("req_id") or ""), [])
+        named = reason.rpartition("topic:")[2].strip() if "topic:" in reason else ""
+        if "handler not found" in reason and named in self.series:
+            self.stats.refused_topics.add(named)
+            log.error("Bybit refused a topic; streaming the others", topic=named, reason=reason)
+            retry = [t for t in topics if t != named]
+            if len(self.stats.refused_topics) == len(self.series):
+                raise SubscriptionError(f"Bybit refused the subscription: {reason}", path=self.url)
+        else:
+            retry = topics or [t for t in self.series if t not in self.stats.refused_topics]
+            log.warning("subscription refused; retrying", reason=reason, topics=len(retry))
+        self._resub.extend(t for t in retry if t not in self._resub)
 
     def _progress(self, s: _Series, start: int) -> None:
         """An update of the bar in progress. Bars before it have closed: any not yet published
@@ -448,9 +597,53 @@ class KlineStream:
             progressed = True
         if not progressed and give_up and s.pending:
             first = min(s.pending)
-            log.error("gap could not be filled through REST; skipping it", topic=s.topic, missing_to=first)
+            assert s.last is not None
+            missing = next_start(s.last, s.interval)
+            log.error(
+                "gap could not be filled through REST; going on without it, retrying in the background",
+                topic=s.topic,
+                first_missing=missing,
+                next_bar=first,
+            )
             self.stats.venue_holes += 1
+            self.stats.open_gaps[s.topic] = (missing, first)
+            self._gap(s, missing, first, "open")
+            if s.refill is None or s.refill.done():
+                s.refill = asyncio.ensure_future(self._refill(s, missing, first))
             s.last = prev_start(first, s.interval)
             self._drain(s)
             progressed = True
         return progressed
+
+    def _gap(self, s: _Series, missing: int, resumed: int, state: str, bars: int = 0) -> None:
+        if self._on_gap is not None:
+            self._on_gap(
+                {
+                    "topic": s.topic,
+                    "symbol": s.symbol,
+                    "first_missing_ms": missing,
+                    "resumed_ms": resumed,
+                    "state": state,
+                    "bars": bars,
+                }
+            )
+
+    async def _refill(self, s: _Series, missing: int, resumed: int) -> None:
+        """Keep asking REST for a skipped gap until it answers: with the bars (served late: the
+        stream has gone past them, so they are reported, not published) or with none (a hole at
+        the venue). Either way the gap is closed and the stream no longer degraded."""
+        delay = self.config.backoff_max
+        while not self._stop.is_set():
+            await asyncio.sleep(delay)
+            try:
+                klines = await self.rest.klines(
+                    self.category, s.symbol, s.interval, missing, prev_start(resumed, s.interval)
+                )
+            except BybitError as exc:
+                log.warning("background gap refill failed; retrying", topic=s.topic, error=str(exc))
+                continue
+            state = "filled late" if klines else "venue hole"
+            log.warning("gap resolved", topic=s.topic, state=state, bars=len(klines))
+            self.stats.open_gaps.pop(s.topic, None)
+            self._gap(s, missing, resumed, state, len(klines))
+            return

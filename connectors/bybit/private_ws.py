@@ -1,8 +1,11 @@
 """Bybit's private websocket: authenticate, subscribe to account topics, hand every data message
 to a callback, and come back after any disconnect (re-authenticating and resubscribing).
 
-An authentication refusal is fatal (a wrong key does not heal by retrying): it is raised from
-:meth:`PrivateStream.wait_ready` and ends :meth:`PrivateStream.run`. Messages are parsed with
+An authentication refusal is not fatal by itself: the usual cause on a long run is the clock (a
+step of a few seconds makes ``expires`` fall in the server's past), so the stream resyncs the
+clock (``resync``) and retries with backoff. Only when the very first connection's auth is refused
+again after a resync (a wrong key, most likely) is it raised from :meth:`PrivateStream.wait_ready`.
+Messages are parsed with
 ``json.loads``; the private stream carries a few messages per order, not thousands per second.
 """
 
@@ -21,6 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 from connectors.bybit.config import BybitConfig
+from connectors.bybit.connlimit import limit_for
 from connectors.bybit.errors import AuthError
 from connectors.bybit.signing import Credentials, ws_auth_args
 
@@ -45,6 +49,7 @@ class PrivateStream:
         topics: Sequence[str] = ("order", "execution"),
         now_ms: Callable[[], int] | None = None,
         url: str | None = None,
+        resync: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.config = config
         self.credentials = credentials
@@ -55,6 +60,11 @@ class PrivateStream:
         self.on_disconnected = on_disconnected
         self.now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
         self.connections = 0
+        self.auth_failures = 0
+        self.stalls = 0
+        self.resync = resync
+        self._authed_once = False
+        self._limit = limit_for(self.url)
         self.malformed = 0
         self.last_rx = 0.0
         self._ready = asyncio.Event()
@@ -83,14 +93,25 @@ class PrivateStream:
         failures = 0
         cfg = self.config
         try:
+            refusals = 0
             while not self._stop.is_set():
+                await self._limit.acquire()
                 try:
                     healthy = await self._connection()
+                    refusals = 0
                 except AuthError as exc:
-                    self._fatal = exc
-                    self._ready.set()
-                    log.error("private stream authentication refused", error=str(exc))
-                    return
+                    self.auth_failures += 1
+                    refusals += 1
+                    healthy = False
+                    if not self._authed_once and refusals >= 2:
+                        self._fatal = exc
+                        self._ready.set()
+                        log.error("private stream authentication refused", error=str(exc))
+                        return
+                    log.error("private stream auth refused; resyncing the clock", error=str(exc))
+                    if self.resync is not None:
+                        with contextlib.suppress(Exception):
+                            await self.resync()
                 if self._stop.is_set():
                     return
                 failures = 0 if healthy else failures + 1
@@ -105,6 +126,7 @@ class PrivateStream:
     async def _connection(self) -> bool:
         cfg = self.config
         subscribed = False
+        opened = time.monotonic()
         try:
             async with connect(
                 self.url,
@@ -126,6 +148,8 @@ class PrivateStream:
                 await ws.send(json.dumps({"req_id": "sub", "op": "subscribe", "args": self.topics}))
                 await self._expect(ws, "subscribe")
                 subscribed = self._subscribed = True
+                self._authed_once = True
+                opened = time.monotonic()
                 self._ready.set()
                 if self.on_connected is not None:
                     await self.on_connected()
@@ -146,7 +170,9 @@ class PrivateStream:
             self._subscribed = False
             if subscribed and self.on_disconnected is not None:
                 self.on_disconnected()
-        return subscribed
+        # only a connection that stayed up resets the backoff (one accepted and dropped at once
+        # must meet a growing delay, not a reconnect storm)
+        return subscribed and time.monotonic() - opened >= cfg.healthy_after
 
     async def _expect(self, ws: ClientConnection, op: str) -> None:
         """Read until the reply to ``op``; data arriving meanwhile is handled, not lost."""
@@ -168,14 +194,25 @@ class PrivateStream:
             self._handle(raw)
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
+        """Ping every period; woken at the two-period silence deadline too, so a dead connection
+        is found within two periods, not three."""
         period = self.config.ping_interval
+        next_ping = time.monotonic() + period
         while True:
-            await asyncio.sleep(period)
-            if time.monotonic() - self.last_rx > 2 * period:
-                log.warning("private stream silent, dropping connection")
+            now = time.monotonic()
+            await asyncio.sleep(max(min(next_ping, self.last_rx + 2 * period) - now, 0.0))
+            now = time.monotonic()
+            if now - self.last_rx >= 2 * period:
+                self.stalls += 1
+                log.warning(
+                    "private stream silent, dropping connection", silent_s=round(now - self.last_rx, 3)
+                )
                 if getattr(ws, "transport", None) is not None:
                     ws.transport.abort()
                 return
+            if now < next_ping:
+                continue
+            next_ping = now + period
             with contextlib.suppress(Exception):
                 await ws.send('{"req_id":"ping","op":"ping"}')
 

@@ -142,6 +142,7 @@ class BybitRest:
         synced = False
         while True:
             await self.throttle.acquire()
+            began = time.monotonic()
             try:
                 return await self._once(method, path, params or {}, signed)
             except TimestampError:
@@ -151,9 +152,10 @@ class BybitRest:
                 await self.sync_time()
                 continue
             except (TimeoutError, aiohttp.ClientError) as exc:
+                # the time it really took: a refused connection fails at once, not after the timeout
+                took = time.monotonic() - began
                 error: BybitError = ServerError(
-                    f"{type(exc).__name__} after {self.config.request_timeout}s: {exc}".rstrip(": "),
-                    path=path,
+                    f"{type(exc).__name__} after {took:.1f}s: {exc}".rstrip(": "), path=path
                 )
             except (RateLimited, IpBanned, ServerError) as exc:
                 error = exc

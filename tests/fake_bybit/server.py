@@ -223,14 +223,14 @@ class Faults:
     """/v5/order/realtime and /history show nothing (Bybit's index lagging behind its engine)."""
     no_fee_currency: bool = False
     """Executions without ``feeCurrency``, as the real spot execution frame is."""
-    mute: dict[str, str] = field(default_factory=dict)
-    """Public topics that fall silent (pongs still flow), by how they heal: "subscribe" (any
-    later subscribe of the topic), "connect" (a subscribe on a connection opened after the
-    mute) or "never"."""
+    mute: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """Public topics fallen silent (pongs still flow) -> (how it heals, connections when muted):
+    "subscribe" (any later subscribe of it), "connect" (a subscribe on a connection opened after
+    the mute) or "never". Set with :meth:`FakeBybit.mute_topic`."""
     fail_subscribe: int = 0
     """The next this many public subscribe requests are refused with success:false."""
-    auth_refusals: int = 0
-    """The next this many private auth requests are refused ("expires is in the past")."""
+    drop_after_subscribe: bool = False
+    """Close every public connection right after acknowledging its subscription."""
 
 
 @dataclass(eq=False)
@@ -239,6 +239,7 @@ class PublicConn:
     category: str
     topics: set[str] = field(default_factory=set)
     zombie: bool = False
+    number: int = 0
 
 
 @dataclass(eq=False)
@@ -282,6 +283,8 @@ class FakeBybit:
         self.market_step_ms = 0
         self.market_tick = 0.005
         self.connections = 0
+        self.connect_times: list[float] = []
+        self.private_connections = 0
         self.frames_sent = 0
         self.subscriptions: list[tuple[str, list[str]]] = []
         self.on_subscribed: Callable[[PublicConn], Awaitable[None]] | None = None
@@ -301,6 +304,8 @@ class FakeBybit:
         r.add_post("/v5/order/cancel", self._cancel)
         r.add_get("/v5/order/realtime", self._realtime)
         r.add_get("/v5/order/history", self._history)
+        r.add_get("/v5/position/list", self._positions)
+        r.add_get("/v5/account/wallet-balance", self._wallet)
         r.add_get("/v5/public/{category}", self._public_ws)
         r.add_get("/v5/private", self._private_ws)
 
@@ -943,6 +948,88 @@ class FakeBybit:
         page = found[: int(q.get("limit", 20))]
         return self._envelope({"list": page, "nextPageCursor": "", "category": q.get("category", "")})
 
+    def position(self, category: str, symbol: str) -> tuple[float, float]:
+        """(signed size, average entry price) from the executions, as a one-way-mode position."""
+        size = cost = 0.0
+        for ex in self.executions:
+            if ex["category"] != category or ex["symbol"] != symbol or ex.get("execType", "Trade") != "Trade":
+                continue
+            q = float(ex["execQty"]) * (1 if ex["side"] == "Buy" else -1)
+            price = float(ex["execPrice"])
+            if size == 0 or (size > 0) == (q > 0):
+                cost += q * price
+                size += q
+            else:
+                new = size + q
+                if abs(new) < 1e-12:
+                    size, cost = 0.0, 0.0
+                elif (new > 0) == (size > 0):
+                    cost *= new / size
+                    size = new
+                else:
+                    size, cost = new, new * price
+        return size, (cost / size if size else 0.0)
+
+    def wallet_cash(self) -> float:
+        """The starting balance less what trades paid (notional both ways, fees in USDT)."""
+        cash = self.balance
+        for ex in self.executions:
+            q = float(ex["execQty"]) * (1 if ex["side"] == "Buy" else -1)
+            fee = float(ex["execFee"])
+            if ex.get("feeCurrency", "USDT") != "USDT":
+                fee *= float(ex["execPrice"])
+            cash -= q * float(ex["execPrice"]) + fee
+        return cash
+
+    async def _positions(self, request: web.Request) -> web.StreamResponse:
+        q, early = await self._checked(request)
+        if early is not None:
+            return early
+        category = q.get("category", "")
+        items = []
+        for (cat, symbol), inst in self.instruments.items():
+            if cat != category or (q.get("symbol") and q["symbol"] != symbol):
+                continue
+            size, avg = self.position(cat, symbol)
+            if not size and not q.get("symbol"):
+                continue
+            mark = self.last_price(cat, symbol)
+            items.append(
+                {
+                    "positionIdx": 0,
+                    "symbol": symbol,
+                    "side": "Buy" if size > 0 else "Sell" if size < 0 else "",
+                    "size": _fmt(abs(size), inst.step),
+                    "avgPrice": str(round(avg, 8)),
+                    "markPrice": _fmt(mark, inst.tick),
+                    "positionValue": str(round(abs(size) * avg, 8)),
+                    "unrealisedPnl": str(round(size * (mark - avg), 8)),
+                }
+            )
+        return self._envelope({"list": items, "nextPageCursor": "", "category": category})
+
+    async def _wallet(self, request: web.Request) -> web.StreamResponse:
+        q, early = await self._checked(request)
+        if early is not None:
+            return early
+        equity = self.wallet_cash()
+        for cat, symbol in self.instruments:
+            if cat == "linear":
+                size, _ = self.position(cat, symbol)
+                equity += size * self.last_price(cat, symbol)
+        coin = {"coin": "USDT", "equity": str(round(equity, 8)), "walletBalance": str(round(equity, 8))}
+        return self._envelope(
+            {
+                "list": [
+                    {
+                        "accountType": q.get("accountType", "UNIFIED"),
+                        "totalEquity": coin["equity"],
+                        "coin": [coin],
+                    }
+                ]
+            }
+        )
+
     @staticmethod
     def _order_keys(order: FakeOrder) -> dict[str, str]:
         return {"symbol": order.symbol, "orderLinkId": order.link_id, "orderId": order.order_id}
@@ -1053,6 +1140,7 @@ class FakeBybit:
             return web.Response(status=503, text="private stream unavailable")
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
+        self.private_connections += 1
         conn = PrivateConn(ws)
         self.private.append(conn)
         conn_id = uuid.uuid4().hex[:20] + "-p"
@@ -1119,9 +1207,10 @@ class FakeBybit:
         category = request.match_info["category"]
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
-        conn = PublicConn(ws, category)
-        self.public.append(conn)
         self.connections += 1
+        self.connect_times.append(time.monotonic())
+        conn = PublicConn(ws, category, number=self.connections)
+        self.public.append(conn)
         conn_id = str(uuid.uuid4())
         try:
             async for msg in ws:
@@ -1136,6 +1225,15 @@ class FakeBybit:
             if conn in self.public:
                 self.public.remove(conn)
         return ws
+
+    def mute_topic(self, topic: str, heal: str) -> None:
+        self.faults.mute[topic] = (heal, self.connections)
+
+    def _heal(self, conn_no: int, topics: list[str]) -> None:
+        for topic in topics:
+            heal, at = self.faults.mute.get(topic, ("", 0))
+            if heal == "subscribe" or (heal == "connect" and conn_no > at):
+                del self.faults.mute[topic]
 
     async def _public_request(self, conn: PublicConn, conn_id: str, req: dict[str, Any]) -> None:
         op = req.get("op")
@@ -1169,12 +1267,23 @@ class FakeBybit:
             conn.topics.difference_update(args)
             await conn.ws.send_str(json.dumps(reply))
             return
+        if self.faults.fail_subscribe > 0:
+            self.faults.fail_subscribe -= 1
+            reply.update(success=False, ret_msg="error:internal error, please retry")
+            await conn.ws.send_str(json.dumps(reply))
+            return
+        self._heal(conn.number, args)
         conn.topics.update(args)
         await conn.ws.send_str(json.dumps(reply))
+        if self.faults.drop_after_subscribe:
+            await conn.ws.close()
+            return
         if self.on_subscribed is not None:
             self._spawn(self.on_subscribed(conn))
             return
         for topic in args:  # the current candle, straight away, as Bybit does
+            if topic in self.faults.mute:
+                continue
             _, interval, symbol = topic.split(".")
             now = self.now_ms()
             start = now - now % iv_ms(interval)
@@ -1247,7 +1356,8 @@ class FakeBybit:
             for conn in self.public:
                 if not conn.zombie:
                     for topic in conn.topics:
-                        topics[(conn.category, topic)].append(conn)
+                        if topic not in self.faults.mute:
+                            topics[(conn.category, topic)].append(conn)
             for (category, topic), conns in topics.items():
                 await self._tick_topic(category, topic, conns, prev, now)
 

@@ -161,17 +161,13 @@ def test_frames_of_every_shape_are_handled_without_raising() -> None:
     for frame in bad:
         stream.handle_frame(frame, 5)
     assert stream.stats.malformed == len(bad) and len(seen) == 1
+    # a refusal that names no topic of this stream is retried, not fatal; the last topic refused is
+    refusal = {"success": False, "op": "subscribe", "conn_id": "c"}
+    stream.handle_frame(json.dumps({**refusal, "ret_msg": "error:handler not found,topic:x"}), 6)
+    assert stream.stats.subscribe_failures == 1 and stream._resub == ["kline.5.BTCUSDT"]
     with pytest.raises(SubscriptionError):
         stream.handle_frame(
-            json.dumps(
-                {
-                    "success": False,
-                    "ret_msg": "error:handler not found,topic:x",
-                    "op": "subscribe",
-                    "conn_id": "c",
-                }
-            ),
-            6,
+            json.dumps({**refusal, "ret_msg": "error:handler not found,topic:kline.5.BTCUSDT"}), 6
         )
     stream.handle_frame(
         json.dumps({"success": False, "ret_msg": "error:already subscribed,topic:x", "op": "subscribe"}), 7
