@@ -44,7 +44,20 @@ from connectors.paper import PaperBroker
 from engine.assembler import BarAssembler
 from engine.bus import EventBus
 from engine.clock import LiveClock, ReplayClock
-from engine.events import Bar, BarOpen, BarSet, Heartbeat, Order, RiskEvent, Signal, TradingState
+from engine.events import (
+    Bar,
+    BarOpen,
+    BarSet,
+    ForeignExecution,
+    Heartbeat,
+    Order,
+    OrderType,
+    PositionUpdate,
+    RiskEvent,
+    Side,
+    Signal,
+    TradingState,
+)
 from engine.journal import JOURNAL_FILE, JOURNALED, Journal, JournalError
 from engine.strategy import Strategy
 from quantnet.backtest import TradingNode, assemble, simulated_venue
@@ -197,10 +210,9 @@ class Daemon:
     ) -> None:
         if opts.mode not in MODES:
             raise DaemonError(f"unknown mode {opts.mode!r}: use signal, paper or live")
-        if opts.mode == "live":
+        if opts.mode == "live" and opts.category != "linear":
             raise DaemonError(
-                "live mode is not available yet: the start-up reconciliation of orders, positions and "
-                "balances against the journal is not built, and orders are not sent without it"
+                "live mode trades linear (USDT perpetual) markets only so far; use --category linear"
             )
         if cfg.execution.fill_at == "close":
             raise DaemonError(
@@ -243,6 +255,11 @@ class Daemon:
         self._since_snapshot = 0
         self._has_snapshot = False
         self.fatal = ""
+        self.exchange: Any = None
+        """Live mode: the Bybit execution adapter (its events reach the bus through the queue)."""
+        self.foreign = 0
+        self.reconciliation: list[str] = []
+        """What start-up reconciliation found different (live mode; adopted with --adopt)."""
         self.last_latency: float | None = None
         """Seconds from the frame that completed the last cross-section to its commit."""
 
@@ -256,6 +273,8 @@ class Daemon:
             self._build()
             self._restore()
             self.rest = BybitRest(self.bybit)
+            if self.opts.mode == "live":
+                await self._start_live()
             if self.opts.signals_path is not None:
                 self._signals_fh = self._open_signals(self.opts.signals_path)
             if self.opts.http_port:
@@ -286,6 +305,9 @@ class Daemon:
     async def _close(self) -> None:
         if self.stream is not None:
             self.stream.stop()
+        if self.exchange is not None:
+            with contextlib.suppress(Exception):
+                await self.exchange.stop()
         if self.rest is not None:
             await self.rest.close()
         if self._signals_fh is not None:
@@ -337,6 +359,8 @@ class Daemon:
         assert self.journal is not None
         for event_type in JOURNALED:  # first: a fill is recorded before what it causes
             bus.subscribe(event_type, self.journal.record)
+        bus.subscribe(ForeignExecution, self.journal.record)
+        bus.subscribe(ForeignExecution, self._on_foreign)
         bus.subscribe(BarSet, self._before_bar)
         bus.subscribe(Order, self._count_order)
         if _CRASH.name:
@@ -360,7 +384,171 @@ class Daemon:
         self.assembler = BarAssembler(bus, self.wall, self.symbols, wait_ns=wait)
 
     def _venue(self, bus: EventBus, clock: Any) -> Any:
+        if self.opts.mode == "live":
+            from connectors.bybit.execution import BybitExecution  # only live mode talks to an account
+
+            self.exchange = BybitExecution(
+                _Posting(bus, self.queue), config=self.bybit, instance_id=self.instance_id  # type: ignore[arg-type]
+            )
+            return self.exchange
         return simulated_venue(bus, clock, self.symbols, self.cfg)
+
+    def _on_foreign(self, event: ForeignExecution) -> None:
+        self.foreign += 1
+
+    # live start-up ----------------------------------------------------------------------------
+
+    async def _start_live(self) -> None:
+        """Before any order: the orders the journal has on their way are settled against Bybit
+        (fills the journal lacks are booked), then Bybit's open orders, positions and cash are
+        compared with the book. A difference stops the daemon here, unless ``--adopt`` takes
+        Bybit's state (journaled as an adoption)."""
+        ex, node, journal = self.exchange, self.node, self.journal
+        assert ex is not None and node is not None and journal is not None
+        await ex.start()
+        seen = []
+        for (record,) in journal.db.execute("SELECT record FROM events WHERE event = 'Fill'"):
+            exec_id = json.loads(record).get("exec_id")
+            if exec_id:
+                seen.append(exec_id)
+        in_flight = self._journaled_orders(list(node.orders._open))
+        fresh = self.live.max_trade_lag * 1e9
+        await ex.resume(in_flight, seen, resend=lambda o: self.lag_ns(o.ts_event) <= fresh)
+        await ex.drain()
+        self._drain_queue()
+        account = await ex.account()
+        self.reconciliation = self._differences(account)
+        if self.reconciliation and not self.opts.adopt:
+            raise DaemonError(
+                "live: Bybit and the journal differ, not trading: "
+                + "; ".join(self.reconciliation)
+                + " (check the account; --adopt takes Bybit's state)"
+            )
+        if self.reconciliation:
+            self._adopt(account)
+        log.info(
+            "live: reconciled with Bybit",
+            resumed_orders=len(in_flight),
+            differences=len(self.reconciliation),
+            adopted=bool(self.reconciliation),
+        )
+
+    def _journaled_orders(self, client_ids: list[str]) -> list[Order]:
+        assert self.journal is not None
+        if not client_ids:
+            return []
+        marks = ",".join("?" * len(client_ids))
+        out = []
+        sql = f"SELECT record FROM events WHERE event = 'Order' AND client_id IN ({marks}) ORDER BY id"
+        for (record,) in self.journal.db.execute(sql, client_ids):
+            r = json.loads(record)
+            out.append(
+                Order(
+                    r["client_id"],
+                    r["ts_event"],
+                    r["ts_init"],
+                    r["symbol"],
+                    Side(r["side"]),
+                    r["quantity"],
+                    OrderType(r["type"]),
+                    float("nan") if r.get("price") is None else r["price"],
+                    r.get("reduce_only", False),
+                    r.get("strategy", ""),
+                    r.get("tag", ""),
+                )
+            )
+        return list({o.client_id: o for o in out}.values())
+
+    def _drain_queue(self) -> None:
+        while not self.queue.empty():
+            item = self.queue.get_nowait()
+            if item is not None:
+                self._handle(item)
+
+    def _bybit_cash(self, account: dict[str, Any]) -> float:
+        """Bybit's equity less its positions' value: the same quantity as the book's cash."""
+        cash = float(account["equity"])
+        for size, _avg, mark in account["positions"].values():
+            cash -= size * mark
+        return cash
+
+    def _differences(self, account: dict[str, Any]) -> list[str]:
+        ex, pf = self.exchange, self.node.portfolio  # type: ignore[union-attr]
+        mine = {t.link_id for t in ex.orders.values()}
+        prefix = f"{self.instance_id}-"
+        out = []
+        for o in account["orders"]:
+            link = str(o.get("orderLinkId") or "")
+            symbol = str(o.get("symbol"))
+            if link in mine:
+                continue
+            what = f"{o.get('side')} {o.get('qty')} {symbol} ({link or o.get('orderId')})"
+            if link.startswith(prefix):
+                out.append(f"working order {what} is at Bybit but not in the journal")
+            elif symbol in self.symbols:
+                out.append(f"working order {what} was not placed by this daemon")
+        positions = account["positions"]
+        for i, symbol in enumerate(self.symbols):
+            size = positions.get(symbol, (0.0, 0.0, 0.0))[0]
+            book = float(pf.qty[i])
+            rules = ex.rules.get(symbol)
+            step = rules.qty_step if rules is not None else 0.0
+            tol = step / 2 if step > 0 else 1e-9 * max(1.0, abs(book))
+            if abs(size - book) > tol:
+                out.append(f"{symbol} position: Bybit {size:g}, journal {book:g}")
+        outside = sorted(s for s in positions if s not in self.symbols)
+        if outside:
+            log.warning("live: the account holds positions outside the universe", symbols=outside)
+        cash = self._bybit_cash(account)
+        if abs(cash - pf.cash) > 0.005 * max(abs(pf.equity), 1.0) + 1.0:
+            out.append(f"cash: Bybit {cash:,.2f} USDT (equity less positions), journal {pf.cash:,.2f}")
+        return out
+
+    def _adopt(self, account: dict[str, Any]) -> None:
+        """Take Bybit's positions, cash and this instance's working orders as the book's."""
+        ex, node = self.exchange, self.node
+        assert node is not None
+        pf = node.portfolio
+        now = self.wall.now_ns()
+        ts = max(self.last_ts, self.clock.now_ns())
+        for i, symbol in enumerate(self.symbols):
+            size, avg, mark = account["positions"].get(symbol, (0.0, 0.0, 0.0))
+            pf.qty[i] = size
+            pf.avg_price[i] = avg if size else 0.0
+            if mark > 0:
+                pf.last_price[i] = mark
+            self.bus.publish(PositionUpdate(ts, now, symbol, size, avg if size else 0.0, 0.0))
+        pf.cash = self._bybit_cash(account)
+        pf.equity = pf.cash + float(np.nansum(pf.qty * pf.last_price))
+        self.peak = max(self.peak, pf.equity)
+        prefix = f"{self.instance_id}-"
+        adopted = []
+        for o in account["orders"]:
+            link = str(o.get("orderLinkId") or "")
+            if not link.startswith(prefix) or link in ex._by_link or str(o.get("symbol")) not in self.symbols:
+                continue
+            order = Order(
+                link,
+                ts,
+                now,
+                str(o.get("symbol")),
+                Side.BUY if o.get("side") == "Buy" else Side.SELL,
+                float(o.get("leavesQty") or o.get("qty") or 0.0),
+                OrderType.LIMIT if o.get("orderType") == "Limit" else OrderType.MARKET,
+                float(o.get("price") or "nan"),
+                strategy="adopted",
+            )
+            ex.adopt(order, link)
+            i = pf.index[order.symbol]
+            signed = order.quantity * order.side
+            node.orders._open[order.client_id] = (i, signed)  # on its way, as if sent by this book
+            node.orders._open_count[i] += 1
+            node.orders.pending[i] += signed
+            adopted.append(link)
+        message = "took Bybit's state at start-up: " + "; ".join(self.reconciliation)
+        self.bus.publish(RiskEvent(ts, now, "adoption", message, details={"orders": ",".join(adopted)}))
+        self.journal.set_meta({"adopted": iso(now)})  # type: ignore[union-attr]
+        log.warning("live: adopted Bybit's state", differences=self.reconciliation, orders=adopted)
 
     # restore ----------------------------------------------------------------------------------
 
@@ -496,6 +684,7 @@ class Daemon:
             self.symbols,
             self.interval,
             on_bar=self.queue.put_nowait,
+            on_gap=self._on_gap,
             config=self.bybit,
             category=self.opts.category,
             start_ms=self.last_ts // _MS,
@@ -534,6 +723,12 @@ class Daemon:
             self._on_open(item)
         else:
             self.bus.publish(item)
+
+    def _on_gap(self, gap: dict[str, Any]) -> None:
+        """A gap the stream could not fill (or its later resolution): journaled, in order."""
+        now = self.wall.now_ns()
+        message = f"{gap['topic']}: bars from {iso(gap['first_missing_ms'] * _MS)} {gap['state']}"
+        self.queue.put_nowait(RiskEvent(now, now, "data_gap", message, gap["symbol"], details=dict(gap)))
 
     def _on_open_frame(self, symbol: str, start_ms: int, price: float, ts_init: int) -> None:
         self.queue.put_nowait(BarOpen(start_ms * _MS, ts_init, symbol, price))
@@ -708,7 +903,14 @@ class Daemon:
             }
             if ts is None or now - ts > limit:
                 overdue.append(s)
-        degraded = self.ws_state != "connected" or bool(overdue) or self.trading_state() == "halted"
+        stream = self.stream.stats if self.stream is not None else None
+        degraded = (
+            self.ws_state != "connected"
+            or bool(overdue)
+            or self.trading_state() == "halted"
+            or self.foreign > 0
+            or (stream is not None and stream.degraded)
+        )
         return {
             "status": "degraded" if degraded else "ok",
             "mode": self.opts.mode,
@@ -722,7 +924,19 @@ class Daemon:
                 "uncommitted_events": self.journal.pending if self.journal is not None else 0,
             },
             "bars_processed": self.stats.bars,
+            "foreign_executions": self.foreign,
+            "silent_topics": sorted(stream.silent_topics) if stream is not None else [],
+            "open_gaps": sorted(stream.open_gaps) if stream is not None else [],
         }
+
+
+class _Posting:
+    """The bus as the execution adapter sees it: subscriptions go to the bus, posted events to
+    the daemon's queue, so fills and order updates are handled in arrival order between bars."""
+
+    def __init__(self, bus: EventBus, queue: asyncio.Queue[Any]) -> None:
+        self.subscribe = bus.subscribe
+        self.post = queue.put_nowait
 
 
 def _drop_partial_line(path: Path) -> None:

@@ -38,7 +38,7 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
@@ -232,6 +232,7 @@ class BybitExecution:
         self.market_limits: dict[str, float] = dict(market_limits or {})
         """Largest market order per symbol (``maxMktOrderQty``; spot ``maxMarketOrderQty``)."""
         self.orders: dict[str, _Tracked] = {}
+        self._resend: Callable[[Order], bool] | None = None
         self._finished: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._by_link: dict[str, _Tracked] = {}
         self._symbols: set[str] = set()
@@ -399,6 +400,109 @@ class BybitExecution:
             self._update(client_id, "", OrderStatus.REJECTED, f"amend: no working order {client_id}")
             return
         self._spawn(self._amend(tracked, quantity, price), request=True)
+
+    # restart -------------------------------------------------------------------------------
+
+    async def resume(
+        self,
+        orders: Iterable[Order],
+        seen_exec_ids: Iterable[str] = (),
+        resend: Callable[[Order], bool] | None = None,
+    ) -> None:
+        """After a restart: take back the orders the journal says were on their way and settle
+        each against Bybit before anything new is sent. Found: its state and every execution the
+        journal lacks (``seen_exec_ids`` are those it has) are published. Not found once its
+        create can no longer arrive (recv window): it was never placed, so it is sent now (same
+        orderLinkId) when ``resend`` says the decision is still fresh, and rejected otherwise."""
+        self._resend = resend
+        for exec_id in seen_exec_ids:
+            self._seen_exec[exec_id] = None
+        tracked = []
+        for order in orders:
+            link = link_id_for(order, self.instance_id)
+            if order.client_id in self.orders or link in self._by_link:
+                continue
+            t = _Tracked(order, link, order.quantity, order.price, placing=False)
+            t.conditional = order.type is OrderType.STOP
+            t.sent_ms = self._session_ms  # any create of it left the previous process before this one began
+            self.orders[order.client_id] = t
+            self._by_link[link] = t
+            self._symbols.add(order.symbol)
+            tracked.append(t)
+        await asyncio.gather(*(self._resume_one(t) for t in tracked))
+
+    def adopt(self, order: Order, link: str) -> None:
+        """Track a working order found at Bybit under ``link`` (an adoption at start-up)."""
+        t = _Tracked(order, link, order.quantity, order.price, status=OrderStatus.ACCEPTED, placing=False)
+        self.orders[order.client_id] = t
+        self._by_link[link] = t
+        self._symbols.add(order.symbol)
+
+    async def _resume_one(self, t: _Tracked) -> None:
+        delay = self.reconcile_delay
+        while True:
+            answered, item = await self._lookup(t)
+            if answered and item is None:
+                wait = (t.sent_ms + self.config.recv_window + 1000 - self.rest.now_ms()) / 1000
+                if wait > 0:
+                    await asyncio.sleep(wait)  # a create sent just before the restart may still land
+                    continue
+            if answered:
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.config.backoff_max)
+        if item is None:
+            if self._resend is not None and self._resend(t.order):
+                log.warning("order not at Bybit after the restart; sending it", order_link_id=t.link_id)
+                t.placing = True
+                self._spawn(self._place(t), request=True)
+                return
+            self._set(t, OrderStatus.REJECTED, "not at Bybit after the restart: it was never placed")
+            return
+        log.info("order resumed from the journal", order_link_id=t.link_id, status=item.get("orderStatus"))
+        for execution in sorted(await self._execution_pages({"orderLinkId": t.link_id}), key=execution_key):
+            self._apply_execution(execution, late=True, advance=False)
+        self._apply_order(item)
+        if t.status is OrderStatus.SUBMITTED:
+            self._set(t, OrderStatus.ACCEPTED, "resumed after a restart")
+
+    async def account(self) -> dict[str, Any]:
+        """Bybit's view of the account for start-up reconciliation: open orders, positions
+        (signed size, average and mark price, by symbol) and the USDT equity."""
+        query: dict[str, Any] = {"category": self.category, "limit": 50}
+        if self.category != "spot":
+            query["settleCoin"] = "USDT"
+        orders: list[Mapping[str, Any]] = []
+        cursor = ""
+        for _ in range(_MAX_PAGES):
+            page_query = {**query, **({"cursor": cursor} if cursor else {})}
+            result = await self.rest.request("GET", "/v5/order/realtime", page_query, signed=True)
+            orders += result.get("list") or []
+            cursor = str(result.get("nextPageCursor") or "")
+            if not cursor or not result.get("list"):
+                break
+        positions: dict[str, tuple[float, float, float]] = {}
+        if self.category != "spot":
+            result = await self.rest.request(
+                "GET", "/v5/position/list", {"category": self.category, "settleCoin": "USDT"}, signed=True
+            )
+            for item in result.get("list") or []:
+                size = as_float(item.get("size")) * (-1.0 if item.get("side") == "Sell" else 1.0)
+                if size:
+                    positions[str(item.get("symbol"))] = (
+                        size,
+                        as_float(item.get("avgPrice")),
+                        as_float(item.get("markPrice")),
+                    )
+        wallet = await self.rest.request(
+            "GET", "/v5/account/wallet-balance", {"accountType": "UNIFIED"}, signed=True
+        )
+        equity = 0.0
+        for account in wallet.get("list") or []:
+            for coin in account.get("coin") or []:
+                if coin.get("coin") == "USDT":
+                    equity += as_float(coin.get("equity"))
+        return {"orders": orders, "positions": positions, "equity": equity}
 
     def open_orders(self) -> Iterable[Order]:
         return [t.order for t in self.orders.values() if t.status not in _TERMINAL]

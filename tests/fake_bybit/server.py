@@ -1125,6 +1125,8 @@ class FakeBybit:
         msg = json.dumps(
             {"id": uuid.uuid4().hex, "topic": topic, "creationTime": self.clock_ms(), "data": data}
         )
+        if self.private_down:
+            return  # an outage: nothing reaches the clients
         for conn in self.private:
             if conn.authed and (topic in conn.topics or f"{topic}.{data[0].get('category')}" in conn.topics):
                 for _ in range(repeat):

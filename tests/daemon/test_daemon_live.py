@@ -1,0 +1,166 @@
+"""Live mode against the fake exchange: orders placed, filled and reconciled with Bybit; a restart
+with orders in flight (sent, filled at the venue, fills never journaled) books the missing fills;
+an account that moved while the daemon was down is refused with what differs, and ``--adopt``
+takes Bybit's state (journaled)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from connectors.bybit.execution import link_id_for
+from engine.events import Order, OrderType, Side
+from quantnet.daemon import Daemon, DaemonError, DaemonOptions
+from strategies.registry import create
+from tests.daemon.helpers import PARAMS, STEP_MS, SYMBOLS, app_config, bybit_config, events, rows
+from tests.fake_bybit import FakeBybit
+from tests.fake_bybit.server import real_ms
+
+KEY, SECRET = "live-key", "live-secret"
+CASH = 100_000.0  # the book's [portfolio] cash: the account holds exactly that
+
+
+@pytest.fixture
+async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeBybit]:
+    monkeypatch.setenv("BYBIT_API_KEY", KEY)
+    monkeypatch.setenv("BYBIT_API_SECRET", SECRET)
+    server = FakeBybit(keys={KEY: SECRET}, balance=CASH)
+    await server.start()
+    now = real_ms()
+    server.start_market(now - now % STEP_MS, step_ms=15_000, tick=0.005)
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def live_daemon(fake: FakeBybit, state: Path, **opts: object) -> Daemon:
+    options = DaemonOptions(
+        mode="live", symbols=SYMBOLS, interval="1", category="linear", state_dir=state, stdout=False, **opts
+    )  # type: ignore[arg-type]
+    cfg = app_config(enabled=True, environment="testnet", max_trade_lag=1e9)
+    return Daemon(cfg, create("sma_crossover", PARAMS), options, bybit=bybit_config(fake))
+
+
+def book(state: Path) -> tuple[dict[str, float], float]:
+    """Positions and cash from the journal's last book snapshot."""
+    import pickle
+
+    blob = rows(state, "SELECT blob FROM snapshots WHERE kind = 'book'")[0][0]
+    pf = pickle.loads(blob)["portfolio"]
+    return {s: float(pf["qty"][i]) for i, s in enumerate(SYMBOLS)}, float(pf["cash"])
+
+
+def venue_positions(fake: FakeBybit) -> dict[str, float]:
+    return {s: round(fake.position("linear", s)[0], 9) for s in SYMBOLS}
+
+
+def journal_orders(state: Path) -> list[Order]:
+    return [
+        Order(
+            o["client_id"],
+            o["ts_event"],
+            o["ts_init"],
+            o["symbol"],
+            Side(o["side"]),
+            o["quantity"],
+            OrderType(o["type"]),
+        )
+        for o in events(state, "Order")
+    ]
+
+
+async def test_live_places_fills_reconciles_restarts_in_flight_refuses_and_adopts(fake, tmp_path):
+    state = tmp_path / "state"
+    # 1. first start: the flat book and the account agree; orders are placed and filled at Bybit
+    d = live_daemon(fake, state, max_bars=25)
+    assert await asyncio.wait_for(d.run(), 60) == 0
+    instance = rows(state, "SELECT value FROM meta WHERE key = 'instance_id'")[0][0]
+    sent = journal_orders(state)
+    assert sent, "the strategy traded"
+    at_venue = {o.link_id: o for o in fake.orders.values()}
+    assert {link_id_for(o, instance) for o in sent} == set(at_venue)  # each once, by its instance id
+    assert all(o.status == "Filled" for o in at_venue.values())
+    # the last bar's orders fill after the stop: the journal holds them as on their way
+    journaled = {f["exec_id"] for f in events(state, "Fill")}
+    assert journaled and journaled <= {e["execId"] for e in fake.executions}
+    late = {e["orderLinkId"] for e in fake.executions if e["execId"] not in journaled}
+    working = __import__("pickle").loads(rows(state, "SELECT blob FROM snapshots WHERE kind = 'book'")[0][0])
+    assert late <= {link_id_for(o, instance) for o in sent if o.client_id in working["orders"]["_open"]}
+
+    # 2. stopped right after sending orders: they fill at Bybit, their fills never reach the journal
+    fake.faults.rest.append(("/v5/order/create", "slow:1.0"))  # one reply still on its way
+    d = live_daemon(fake, state, max_bars=40)
+
+    def cut(order: Order) -> None:
+        if not fake.private_down:  # the account stream goes down, the daemon stops soon after
+            fake.private_down = True
+            asyncio.ensure_future(fake.drop_private())
+            asyncio.get_running_loop().call_later(0.3, d.stop)
+
+    d.bus.subscribe(Order, cut)
+    assert await asyncio.wait_for(d.run(), 60) == 0
+    fake.private_down = False
+    in_flight = [o for o in journal_orders(state) if o.client_id not in {s.client_id for s in sent}]
+    assert in_flight and all(
+        link_id_for(o, instance) in {x.link_id for x in fake.orders.values()} for o in in_flight
+    )
+    await asyncio.sleep(0.3)  # the venue fills them meanwhile
+    journaled = {f["exec_id"] for f in events(state, "Fill")}
+    missing = [e for e in fake.executions if e["execId"] not in journaled]
+    assert missing, "some fills happened after the stop"
+    assert book(state)[0] != pytest.approx(venue_positions(fake), abs=1e-9)
+
+    # 3. restart: the orders in flight are found filled, their fills booked once, then it trades on
+    d = live_daemon(fake, state, max_bars=3)
+    assert await asyncio.wait_for(d.run(), 60) == 0
+    assert d.reconciliation == []
+    fills = events(state, "Fill")
+    assert sorted(f["exec_id"] for f in fills) == sorted(e["execId"] for e in fake.executions)
+    assert len({f["exec_id"] for f in fills}) == len(fills)
+    links = {link_id_for(o, instance) for o in journal_orders(state)}
+    assert {o.link_id for o in fake.orders.values()} <= links  # every order at Bybit is journaled
+    positions, cash = book(state)
+    assert positions == pytest.approx(venue_positions(fake), abs=1e-9)
+    assert cash == pytest.approx(fake.wallet_cash(), abs=1e-6)
+
+    # 4. a manual trade while the daemon is down: refused, saying what differs
+    fake._place(
+        {"category": "linear", "symbol": "ETHUSDT", "side": "Buy", "orderType": "Market", "qty": "0.5"}
+    )
+    with pytest.raises(DaemonError) as refused:
+        await asyncio.wait_for(live_daemon(fake, state, max_bars=2).run(), 60)
+    text = str(refused.value)
+    found = re.search(r"ETHUSDT position: Bybit (\S+), journal (\S+?);", text)
+    assert found and float(found[1]) - float(found[2]) == pytest.approx(0.5), text  # the manual 0.5 ETH
+    assert "cash: Bybit" in text and "--adopt" in text
+    n_orders = len(fake.orders)
+
+    # 5. --adopt takes Bybit's state, journaled, and trading goes on from it
+    d = live_daemon(fake, state, max_bars=2, adopt=True)
+    assert await asyncio.wait_for(d.run(), 60) == 0
+    adoption = [e for e in events(state, "RiskEvent") if e["rule"] == "adoption"]
+    assert len(adoption) == 1 and "ETHUSDT position" in adoption[0]["message"]
+    positions, cash = book(state)
+    assert positions == pytest.approx(venue_positions(fake), abs=1e-9)
+    assert cash == pytest.approx(fake.wallet_cash(), abs=1e-6)
+    assert len(fake.orders) >= n_orders
+    assert live_daemon(fake, state, max_bars=1).opts.adopt is False
+    d = live_daemon(fake, state, max_bars=1)
+    assert await asyncio.wait_for(d.run(), 60) == 0 and d.reconciliation == []
+
+
+async def test_first_start_on_an_account_unlike_the_book_is_refused(fake, tmp_path):
+    fake.balance = 250_000.0
+    with pytest.raises(DaemonError, match=r"cash: Bybit 250,000.00 USDT .* journal 100,000.00"):
+        await asyncio.wait_for(live_daemon(fake, tmp_path / "s").run(), 60)
+    assert fake.orders == {}
+    d = live_daemon(fake, tmp_path / "s", max_bars=3, adopt=True)
+    assert await asyncio.wait_for(d.run(), 60) == 0
+    equity = rows(tmp_path / "s", "SELECT equity FROM equity ORDER BY ts DESC LIMIT 1")[0][0]
+    assert equity == pytest.approx(250_000.0, rel=0.01)
+    assert rows(tmp_path / "s", "SELECT value FROM meta WHERE key = 'adopted'")  # journaled
