@@ -96,10 +96,12 @@ async def test_live_places_fills_reconciles_restarts_in_flight_refuses_and_adopt
     fake.faults.rest.append(("/v5/order/create", "slow:1.0"))  # one reply still on its way
     d = live_daemon(fake, state, max_bars=40)
 
+    drops: list[asyncio.Future[None]] = []
+
     def cut(order: Order) -> None:
         if not fake.private_down:  # the account stream goes down, the daemon stops soon after
             fake.private_down = True
-            asyncio.ensure_future(fake.drop_private())
+            drops.append(asyncio.ensure_future(fake.drop_private()))
             asyncio.get_running_loop().call_later(0.3, d.stop)
 
     d.bus.subscribe(Order, cut)

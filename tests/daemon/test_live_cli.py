@@ -25,7 +25,9 @@ def test_live_mode_refusals(tmp_path):
     assert code == 2 and "BYBIT_API_KEY, BYBIT_API_SECRET not set" in out
     keys = {"BYBIT_API_KEY": "k", "BYBIT_API_SECRET": "s"}
     assert not (tmp_path / "state" / "journal.db").exists()  # refused before anything was written
-    code, out = run(tmp_path, '[live]\nenabled = true\nenvironment = "testnet"\n', keys)
+    code, out = run(
+        tmp_path, '[live]\nenabled = true\nenvironment = "testnet"\n[bybit]\nmax_retries = 0\n', keys
+    )
     assert code == 2 and ("cannot reach Bybit" in out or "Bybit:" in out)  # allowed: it tries the venue
 
 
