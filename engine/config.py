@@ -102,6 +102,24 @@ class EngineConfig(Section):
     journal: bool = Field(True, description="journal every order, fill and position change (journal.db)")
 
 
+class ReportConfig(Section):
+    """What the backtest report compares against and how it smooths."""
+
+    benchmark: str = Field(
+        "",
+        description="symbol of the data to compare against; empty: equal-weight buy-and-hold of the universe",
+    )
+    rolling_window: int = Field(
+        0, ge=0, description="bars of the rolling Sharpe and volatility; 0: half a year of bars"
+    )
+
+    @model_validator(mode="after")
+    def _window(self) -> ReportConfig:
+        if self.rolling_window == 1:
+            raise ValueError("rolling_window must be 0 (half a year) or at least 2 bars")
+        return self
+
+
 class StrategyConfig(Section):
     name: str = "sma_crossover"
     params: dict[str, Any] = Field(default_factory=dict)

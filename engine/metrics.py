@@ -21,6 +21,7 @@ import pandas as pd
 
 __all__ = [
     "backtest_metrics",
+    "benchmark_curve",
     "benchmark_stats",
     "buy_and_hold",
     "calendar_returns",
@@ -29,6 +30,7 @@ __all__ = [
     "performance",
     "periods_per_year",
     "rolling_stats",
+    "versus_benchmark",
 ]
 
 _NS_PER_HOUR = 3_600 * 1_000_000_000
@@ -317,6 +319,16 @@ def buy_and_hold(closes: np.ndarray) -> np.ndarray:
     return rel.mean(axis=1)
 
 
+def benchmark_curve(closes: np.ndarray, symbols: Sequence[str], symbol: str = "") -> tuple[str, np.ndarray]:
+    """The benchmark's name and value per row: ``symbol``'s price relative to its first close, or
+    with no symbol the equal-weight buy-and-hold of every column (:func:`buy_and_hold`)."""
+    if not symbol:
+        return f"equal-weight buy-and-hold of {len(symbols)} symbols", buy_and_hold(closes)
+    if symbol not in symbols:
+        raise ValueError(f"benchmark {symbol} is not in the data (symbols: {', '.join(symbols[:20])})")
+    return symbol, buy_and_hold(np.asarray(closes)[:, list(symbols).index(symbol)])
+
+
 _BENCHMARK_KEYS = ("alpha", "beta", "correlation", "tracking_error", "information_ratio")
 
 
@@ -361,6 +373,22 @@ def benchmark_stats(
         out["alpha"] = (float(r.mean()) - beta * float(b.mean())) * ppy
         if sr >= _ZERO_STD:
             out["correlation"] = cov / (sb * sr)
+    return out
+
+
+def versus_benchmark(equity: np.ndarray, benchmark: np.ndarray, periods_per_year: float) -> dict[str, float]:
+    """The summary's benchmark figures: :func:`benchmark_stats` of the two curves' returns, and the
+    benchmark's own ``benchmark_return`` (total), ``benchmark_cagr``, ``benchmark_sharpe`` and
+    ``benchmark_max_drawdown``. ``benchmark`` is its value on the equity curve's rows, any scale."""
+    b = np.asarray(benchmark, dtype=np.float64).ravel()
+    br = equity_returns(b)
+    out = benchmark_stats(equity_returns(equity), br, periods_per_year)
+    perf = performance(br, periods_per_year)
+    valid = b[np.isfinite(b)]
+    out["benchmark_return"] = float(valid[-1] / valid[0] - 1.0) if len(valid) and valid[0] > 0 else math.nan
+    out["benchmark_cagr"] = perf["cagr"]
+    out["benchmark_sharpe"] = perf["sharpe"]
+    out["benchmark_max_drawdown"] = perf["max_drawdown"]
     return out
 
 

@@ -124,6 +124,14 @@ class Strategy(ABC):
         """Load what :meth:`snapshot` wrote, on a strategy started with the same universe."""
         vars(self).update(pickle.loads(blob))
 
+    def report_info(self) -> dict[str, Any] | None:
+        """Plain data about this strategy for the backtest report, or None. Keys the report knows:
+        ``model`` (path), ``variant``, ``markets`` ({name: [symbols]}: per-market P&L and Sharpe),
+        ``windows`` ([{name: "training" | "validation", start, end}] ISO times, shaded on every
+        time axis), ``validation_sharpe``, ``market_validation_sharpe`` ({market: Sharpe}),
+        ``best_step``, ``steps_run`` and ``settings`` (a flat mapping shown as a table)."""
+        return None
+
     @abstractmethod
     def on_bars(self, bars: BarSet, ctx: StrategyContext) -> np.ndarray | None:
         """Return target weights per symbol (NaN: no change) or None for no change at all."""

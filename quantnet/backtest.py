@@ -26,13 +26,14 @@ from engine.bus import EventBus, replay
 from engine.clock import Clock, ReplayClock
 from engine.events import BarSet, Fill, Order, RiskEvent, TradingState
 from engine.journal import JOURNAL_FILE, Journal
-from engine.metrics import backtest_metrics, periods_per_year
+from engine.metrics import backtest_metrics, benchmark_curve, periods_per_year, versus_benchmark
 from engine.orders import OrderGate, OrderManager
 from engine.portfolio import Portfolio
 from engine.ports import ExecutionVenue
 from engine.risk import RiskManager
 from engine.roundtrips import Prices, round_trips
 from engine.strategy import Strategy, StrategyHost
+from engine.summary import state_name
 from quantnet.config import AppConfig
 from strategies.registry import create
 
@@ -113,6 +114,8 @@ class BacktestResult:
     bars: int
     seconds: float
     prices: Prices | None = None
+    benchmark: tuple[str, np.ndarray] | None = None
+    strategy_info: dict[str, Any] | None = None
 
 
 def simulated_venue(
@@ -282,6 +285,10 @@ def run_backtest(
     fill_at = fill_timing(cfg, data)
     data, warm = split_warmup(data, cfg.data.start, strategy.warmup_bars if cfg.data.warmup else 0)
     matrix = BarMatrix.from_frame(data, timestamps=cfg.data.timestamps)
+    if cfg.report.benchmark and cfg.report.benchmark not in matrix.symbols:
+        raise DataError(
+            f"--benchmark {cfg.report.benchmark}: not a symbol of the data ({', '.join(matrix.symbols[:20])})"
+        )
     bus = EventBus("backtest")
     clock = ReplayClock()
     labels = matrix.ts_event - (matrix.interval_ns if cfg.data.timestamps == "open" else 0)
@@ -378,6 +385,12 @@ def _result(
     metrics["funding"] = pf.funding
     if node.risk is not None:
         metrics.update(node.risk.metrics())
+    prices = Prices(
+        matrix.ts_event[warm:], matrix.symbols, matrix.close[warm:], matrix.high[warm:], matrix.low[warm:]
+    )
+    benchmark = benchmark_curve(prices.close, matrix.symbols, cfg.report.benchmark) if len(times) else None
+    if benchmark is not None:
+        metrics.update(versus_benchmark(curve[:, 0], benchmark[1], ppy))
     risk = [
         {
             "timestamp": str(pd.Timestamp(e.ts_event, tz="UTC")),
@@ -405,9 +418,7 @@ def _result(
         "halt": _halt_summary(node.risk),
         "open_orders": [_order_record(o) for o in node.orders.venue.open_orders()],
     }
-    prices = Prices(
-        matrix.ts_event[warm:], matrix.symbols, matrix.close[warm:], matrix.high[warm:], matrix.low[warm:]
-    )
+    settings["report"] = cfg.report.model_dump()
     return BacktestResult(
         metrics,
         equity,
@@ -418,6 +429,8 @@ def _result(
         matrix.bars(warm),
         seconds,
         prices,
+        benchmark,
+        strategy.report_info(),
     )
 
 
@@ -445,12 +458,17 @@ def _halt_summary(risk: RiskManager | None) -> dict[str, str] | None:
 
 
 def write_outputs(result: BacktestResult, out: Path) -> None:
-    from engine.report import write_report  # matplotlib: paid only when a report is written
+    from engine.report import write_report  # plotly.js: read only when a report is written
 
     out.mkdir(parents=True, exist_ok=True)
     with (out / "metrics.json").open("w") as fh:
         listed = {k: result.settings.get(k, []) for k in ("open_orders", "force_closed")}
-        json.dump({**_json_safe(result.metrics), **listed}, fh, indent=2, sort_keys=True)
+        named = (
+            {"trading_state": state_name(result.metrics["trading_state"])}
+            if "trading_state" in result.metrics
+            else {}
+        )
+        json.dump({**_json_safe(result.metrics), **named, **listed}, fh, indent=2, sort_keys=True)
     result.equity.to_csv(out / "equity.csv", index=False)
     result.trades.to_csv(out / "trades.csv", index=False)
     round_trips(result.trades, result.prices).to_csv(out / "round_trips.csv", index=False)
@@ -463,6 +481,11 @@ def write_outputs(result: BacktestResult, out: Path) -> None:
         trades=result.trades,
         risk_events=result.risk_events,
         settings=result.settings,
+        prices=result.prices,
+        benchmark=result.benchmark[1] if result.benchmark else None,
+        benchmark_name=result.benchmark[0] if result.benchmark else "",
+        rolling_window=result.settings["report"]["rolling_window"],
+        strategy_info=result.strategy_info,
     )
 
 

@@ -16,6 +16,7 @@ from engine.config import (
     EngineConfig,
     ExecutionConfig,
     PortfolioConfig,
+    ReportConfig,
     RiskConfig,
     Section,
     StrategyConfig,
@@ -62,6 +63,7 @@ class AppConfig(Section):
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     risk: RiskConfig = Field(default_factory=RiskConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     bybit: BybitConfig = Field(default_factory=BybitConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

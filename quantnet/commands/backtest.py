@@ -14,6 +14,7 @@ from connectors.replay import DataError
 from engine.bus import HandlerError
 from engine.config import ConfigError, validate
 from engine.logs import configure_logging
+from engine.summary import summary_rows
 from quantnet.backtest import BacktestResult, run_backtest
 from quantnet.commands.common import (
     at_least,
@@ -31,35 +32,15 @@ from quantnet.commands.common import (
 from quantnet.config import AppConfig, load_config
 from strategies.registry import StrategyError, takes_model
 
-_SUMMARY = (
-    ("total_return", "Total return", "{:.2%}"),
-    ("annual_return", "Annual return", "{:.2%}"),
-    ("annual_volatility", "Annual volatility", "{:.2%}"),
-    ("sharpe", "Sharpe", "{:.3f}"),
-    ("sortino", "Sortino", "{:.3f}"),
-    ("calmar", "Calmar", "{:.3f}"),
-    ("max_drawdown", "Max drawdown", "{:.2%}"),
-    ("n_trades", "Trades", "{:.0f}"),
-    ("win_rate", "Win rate", "{:.1%}"),
-    ("profit_factor", "Profit factor", "{:.2f}"),
-    ("turnover", "Turnover (annual)", "{:.2f}"),
-    ("exposure", "Exposure", "{:.2f}"),
-    ("fees", "Fees paid", "{:,.2f}"),
-    ("final_equity", "Final equity", "{:,.2f}"),
-)
-
 
 def summary_table(result: BacktestResult) -> Table:
     first, last = result.settings["first_bar"][:10], result.settings["last_bar"][:10]
     table = Table(title=f"{result.settings['strategy']}\n{first} .. {last}", show_header=False, min_width=36)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key, label, fmt in _SUMMARY:
-        value = result.metrics.get(key)
-        if value is None:
-            continue
-        table.add_row(label, "n/a" if value != value else fmt.format(value))
-    if result.settings.get("halt"):
+    for key, label, text in summary_rows(result.metrics):
+        table.add_row(label, "[bold red]HALTED[/]" if key == "trading_state" and text == "HALTED" else text)
+    if result.settings.get("halt") and "trading_state" not in result.metrics:
         table.add_row("Trading state", "[bold red]HALTED[/]")
     return table
 
@@ -146,6 +127,12 @@ def register(app: typer.Typer) -> None:
         config: Annotated[
             Path | None, typer.Option("--config", help="config TOML (default ./config.toml)")
         ] = None,
+        benchmark: Annotated[
+            str | None,
+            typer.Option(
+                "--benchmark", help="symbol of the data the report compares against (default: equal weight)"
+            ),
+        ] = None,
         output: Annotated[
             Path | None,
             typer.Option("--output", help="results directory (default: a new out/STRATEGY-UTCSTAMP)"),
@@ -167,6 +154,7 @@ def register(app: typer.Typer) -> None:
             "portfolio": {"cash": cash},
             "costs": {"taker_fee_bps": fee_bps, "maker_fee_bps": fee_bps, "slippage_bps": slippage_bps},
             "execution": {"fill_at": fill_at.value if fill_at is not None else None},
+            "report": {"benchmark": benchmark},
         }
         params = parse_params(param)
         config, config_line = config_source(config)

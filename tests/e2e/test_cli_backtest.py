@@ -64,7 +64,7 @@ def test_sma_crossover_on_a_csv(tmp_path, prices_csv):
     # entries are sized at 45% of equity per asset, never more than the two assets can hold
     assert (equity["gross_exposure"] / equity["equity"]).max() < 0.95
     html = (out / "report.html").read_text()
-    assert "<svg" in html and "Sharpe" in html
+    assert "Plotly.newPlot" in html and "Sharpe" in html
 
 
 def test_bad_param_is_a_clear_error(prices_csv, tmp_path):

@@ -42,3 +42,51 @@ def test_round_trips_csv_is_the_metrics_trades(tmp_path, prices_csv):
     assert len(simple)
     move = simple["quantity"] * (simple["exit_price"] - simple["entry_price"]) - simple["fees"]
     assert np.allclose(simple["pnl"], move, rtol=1e-9)
+
+
+def test_benchmark_figures_and_one_vocabulary(tmp_path, prices_csv):
+    out = tmp_path / "out"
+    args = ["backtest", "--strategy", "sma_crossover", "--param", "fast=5", "--param", "slow=15"]
+    result = runner.invoke(
+        app, [*args, "--data", str(prices_csv), "--output", str(out), "--benchmark", "BBB"]
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    equity = pd.read_csv(out / "equity.csv", parse_dates=["timestamp"])
+    # rows are stamped at the bar's close: the benchmark's first row holds the first bar's close
+    bbb = pd.read_csv(prices_csv)
+    bbb = bbb[bbb["symbol"] == "BBB"]["close"].to_numpy()[: len(equity)]
+    assert metrics["benchmark_return"] == pytest.approx(bbb[-1] / bbb[0] - 1, rel=1e-12)
+    r, b = equity["equity"].pct_change().to_numpy()[1:], np.diff(bbb) / bbb[:-1]
+    slope, intercept = np.polyfit(b, r, 1)
+    assert metrics["beta"] == pytest.approx(slope, rel=1e-9)
+    assert metrics["alpha"] == pytest.approx(intercept * metrics["periods_per_year"], rel=1e-6)
+    for label in (
+        "Fills",
+        "Round trips (closed)",
+        "Fees paid",
+        "Funding paid",
+        "Benchmark total return",
+        "Beta",
+    ):
+        assert label in result.output, label
+    page = (out / "report.html").read_text()
+    assert "against BBB" in page and f"{metrics['benchmark_return']:.2%}" in page
+
+    default = tmp_path / "default"
+    result = runner.invoke(app, [*args, "--data", str(prices_csv), "--output", str(default)])
+    both = pd.read_csv(prices_csv).pivot(index="timestamp", columns="symbol", values="close").to_numpy()
+    both = both[: len(equity)]
+    want = (both[-1] / both[0]).mean() - 1  # half the capital in each symbol, never rebalanced
+    assert json.loads((default / "metrics.json").read_text())["benchmark_return"] == pytest.approx(
+        want, rel=1e-12
+    )
+
+
+def test_unknown_benchmark_is_one_line(tmp_path, prices_csv):
+    result = runner.invoke(
+        app, ["backtest", "--data", str(prices_csv), "--output", str(tmp_path / "o"), "--benchmark", "ZZZ"]
+    )
+    assert result.exit_code != 0
+    lines = [x for x in result.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and "ZZZ" in lines[0] and "AAA" in lines[0], result.output

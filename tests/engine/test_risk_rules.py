@@ -300,7 +300,7 @@ def test_drawdown_flattens_and_halts(tmp_path):
     report = (tmp_path / "out" / "report.html").read_text()
     assert "max_drawdown" in report and "halted" in report
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["trading_state"] == 2 and metrics["risk_events"] == len(result.risk_events)
+    assert metrics["trading_state"] == "HALTED" and metrics["risk_events"] == len(result.risk_events)
     # a backtest keeps its halt to itself: the next one (same config) starts active and trades
     assert not state.exists()
     again = run(risk, {0: [1.0]}, frame(A=RISING))
