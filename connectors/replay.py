@@ -31,11 +31,29 @@ class DataError(ValueError):
     """The data cannot be replayed; the message names the file, symbol and row."""
 
 
+def _files_below(path: Path) -> list[Path]:
+    """A directory of data sets, as ``quantnet data fetch --out DIR`` leaves it
+    (``DIR/bybit_linear_60/BTCUSDT.parquet``): one data set below is the data; several must be
+    chosen, since one replay takes one bar length."""
+    sets = {
+        sub: n
+        for sub in sorted(p for p in path.iterdir() if p.is_dir())
+        if (n := sum(1 for p in sub.iterdir() if p.name.endswith(_SUFFIXES)))
+    }
+    if len(sets) == 1:
+        (sub,) = sets
+        return sorted(p for p in sub.iterdir() if p.name.endswith(_SUFFIXES))
+    if not sets:
+        raise DataError(f"{path}: directory holds no .parquet or .csv files")
+    listed = ", ".join(f"{sub} ({n} files)" for sub, n in sets.items())
+    raise DataError(f"{path} holds no data files itself, but {listed} do: give one of them as the data path")
+
+
 def _files(path: Path) -> list[Path]:
     if path.is_dir():
         found = sorted(p for p in path.iterdir() if p.name.endswith(_SUFFIXES))
         if not found:
-            raise DataError(f"{path}: directory holds no .parquet or .csv files")
+            return _files_below(path)
         return found
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")

@@ -82,8 +82,10 @@ def iso_time(text: str | None, option: str) -> str | None:
     if not _ISO.match(value):
         fail(f"{option} {text!r} is not an ISO 8601 date: write YYYY-MM-DD or YYYY-MM-DDTHH:MM (UTC)")
     try:
-        pd.Timestamp(value)
-    except ValueError:
+        pd.Timestamp(value).as_unit("ns")
+    except (ValueError, OverflowError) as exc:
+        if isinstance(exc, OverflowError | pd.errors.OutOfBoundsDatetime):
+            fail(f"{option} {text!r} is outside the dates the engine handles (1678 to 2261)")
         fail(f"{option} {text!r} is not a valid date")
     return value
 

@@ -25,7 +25,7 @@ from connectors.bybit.errors import BybitError
 from connectors.bybit.intervals import ceil_start, check_interval, interval_ms, next_start
 from connectors.bybit.rest import BybitRest, Kline
 from engine.config import ConfigError
-from quantnet.commands.common import err_console, fail
+from quantnet.commands.common import err_console, fail, iso_time
 from quantnet.config import load_config
 
 FLUSH_EVERY_PAGES = 20
@@ -200,8 +200,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Download closed Bybit klines to parquet (resumable)."""
         names, code = symbols_and_interval(symbols, interval)
-        start_ms = parse_utc(start, "--start")
-        end_ms = parse_utc(end, "--end") if end else int(datetime.now(UTC).timestamp() * 1000)
+        start_ms = parse_utc(iso_time(start, "--start") or start, "--start")
+        now_ms = int(datetime.now(UTC).timestamp() * 1000)
+        end_ms = parse_utc(iso_time(end, "--end") or end, "--end") if end else now_ms
+        if not end and start_ms >= now_ms:
+            now = datetime.fromtimestamp(now_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")
+            fail(f"--start {start} is in the future (now is {now}): no closed bars to fetch")
         if end_ms <= start_ms:
             fail(f"--end {end} is not after --start {start}")
         cfg = bybit_config(config, category=category, rest_url=rest_url)

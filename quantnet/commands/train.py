@@ -24,7 +24,7 @@ from models.config import ModelConfig, TrainConfig
 
 if TYPE_CHECKING:
     from models import Market, QuantNet, Splits
-from quantnet.commands.common import err_console, fail
+from quantnet.commands.common import check_range, err_console, fail, iso_time
 
 DEFAULT_DATASET = "us_sectors"
 _SUFFIXES = (".parquet", ".pq", ".csv", ".csv.gz")
@@ -128,6 +128,19 @@ def _blocks(splits: Splits) -> str:
     return text
 
 
+def _check_flags(*, variant: str | None, steps: int | None, start: str | None, end: str | None) -> None:
+    """Refuse bad options by the flag typed, before torch and the data load (seconds each)."""
+    from typing import get_args
+
+    from models.config import Variant
+
+    if variant is not None and variant not in get_args(Variant):
+        fail(f"--variant {variant!r} is not a QuantNet variant: use one of {', '.join(get_args(Variant))}")
+    if steps is not None and steps < 1:
+        fail(f"--steps must be at least 1, got {steps} (a checkpoint needs at least one training step)")
+    check_range(iso_time(start, "--start"), iso_time(end, "--end"))
+
+
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_command(
@@ -189,16 +202,7 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda")] = None,
     ) -> None:
         """Train QuantNet (paper algorithm 1) with early stopping on a dated validation block."""
-        from models import (  # torch loads here, not on every `quantnet` start
-            CheckpointMismatch,
-            QuantNet,
-            check_assets,
-            dated_splits,
-            load_checkpoint,
-            save_checkpoint,
-            train,
-        )
-
+        _check_flags(variant=variant, steps=steps, start=start, end=end)
         try:
             model_raw, cfg = _configs(
                 config,
@@ -209,6 +213,19 @@ def register(app: typer.Typer) -> None:
                 },
             )  # fmt: skip
             mcfg = validate(ModelConfig, model_raw, "[model] (with command-line options)")
+        except ConfigError as exc:
+            fail(str(exc))
+        from models import (  # torch loads here, after the options are known to be good
+            CheckpointMismatch,
+            QuantNet,
+            check_assets,
+            dated_splits,
+            load_checkpoint,
+            save_checkpoint,
+            train,
+        )
+
+        try:
             markets = load_markets(data, start=start, end=end)
             splits = dated_splits(markets, cfg.test_bars, cfg.val_bars)
             previous = None

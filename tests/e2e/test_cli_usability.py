@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,58 @@ def test_each_run_gets_its_own_folder_and_the_summary_names_it_and_the_config(tm
     third = quantnet("backtest", "--strategy", "sma_crossover", "--data", str(prices_csv), cwd=tmp_path)
     assert third.returncode == 0, third.stderr
     assert f"config: {tmp_path / 'config.toml'}" in third.stdout
+
+
+# --- other commands: the option typed is what the error names, before slow work starts ---------
+
+
+def test_train_refuses_bad_variant_and_zero_steps_before_reading_data(tmp_path):
+    missing = str(tmp_path / "no-such-data")
+    result = runner.invoke(app, ["train", "--variant", "lstm-foo", "--data", missing])
+    assert result.exit_code == 2
+    assert "--variant 'lstm-foo' is not a QuantNet variant: use one of linear-linear" in result.output
+    result = runner.invoke(app, ["train", "--steps", "0", "--data", missing, "--out", str(tmp_path / "m.pt")])
+    assert result.exit_code == 2
+    assert "--steps must be at least 1, got 0" in result.output
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_data_fetch_start_in_the_future_and_non_iso_dates():
+    result = runner.invoke(app, ["data", "fetch", "--symbols", "BTCUSDT", "--start", "2200-01-01"])
+    assert result.exit_code == 2
+    assert "--start 2200-01-01 is in the future (now is 20" in result.output
+    assert "None" not in result.output
+    result = runner.invoke(
+        app, ["data", "fetch", "--symbols", "X", "--start", "2024-01-01", "--end", "02/01/2024"]
+    )
+    assert result.exit_code == 2 and "--end '02/01/2024' is not an ISO 8601 date" in result.output
+
+
+def test_backtest_data_finds_the_fetch_layout_or_says_where_the_files_are(tmp_path, bars):
+    """``data fetch --out data/bybit`` writes data/bybit/bybit_linear_60/SYMBOL.parquet; pointing
+    --data at data/bybit uses the one data set below, or names each when there are several."""
+    root = tmp_path / "data" / "bybit"
+    fetched = root / "bybit_linear_60"
+    fetched.mkdir(parents=True)
+    for symbol, frame in bars.groupby("symbol"):
+        frame.to_parquet(fetched / f"{symbol}.parquet", index=False)
+    out = tmp_path / "o"
+    args = ["backtest", "--strategy", "buy_and_hold", "--data", str(root), "--output", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_fills"] == bars["symbol"].nunique()
+    other = root / "bybit_linear_D"
+    other.mkdir()
+    next(iter(bars.groupby("symbol")))[1].to_parquet(other / "AAA.parquet", index=False)
+    result = runner.invoke(app, [*args[:-2], "--output", str(tmp_path / "o2")])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert f"{fetched} (2 files)" in text and f"{other} (1 files)" in text
+    assert "give one of them" in text
+
+
+def test_a_date_beyond_the_engine_range_is_one_line():
+    result = runner.invoke(app, ["backtest", "--start", "2999-01-01"])
+    assert result.exit_code == 2
+    assert "--start '2999-01-01' is outside the dates the engine handles" in result.output
