@@ -124,6 +124,11 @@ class PaperBroker:
             )
         )
 
+    @property
+    def working(self) -> bool:
+        """Whether any order is waiting to fill."""
+        return bool(self._working)
+
     def open_orders(self) -> Iterable[Order]:
         return list(self._working.values())
 

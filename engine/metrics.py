@@ -112,7 +112,9 @@ def periods_per_year(
         return value
     if calendar not in _CALENDARS:
         raise ValueError(f"unknown calendar {calendar!r}; expected one of {', '.join(_CALENDARS)}")
-    ts = np.unique(_as_ns(timestamps_ns))
+    ts = _as_ns(timestamps_ns)
+    if len(ts) > 1 and not (ts[1:] > ts[:-1]).all():  # a backtest's times are: skip the unique's hash
+        ts = np.unique(ts)
     kind = _CALENDARS[calendar]
     if kind == "auto":
         kind = _week_kind(ts) if len(ts) >= 2 else "exchange"

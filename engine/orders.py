@@ -123,6 +123,11 @@ class OrderManager:
             self._rebalance(int(i), float(self.targets[i]), self._strategy, bars.ts_event)
         self._any_unpriced = bool(self.unpriced.any())
 
+    @property
+    def waiting(self) -> bool:
+        """Whether a target waits for its symbol's first price (the next bar may trade it)."""
+        return self._any_unpriced
+
     def _rebalance(self, i: int, target: float, strategy: str, ts: int) -> None:
         pf = self.portfolio
         price = float(pf.last_price[i])

@@ -37,6 +37,16 @@ class _Series:
         self.n += 1
         return row
 
+    def extend(self, k: int) -> np.ndarray:
+        """The next ``k`` rows, to be written by the caller."""
+        if self.n + k > len(self.data):
+            grown = np.empty((max(2 * len(self.data), self.n + k), self.data.shape[1]))
+            grown[: self.n] = self.data[: self.n]
+            self.data = grown
+        block = self.data[self.n : self.n + k]
+        self.n += k
+        return block
+
     def add_column(self) -> None:
         """One more column, zero in the rows already written."""
         if self.width == self.data.shape[1]:
@@ -91,6 +101,8 @@ class Portfolio:
         self._recorded = np.zeros(n, dtype=bool)
         self._columns = np.zeros(0, dtype=np.intp)
         self._all_recorded = False
+        self._single = n == 1
+        self._held = 0  # symbols with a position
         if bus is not None:
             bus.subscribe(Fill, self.on_fill)
             bus.subscribe(Funding, self.on_funding)
@@ -101,23 +113,88 @@ class Portfolio:
     def on_bars(self, bars: BarSet) -> None:
         close = bars.close
         last = self.last_price
-        np.copyto(last, close, where=close == close)
         qty = self.qty
-        self.ts = bars.ts_event
-        self.equity = equity = self.cash + float(qty @ last)
-        self.gross_exposure = gross = float(np.abs(qty) @ last)
-        self._times.append(bars.ts_event)
+        self.ts = ts = bars.ts_event
+        cash = self.cash
+        if self._single:  # one symbol: the same products and sums as below, on Python floats
+            c = float(close[0])
+            if c == c:
+                last[0] = c
+            else:
+                c = float(last[0])
+            q = float(qty[0])
+            self.equity = equity = cash + q * c
+            self.gross_exposure = gross = abs(q) * c
+        elif self._held:
+            np.copyto(last, close, where=close == close)
+            self.equity = equity = cash + float(qty @ last)
+            self.gross_exposure = gross = float(np.abs(qty) @ last)
+        else:  # no position: nothing to mark but the prices
+            np.copyto(last, close, where=close == close)
+            self.equity = equity = cash
+            self.gross_exposure = gross = 0.0
+        self._times.append(ts)
         row = self._curve.next_row()
         row[0] = equity
-        row[1] = self.cash
+        row[1] = cash
         row[2] = gross
         if self._positions is not None:
             row = self._positions.next_row()
             if self._all_recorded:
-                np.multiply(qty, last, out=row)
+                if self._single:
+                    row[0] = q * c
+                else:
+                    np.multiply(qty, last, out=row)
             elif len(self._columns):
                 cols = self._columns
                 np.multiply(qty[cols], last[cols], out=row[: len(cols)])
+
+    def mark_span(self, times: list[int], close: np.ndarray, *, complete: bool = False) -> None:
+        """Book a run of bars on which nothing traded (no fill, no funding) at once: the same
+        marks, equity, exposure and position values :meth:`on_bars` records one bar at a time,
+        with the same arithmetic (a book without positions is worth its cash; one symbol's value
+        is one product; wider books with positions take the same dot product per bar).
+        ``complete``: the caller knows every symbol has a bar on every one of these bars."""
+        k = len(times)
+        if not k:
+            return
+        last = self.last_price
+        if not complete and np.isnan(close).any():  # a symbol without a bar keeps its last price
+            marks = np.vstack([last[None, :], close])
+            seen = np.where(marks == marks, np.arange(k + 1)[:, None], 0)
+            np.maximum.accumulate(seen, axis=0, out=seen)
+            marks = np.take_along_axis(marks, seen, axis=0)[1:]
+        else:
+            marks = close
+        qty = self.qty
+        cash = self.cash
+        curve = self._curve.extend(k)
+        if not self._held:
+            curve[:, 0] = cash
+            curve[:, 2] = 0.0
+        elif self._single:
+            q = float(qty[0])
+            np.multiply(marks[:, 0], q, out=curve[:, 0])
+            curve[:, 0] += cash
+            np.multiply(marks[:, 0], abs(q), out=curve[:, 2])
+        else:
+            size = np.abs(qty)
+            for r, row in enumerate(marks):
+                curve[r, 0] = cash + float(qty @ row)
+                curve[r, 2] = float(size @ row)
+        curve[:, 1] = cash
+        self._times.extend(times)
+        if self._positions is not None:
+            block = self._positions.extend(k)
+            if self._all_recorded:
+                np.multiply(marks, qty, out=block)
+            elif len(self._columns):
+                cols = self._columns
+                np.multiply(marks[:, cols], qty[cols], out=block[:, : len(cols)])
+        last[:] = marks[-1]
+        self.ts = times[-1]
+        self.equity = float(curve[-1, 0])
+        self.gross_exposure = float(curve[-1, 2])
 
     def _record(self, i: int) -> None:
         """Start recording symbol ``i``'s market value; once every symbol is recorded, put the
@@ -161,6 +238,7 @@ class Portfolio:
         else:  # a fill too small to leave a position
             avg = 0.0
         self.qty[i] = new
+        self._held += (new != 0.0) - (old != 0.0)
         self.avg_price[i] = avg
         self.realized_pnl[i] += realized
         self.cash -= signed * price + fill.fee
@@ -211,6 +289,7 @@ class Portfolio:
 
     def restore(self, saved: dict[str, object]) -> None:
         restore_into(self, saved)
+        self._held = int(np.count_nonzero(self.qty))
 
     # views ----------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -86,6 +87,15 @@ class StrategyContext:
         return self._n
 
 
+@dataclass(frozen=True, slots=True)
+class Decisions:
+    """Every answer a strategy gives over a replay, computed at once: at bar ``index[k]`` (sorted)
+    it returns ``targets[k]``; at every other bar None."""
+
+    index: np.ndarray
+    targets: np.ndarray
+
+
 class Strategy(ABC):
     """Subclass, set ``name`` and ``Params``, implement ``on_bars``.
 
@@ -132,6 +142,15 @@ class Strategy(ABC):
         ``best_step``, ``steps_run`` and ``settings`` (a flat mapping shown as a table)."""
         return None
 
+    def precompute(self, closes: np.ndarray) -> Decisions | None:
+        """What ``on_bars`` would answer on each bar of a replay of ``closes`` (time × universe,
+        NaN: no bar) from a fresh start, computed at once as backtesting.py precomputes its
+        indicators; None (the default) when the strategy cannot say in advance. Each answer may
+        use closes up to its own bar only, and must equal the bar-by-bar one exactly: a replay
+        given Decisions publishes only the bars on which something can happen, and skips the
+        others (the strategy's own state then does not advance)."""
+        return None
+
     @abstractmethod
     def on_bars(self, bars: BarSet, ctx: StrategyContext) -> np.ndarray | None:
         """Return target weights per symbol (NaN: no change) or None for no change at all."""
@@ -160,8 +179,33 @@ class StrategyHost:
         self.max_gross_target = 0.0
         self._targets = np.zeros(len(symbols))
         self._standing: np.ndarray | None = None
+        self._plan: dict[int, np.ndarray] | None = None
         strategy.on_start(symbols)
         bus.subscribe(BarSet, self.on_bars)
+
+    def use(self, decisions: Decisions, times: np.ndarray) -> None:
+        """Answer from precomputed decisions (keyed by ``BarSet.index``; ``times[index]`` is the
+        bar's ``ts_event``) instead of calling the strategy. The answers are checked as if given
+        bar by bar: invalid ones here, at once (an error in a backtest, naming the first), the
+        standing gross target as each is served."""
+        targets = np.array(decisions.targets, dtype=float, copy=True)
+        index = np.asarray(decisions.index, dtype=np.int64)
+        n = len(self.ctx.symbols)
+        if targets.ndim != 2 or targets.shape[1:] != (n,) or len(targets) != len(index):
+            raise ValueError(
+                f"strategy {self.strategy.name} precomputed targets of shape {targets.shape} for "
+                f"{len(index)} bars, expected ({len(index)}, {n})"
+            )
+        bad = self._invalid(targets)
+        rows = np.flatnonzero(bad.any(axis=1))
+        for r in rows:
+            self._check(targets[r], int(times[index[r]]))
+        self._plan = dict(zip(index.tolist(), targets, strict=True))
+
+    @property
+    def quiet(self) -> bool:
+        """Whether a bar without a precomputed decision would publish nothing."""
+        return self._standing is None and self._plan is not None
 
     def warm(self, bars: BarSet) -> None:
         """Feed a bar from before the start: the strategy settles its state and its targets are
@@ -204,6 +248,11 @@ class StrategyHost:
         """The strategy's answer for this bar, with invalid targets turned into "no change"."""
         ctx = self.ctx
         ctx.now_ns = bars.ts_event
+        if self._plan is not None:
+            planned = self._plan.get(bars.index)
+            if planned is not None and not self.strategy.units:
+                self._check_gross(planned)
+            return planned
         ctx._append(bars.close)
         targets = self.strategy.on_bars(bars, ctx)
         if targets is None:
@@ -214,15 +263,27 @@ class StrategyHost:
                 f"strategy {self.strategy.name} returned targets of shape {targets.shape}, "
                 f"expected ({len(ctx.symbols)},)"
             )
+        targets = self._check(targets, bars.ts_event)
+        if not self.strategy.units:  # a gross of units means nothing
+            self._check_gross(targets)
+        return targets
+
+    def _invalid(self, targets: np.ndarray) -> np.ndarray:
         bad = np.isinf(targets)
         if not self.strategy.units:
             bad |= np.abs(targets) > self.max_weight + 1e-12
+        return bad
+
+    def _check(self, targets: np.ndarray, ts_event: int) -> np.ndarray:
+        """Invalid targets: an error in a backtest; live, "no change" with a warning."""
+        ctx = self.ctx
+        bad = self._invalid(targets)
         if bad.any():
             values = ", ".join(f"{ctx.symbols[i]}={targets[i]:g}" for i in np.flatnonzero(bad)[:5])
             if self.strict:  # a backtest with dropped decisions would look right and be wrong
                 from datetime import UTC, datetime
 
-                when = datetime.fromtimestamp(bars.ts_event / 1e9, UTC).isoformat()
+                when = datetime.fromtimestamp(ts_event / 1e9, UTC).isoformat()
                 raise StrategyError(
                     f"strategy {self.strategy.name} returned invalid targets at {when}: {values} "
                     f"(a target is a finite weight of equity with |w| <= max_weight {self.max_weight:g}; "
@@ -237,7 +298,6 @@ class StrategyHost:
                 max_weight=self.max_weight,
             )
             targets[bad] = np.nan
-        self._check_gross(targets)
         return targets
 
     def _check_gross(self, targets: np.ndarray) -> None:

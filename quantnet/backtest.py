@@ -35,6 +35,7 @@ from engine.roundtrips import Prices, round_trips
 from engine.strategy import Strategy, StrategyHost
 from engine.summary import state_name
 from quantnet.config import AppConfig
+from quantnet.quiet import replay_quiet
 from strategies.registry import create
 
 log = structlog.get_logger("quantnet.backtest")
@@ -210,6 +211,10 @@ class Delisting:
             due = int(last_slot[i] + after)
             self._due.setdefault(due, []).append((int(i), int(last_slot[i]), float(close[last_row[i]])))
 
+    def bars_due(self) -> list[int]:
+        """The bars on which :meth:`on_bars` may act (the others it ignores)."""
+        return sorted(self._due)
+
     def on_bars(self, bars: BarSet) -> None:
         due = self._due.pop(bars.index, None) if self._due else None
         if due is None or self.venue is None:
@@ -332,11 +337,15 @@ def run_backtest(
         for bars in itertools.islice(bar_sets, warm):  # before the start: the strategy only
             clock.advance(bars.ts_event)
             node.host.warm(bars)
-        events: Iterable[Any] = bar_sets
-        if progress is not None:
-            events = progress(events, len(matrix) - warm)
         started = time.perf_counter()
-        replay(bus, events, clock)
+        scheduled = ((delisting.on_bars, delisting.bars_due()),)
+        if not replay_quiet(
+            bus, clock, matrix, warm, node.host, node.orders, scheduled=scheduled, progress=progress
+        ):
+            events: Iterable[Any] = bar_sets
+            if progress is not None:
+                events = progress(events, len(matrix) - warm)
+            replay(bus, events, clock)
     finally:
         if journal is not None:
             journal.close()
@@ -354,7 +363,7 @@ def _result(
     pf = node.portfolio
     times = pf.times()
     curve = pf.curve()
-    stamp = pd.to_datetime(times, utc=True)
+    stamp = pd.to_datetime(times.astype("datetime64[ns]"), utc=True)  # not via objects: 20x faster
     equity = pd.DataFrame(
         {"timestamp": stamp, "equity": curve[:, 0], "cash": curve[:, 1], "gross_exposure": curve[:, 2]}
     )

@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from engine.events import BarSet
-from engine.strategy import Params, Strategy, StrategyContext
+from engine.strategy import Decisions, Params, Strategy, StrategyContext
 
 
 def _per_asset(weight: float | None, n: int) -> float:
@@ -24,6 +24,9 @@ class NoOp(Strategy):
     """Never trades: measures the engine itself."""
 
     name = "noop"
+
+    def precompute(self, closes: np.ndarray) -> Decisions:
+        return Decisions(np.zeros(0, dtype=np.int64), np.zeros((0, closes.shape[1])))
 
     def on_bars(self, bars: BarSet, ctx: StrategyContext) -> np.ndarray | None:
         return None
@@ -97,6 +100,35 @@ class SmaCrossover(Strategy):
         self._diff = np.zeros(n)
         self._above = np.zeros(n, dtype=bool)
         self._ready = np.zeros(n, dtype=bool)
+
+    def precompute(self, closes: np.ndarray) -> Decisions | None:
+        """The lockstep path of :meth:`on_bars` for all bars at once, with the same arithmetic:
+        each running sum is the sequential cumulative sum of the same differences (close minus
+        the close leaving the window, or minus the ring's initial 0.0). Only for data where every
+        symbol has every bar (otherwise None: the per-bar path keeps a count per series)."""
+        p = self.params
+        n_bars, n = closes.shape
+        if n_bars < p.slow or np.isnan(closes).any():
+            return None if n_bars >= p.slow else Decisions(np.zeros(0, np.int64), np.zeros((0, n)))
+        start = p.slow - 1
+        above = np.empty((n_bars - start, n), dtype=bool)
+        for j in range(n):  # one column at a time: temporaries of one series, not of the matrix
+            c = closes[:, j]
+            d = c.copy()
+            d[p.slow :] -= c[: -p.slow]
+            slow_sum = np.cumsum(d)
+            d[:] = c
+            d[p.fast :] -= c[: -p.fast]
+            fast_sum = np.cumsum(d)
+            np.greater(fast_sum[start:] * p.slow, slow_sum[start:] * p.fast, out=above[:, j])
+        changed = np.empty_like(above)
+        changed[0] = True
+        np.not_equal(above[1:], above[:-1], out=changed[1:])
+        rows = np.flatnonzero(changed.any(axis=1))
+        low = -self.target if p.short else 0.0
+        picked = above[rows]
+        targets = np.where(changed[rows], np.where(picked, self.target, low), np.nan)
+        return Decisions(rows + start, targets)
 
     def on_bars(self, bars: BarSet, ctx: StrategyContext) -> np.ndarray | None:
         close = bars.close
