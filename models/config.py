@@ -108,6 +108,13 @@ class TrainConfig(_Frozen):
         20, ge=0, description="evaluations without a better criterion before stopping; 0: never"
     )
     cost_bps: float = Field(0.0, ge=0.0, description="cost per unit of |Δs|, in basis points")
+    objective: Literal["sharpe", "vol_scaled"] = Field(
+        "sharpe",
+        description="sharpe: eq. 7 on positions s; vol_scaled: on s·vol_target/σ_t (deep momentum; "
+        "what the quantnet strategy trades), costs on the change of that position",
+    )
+    vol_target: float = Field(0.15, gt=0.0, description="σ_target of the vol_scaled objective")
+    vol_span: int = Field(60, ge=2, description="EWM span (bars) of σ_t in the vol_scaled objective")
     periods_per_year: float | None = Field(
         None, gt=0.0, description="Sharpe annualisation; None: from the bar spacing (252 weekday daily)"
     )

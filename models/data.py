@@ -225,6 +225,28 @@ def markets_from_frame(df: pd.DataFrame, *, name: str | None = None) -> list[Mar
     return out
 
 
+def vol_scale(returns: np.ndarray, *, vol_target: float, span: int, periods_per_year: float) -> np.ndarray:
+    """vol_target / σ_t per (row, asset), σ_t the annualised EWM volatility (span ``span``, squared
+    returns not demeaned, seeded by the asset's first return) of the asset's returns before row t:
+    the factor the ``quantnet`` strategy sizes row t's position with (deep-momentum sizing). NaN
+    where no estimate exists yet or it is zero."""
+    r = np.asarray(returns, dtype=np.float64)
+    alpha = 2.0 / (span + 1.0)
+    var = np.full(r.shape[1], np.nan)
+    before = np.full(r.shape, np.nan)
+    for t in range(len(r)):
+        before[t] = var
+        row = r[t]
+        fresh = np.isfinite(row)
+        sq = row * row
+        first = fresh & np.isnan(var)
+        var = np.where(first, sq, var)
+        var = np.where(fresh & ~first, var + alpha * (sq - var), var)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = vol_target / np.sqrt(before * periods_per_year)
+    return np.where(np.isfinite(out), out, np.nan)
+
+
 def model_arrays(returns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(inputs, targets, mask) aligned on rows: the signal computed from ``inputs[: t + 1]`` (returns up
     to t-1) trades ``targets[t]``. Row 0 has no past, so its input is zeros."""

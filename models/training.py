@@ -32,7 +32,7 @@ from torch import Tensor
 from models._threads import torch_threads
 from models.checkpoint import check_assets
 from models.config import TrainConfig
-from models.data import Market, Splits, dated_splits, infer_periods_per_year, model_arrays
+from models.data import Market, Splits, dated_splits, infer_periods_per_year, model_arrays, vol_scale
 from models.loss import market_sharpe, quantnet_loss
 from models.network import QuantNet
 
@@ -60,6 +60,7 @@ class _Series:
     val_start: int
     test_start: int
     k: int
+    v: Tensor | None = None  # (T, n) position scale vol_target/σ_t of the vol_scaled objective
 
 
 LOG_FIELDS = (
@@ -101,10 +102,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _series(
-    model: QuantNet, markets: Sequence[Market], splits: Splits, seq_len: int, *, need_train: bool = True
+    model: QuantNet,
+    markets: Sequence[Market],
+    splits: Splits,
+    seq_len: int,
+    *,
+    need_train: bool = True,
+    scale: tuple[float, int, float] | None = None,
 ) -> list[_Series]:
     """Device tensors per market, cut at the test start: nothing of the test block is copied unless
-    it is to be scored (``need_train=False`` is evaluation, which may score any block)."""
+    it is to be scored (``need_train=False`` is evaluation, which may score any block). ``scale``
+    (vol_target, span, periods per year) adds the vol_scaled objective's position scale; rows
+    without a volatility estimate yet are masked."""
     p = next(model.parameters())
     out = []
     for mk in markets:
@@ -121,7 +130,14 @@ def _series(
         def t(a: np.ndarray, dtype: torch.dtype = p.dtype) -> Tensor:
             return torch.as_tensor(a, dtype=dtype, device=p.device)
 
-        out.append(_Series(model.index(mk.name), t(x), t(r), t(m, torch.bool), v0, t0, max(k, 1)))
+        v = None
+        if scale is not None:
+            vs = vol_scale(
+                mk.returns[: len(x)], vol_target=scale[0], span=scale[1], periods_per_year=scale[2]
+            )
+            m = m & np.isfinite(vs)
+            v = t(np.nan_to_num(vs, nan=0.0))
+        out.append(_Series(model.index(mk.name), t(x), t(r), t(m, torch.bool), v0, t0, max(k, 1), v))
     return out
 
 
@@ -136,8 +152,10 @@ def evaluate(
     periods_per_year: float = 252.0,
     cost_bps: float = 0.0,
     threads: int | None = 1,
+    vol_scaled: tuple[float, int] | None = None,
 ) -> dict[str, float]:
-    """Eq. 7 Sharpe per market over its training, validation, test or all rows, and their mean.
+    """Eq. 7 Sharpe per market over its training, validation, test or all rows, and their mean
+    (of positions s·vol_target/σ_t with ``vol_scaled=(vol_target, span)``).
 
     ``splits`` defaults to everything being training rows. Signals run from a zero state: over the
     training rows from their start, over a validation or test block from ``seq_len`` bars before it
@@ -150,7 +168,8 @@ def evaluate(
     model.eval()
     try:
         with torch_threads(threads):
-            return _evaluate(model, markets, rows, splits, seq_len, periods_per_year, cost_bps)
+            scale = None if vol_scaled is None else (*vol_scaled, periods_per_year)
+            return _evaluate(model, markets, rows, splits, seq_len, periods_per_year, cost_bps, scale)
     finally:
         model.train(was)
 
@@ -163,9 +182,11 @@ def _evaluate(
     seq_len: int,
     periods_per_year: float,
     cost_bps: float,
+    scale: tuple[float, int, float] | None,
 ) -> dict[str, float]:
     out: dict[str, float] = {}
-    for mk, s in zip(markets, _series(model, markets, splits, seq_len, need_train=False), strict=True):
+    series = _series(model, markets, splits, seq_len, need_train=False, scale=scale)
+    for mk, s in zip(markets, series, strict=True):
         n = len(mk)
         if rows == "val":
             lo, hi, warm = s.val_start, s.test_start, max(1, s.val_start - seq_len)
@@ -178,6 +199,8 @@ def _evaluate(
         if hi - lo < 2:
             continue
         sig, _ = model(s.model_index, s.x[warm:hi].unsqueeze(0))
+        if s.v is not None:
+            sig = sig * s.v[warm:hi]
         v = market_sharpe(
             sig[:, lo - warm :],
             s.r[lo:hi].unsqueeze(0),
@@ -224,7 +247,8 @@ def train(
     for mk in markets:
         if not bool(model.markets[model.index(mk.name)].scale_fitted):
             model.fit_input_scale(mk.name, mk.returns[: splits.bounds(mk)[0]])
-    series = _series(model, markets, splits, config.seq_len)
+    vol = (config.vol_target, config.vol_span) if config.objective == "vol_scaled" else None
+    series = _series(model, markets, splits, config.seq_len, scale=None if vol is None else (*vol, ppy))
     has_val = any(s.test_start - s.val_start >= 2 for s in series)
     # validation scores never see the test block: hand evaluate() the markets cut at its start
     until_test = [mk.rows(0, s.test_start) for mk, s in zip(markets, series, strict=True)]
@@ -240,6 +264,7 @@ def train(
             seq_len=config.seq_len,
             periods_per_year=ppy,
             cost_bps=config.cost_bps,
+            vol_scaled=vol,
         )
         return res.get("mean")
 
@@ -280,14 +305,16 @@ def train(
         model.train()
         for step in range(1, config.steps + 1):
             pick = rng.choice(len(series), size=min(config.batch_markets, len(series)), replace=False)
-            items, targets = [], []
+            items, targets, scales = [], [], []
             for j in sorted(pick.tolist()):
                 s = series[j]
                 ends = rng.integers(s.k + 1, s.val_start + 1, size=config.windows_per_market)
                 rows = torch.as_tensor(ends[:, None] - s.k + np.arange(s.k)[None, :], device=device)
                 items.append((s.model_index, s.x[rows]))
                 targets.append((s.r[rows], s.m[rows]))
+                scales.append(None if s.v is None else s.v[rows])
             signals = model.forward_many(items)
+            signals = [sg if v is None else sg * v for sg, v in zip(signals, scales, strict=True)]
             loss = quantnet_loss(
                 [(sg, r, m) for sg, (r, m) in zip(signals, targets, strict=True)],
                 periods_per_year=ppy,

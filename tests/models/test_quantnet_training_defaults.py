@@ -1,15 +1,18 @@
 """Training as the paper and its released code do it: batch and learning-rate defaults, dropout
-per part, short assets out of a window's loss, a smoothed selection criterion after min_steps."""
+per part, short assets out of a window's loss, a smoothed selection criterion after min_steps, and
+the deep-momentum (vol-scaled) objective."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from models import Market, ModelConfig, QuantNet, TrainConfig, train
+from models import Market, ModelConfig, QuantNet, TrainConfig, evaluate, train
+from models.data import vol_scale
 
 TINY = dict(transfer_dim=3, decoder_dim=3, encoder_layers=1, decoder_layers=1, dropout=0.0)
 
@@ -105,3 +108,44 @@ def test_kept_weights_are_the_best_smoothed_check_after_min_steps(
     )
     raw = [h["val_sharpe"] for h in early.history if "val_sharpe" in h]
     assert early.best_step == 5 * (int(np.argmax(raw)) + 1)
+
+
+def test_vol_scale_is_the_strategys_ewm_sizing_from_past_returns() -> None:
+    rng = np.random.default_rng(3)
+    r = rng.normal(0, 0.01, (80, 3)) * np.array([1.0, 2.0, 0.5])
+    r[0, 1] = np.nan
+    r[10:14, 2] = np.nan
+    got = vol_scale(r, vol_target=0.15, span=10, periods_per_year=252.0)
+    ewm = pd.DataFrame(r**2).ewm(span=10, adjust=False, ignore_na=True).mean().shift(1)
+    want = 0.15 / np.sqrt(252.0 * ewm.to_numpy())
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert np.isnan(got[0]).all() and np.isnan(got[1, 1]) and np.isfinite(got[2, 1])
+
+
+def test_vol_scaled_objective_scores_positions_s_times_target_over_sigma(
+    make_markets: Callable[..., list[Market]],
+) -> None:
+    """evaluate(vol_scaled=...) equals the Sharpe of s·0.15/σ_t times r, cost on the change of that
+    position, recomputed in NumPy from the model's signals (gap-free data; rows without a σ yet
+    sit out)."""
+    _, m = make_markets(sizes=(3, 3), rows=120, missing=0.0)  # the second market has no late listing
+    model = QuantNet(ModelConfig(variant="lstm-linear", **TINY), {m.name: m.assets}, seed=0)  # type: ignore[arg-type]
+    s = model.signals(m.name, m.returns)
+    v = vol_scale(m.returns, vol_target=0.15, span=20, periods_per_year=252.0)
+    assert np.isnan(v[1]).all() and np.isfinite(v[2:]).all()  # row 0's return is 0: no σ before row 2
+    w, r = (s * v)[2:], m.returns[2:]
+    pnl = w * r
+    pnl[1:] -= 10e-4 * np.abs(np.diff(w, axis=0))
+    want = np.mean(pnl.mean(0) / pnl.std(0, ddof=1)) * np.sqrt(252.0)
+    got = evaluate(model, [m], rows="all", cost_bps=10.0, vol_scaled=(0.15, 20))["mean"]
+    assert got == pytest.approx(want, rel=1e-5)
+    plain = evaluate(model, [m], rows="all", cost_bps=10.0)["mean"]
+    assert abs(plain - want) > 1e-3
+    cfg = TrainConfig(steps=3, seq_len=16, val_bars=30, eval_every=3, min_steps=0, objective="vol_scaled")
+    result = train(model, [m], cfg)
+    assert result.best_val_sharpe == pytest.approx(
+        evaluate(
+            model, [m.rows(0, 120)], rows="val", splits=result.splits, seq_len=16, vol_scaled=(0.15, 60)
+        )["mean"],
+        abs=1e-6,
+    )
