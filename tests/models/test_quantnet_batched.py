@@ -1,0 +1,132 @@
+"""The batched pass (models.batched) gives the per-market path's losses and gradients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from models import TRANSFER_VARIANTS, Market, ModelConfig, QuantNet, TrainConfig, quantnet_loss, train
+from models.batched import _ChainLSTM, forward_batched, forward_many_batched
+from models.config import BASELINE_VARIANTS
+
+SIZES = (3, 7, 5)
+
+
+def _model(variant: str, layers: int, dtype: torch.dtype, dropout: float = 0.0) -> QuantNet:
+    cfg = ModelConfig(
+        variant=variant, transfer_dim=4, decoder_dim=6, encoder_layers=layers, decoder_layers=2,
+        transfer_layers=layers, dropout=dropout,
+    )  # fmt: skip
+    model = QuantNet(cfg, {f"m{i}": [f"a{i}{j}" for j in range(n)] for i, n in enumerate(SIZES)}, seed=1)
+    model.to(dtype)
+    with torch.no_grad():
+        for net in model.markets:
+            net.input_scale.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(2))
+    return model
+
+
+def _batch(dtype: torch.dtype, b: int = 4, t: int = 13) -> tuple[list[tuple[int, torch.Tensor]], list]:
+    g = torch.Generator().manual_seed(0)
+    items = [(i, torch.randn(b, t, n, generator=g, dtype=dtype) * 0.02) for i, n in enumerate(SIZES)]
+    targets = [
+        (torch.randn(b, t, n, generator=g, dtype=dtype) * 0.02, torch.rand(b, t, n, generator=g) > 0.15)
+        for n in SIZES
+    ]
+    return items, targets
+
+
+def _loss_and_grads(
+    model: QuantNet, batched: bool, dtype: torch.dtype
+) -> tuple[float, dict[str, torch.Tensor]]:
+    items, targets = _batch(dtype)
+    model.zero_grad()
+    signals = forward_many_batched(model, items) if batched else [model(i, x)[0] for i, x in items]
+    triples = [(s, r, m) for s, (r, m) in zip(signals, targets, strict=True)]
+    loss = quantnet_loss(triples, min_bars=3)
+    loss.backward()
+    return float(loss.detach()), {
+        k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None
+    }
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("variant", TRANSFER_VARIANTS + BASELINE_VARIANTS)
+def test_batched_loss_and_gradients_equal_per_market_path(variant: str, layers: int) -> None:
+    model = _model(variant, layers, torch.float64)
+    model.train()
+    ref_loss, ref = _loss_and_grads(model, False, torch.float64)
+    loss, got = _loss_and_grads(model, True, torch.float64)
+    assert got.keys() == ref.keys()
+    assert abs(loss - ref_loss) < 1e-6
+    for k in ref:
+        assert torch.allclose(got[k], ref[k], rtol=0.0, atol=1e-6), (k, (got[k] - ref[k]).abs().max())
+        assert ref[k].abs().max() > 0, k  # every parameter is reached
+
+
+def test_batched_float32_matches_to_rounding() -> None:
+    """The released configuration (LSTM-linear, 2 + 2 layers) in float32: the per-market path
+    itself rounds at ~1e-7 per operation, so agreement is to float32 rounding, not to 1e-12."""
+    model = _model("lstm-linear", 2, torch.float32)
+    ref_loss, ref = _loss_and_grads(model, False, torch.float32)
+    loss, got = _loss_and_grads(model, True, torch.float32)
+    assert abs(loss - ref_loss) < 1e-6
+    for k in ref:
+        assert torch.allclose(got[k], ref[k], rtol=1e-4, atol=1e-5), k
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_chain_backward_is_the_gradient_with_dropout_masks(layers: int) -> None:
+    g, h, t, b = 2, 3, 4, 2
+    gen = torch.Generator().manual_seed(layers)
+
+    def rnd(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).requires_grad_()
+
+    xw, w_hh = rnd(g, 4 * h, t, b), rnd(layers, g, 4 * h, h, scale=0.5)
+    w_ih, bias = rnd(layers - 1, g, 4 * h, h, scale=0.5), rnd(layers - 1, g, 4 * h)
+    keep = torch.rand(t + layers, (layers - 1) * g, h, b, generator=gen, dtype=torch.float64) > 0.3
+    for mask in (None, keep.double() / 0.7 if layers > 1 else None):
+
+        def f(*a: torch.Tensor, mask: torch.Tensor | None = mask) -> torch.Tensor:
+            return _ChainLSTM.apply(*a, mask)
+
+        assert torch.autograd.gradcheck(f, (xw, w_hh, w_ih, bias))
+
+
+def test_dropout_only_in_training() -> None:
+    model = _model("lstm-linear", 2, torch.float64, dropout=0.3)
+    items, _ = _batch(torch.float64)
+    tm = [(i, x.transpose(0, 1)) for i, x in items]
+    model.eval()
+    with torch.no_grad():
+        ev = forward_batched(model, tm)
+        ref = [model(i, x)[0].transpose(0, 1) for i, x in items]
+    assert all(torch.allclose(a, r, atol=1e-12) for a, r in zip(ev, ref, strict=True))
+    model.train()
+    with torch.no_grad():
+        torch.manual_seed(5)
+        one = forward_batched(model, tm)
+        torch.manual_seed(5)
+        same = forward_batched(model, tm)
+        other = forward_batched(model, tm)
+    assert all(torch.equal(a, c) for a, c in zip(one, same, strict=True))
+    assert not all(torch.allclose(a, c) for a, c in zip(one, other, strict=True))
+    assert not all(torch.allclose(a, e) for a, e in zip(one, ev, strict=True))
+
+
+def test_training_batched_equals_default(make_markets: Callable[..., list[Market]]) -> None:
+    markets = make_markets(rows=300)
+    cfg = ModelConfig(variant="lstm-linear", transfer_dim=4, decoder_dim=4, dropout=0.0)
+    tc = TrainConfig(steps=6, batch_markets=3, windows_per_market=3, seq_len=32, val_bars=0, seed=3)
+    runs = []
+    for batched in (False, True):
+        model = QuantNet(cfg, {m.name: m.assets for m in markets}, seed=3).double()
+        res = train(model, markets, tc, batched=batched)
+        runs.append(([h["loss"] for h in res.history], model.state_dict()))
+    (la, sa), (lb, sb) = runs
+    assert len(la) == 6 and max(abs(a - b) for a, b in zip(la, lb, strict=True)) < 1e-6
+    assert la[0] != la[-1]  # the weights moved
+    for k in sa:
+        assert torch.allclose(sa[k].double(), sb[k].double(), atol=1e-6), k
