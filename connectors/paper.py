@@ -20,6 +20,8 @@ Execution rules, the same for every strategy:
 * With ``fill_at="close"`` a market order fills instead at the close of the bar it was decided on
   (market-on-close, :meth:`PaperBroker.on_close`, run after the bar's decisions), or of its
   instrument's next bar; slippage and taker fee as at the open.
+* Each fill carries the time of its price in the data's labels (``Fill.ts_price``): ``stamps`` say
+  how far before the bar's close stamp a fill at (or after) its open and one at its close traded.
 * Live (paper trading), a market order fills as soon as the stream reports the next bar's first
   price (:class:`~engine.events.BarOpen`): the same open a backtest fills at, seconds after the
   decision instead of at that bar's close.
@@ -54,6 +56,7 @@ class PaperBroker:
         costs: CostConfig,
         *,
         fill_at: str = "next_open",
+        stamps: tuple[int, int] = (0, 0),
     ) -> None:
         self.bus = bus
         self.clock = clock
@@ -65,6 +68,7 @@ class PaperBroker:
         self._armed: list[Order] | None = None  # stop/limit orders placed while a bar fills
         self._seq = 0
         self.at_close = fill_at == "close"
+        self._open_back, self._close_back = stamps
         self._delisted: dict[str, str] = {}
         self.position = np.zeros(len(symbols))
         """Signed quantity per symbol from this broker's fills (what reduce-only is judged by)."""
@@ -167,7 +171,7 @@ class PaperBroker:
             for order, price in at_open + in_range:
                 current = self._working.get(order.client_id)
                 if current is order:
-                    self._execute(order, price, ts)
+                    self._execute(order, price, ts, self._open_back)
                 elif current is not None:  # amended by a handler of an earlier fill: from now on
                     self._armed.append(current)
             while self._armed:
@@ -176,7 +180,7 @@ class PaperBroker:
                     continue
                 i = self.index[order.symbol]
                 if self._reached(order, float(bars.high[i]), float(bars.low[i])):
-                    self._execute(order, order.price, ts)
+                    self._execute(order, order.price, ts, self._open_back)
         finally:
             self._armed = None
 
@@ -189,7 +193,7 @@ class PaperBroker:
         for order in [o for o in self._working.values() if o.type is OrderType.MARKET]:
             price = float(close[self.index[order.symbol]])
             if price == price and self._working.get(order.client_id) is order:
-                self._execute(order, price, bars.ts_event)
+                self._execute(order, price, bars.ts_event, self._close_back)
 
     def delist(self, symbol: str, price: float, ts: int, reason: str) -> tuple[float, int]:
         """The symbol's data has ended: cancel its working orders, settle its position at ``price``
@@ -221,18 +225,19 @@ class PaperBroker:
                     "delist",
                     f"paper-{self._seq}",
                     "delisted",
+                    ts - self._close_back,
                 )
             )
         return held, len(cancelled)
 
-    def _execute(self, order: Order, price: float, ts: int) -> None:
+    def _execute(self, order: Order, price: float, ts: int, back: int = 0) -> None:
         del self._working[order.client_id]
         i = self.index[order.symbol]
         qty = self._reducible(order, i) if order.reduce_only else order.quantity
         if qty <= 0.0:
             self._cancelled(order, ts, "reduce-only: no position to reduce")
             return
-        self._fill(order, price, ts, qty)
+        self._fill(order, price, ts, qty, back)
         if qty < order.quantity:
             why = f"reduce-only: filled {qty:.8g} of {order.quantity:.8g}, the whole position"
             self._cancelled(order, ts, why)
@@ -289,7 +294,8 @@ class PaperBroker:
         below = (order.side is Side.BUY) is (order.type is OrderType.LIMIT)
         return low <= order.price if below else high >= order.price
 
-    def _fill(self, order: Order, price: float, ts: int, qty: float) -> None:
+    def _fill(self, order: Order, price: float, ts: int, qty: float, back: int = 0) -> None:
+        """``back``: how far before ``ts`` (the bar's close stamp) the price traded, in the data's labels."""
         if order.type is OrderType.LIMIT:
             rate, liquidity = self.maker, "maker"
         else:
@@ -314,6 +320,7 @@ class PaperBroker:
                 liquidity,
                 f"paper-{self._seq}",
                 order.tag,
+                ts - back,
             )
         )
         if qty == order.quantity:

@@ -146,7 +146,10 @@ class OrderUpdate:
 @dataclass(slots=True)
 class Fill:
     """An execution. ``quantity`` is positive; ``side`` gives the direction. ``fee`` is in quote
-    currency and already includes the venue's fee rate; ``liquidity`` is "maker" or "taker"."""
+    currency and already includes the venue's fee rate; ``liquidity`` is "maker" or "taker".
+    ``ts_price`` is when its price traded, in the data's own labels (a fill at the open of the
+    daily bar labelled D: D; at an intraday bar's open: its start; at its close: its end), where
+    ``ts_event`` is the engine's stamp, the close of the bar it filled in; 0: as ``ts_event``."""
 
     ts_event: int
     ts_init: int
@@ -159,6 +162,7 @@ class Fill:
     liquidity: str = "taker"
     exec_id: str = ""
     tag: str = ""
+    ts_price: int = 0
 
 
 @dataclass(slots=True)

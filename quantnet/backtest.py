@@ -39,6 +39,7 @@ from quantnet.quiet import replay_quiet
 from strategies.registry import create
 
 log = structlog.get_logger("quantnet.backtest")
+_DAY_NS = 86_400_000_000_000
 
 
 @dataclass(slots=True)
@@ -120,11 +121,17 @@ class BacktestResult:
 
 
 def simulated_venue(
-    bus: EventBus, clock: Clock, symbols: tuple[str, ...], cfg: AppConfig, *, fill_at: str = "next_open"
+    bus: EventBus,
+    clock: Clock,
+    symbols: tuple[str, ...],
+    cfg: AppConfig,
+    *,
+    fill_at: str = "next_open",
+    stamps: tuple[int, int] = (0, 0),
 ) -> PaperBroker:
     """The paper broker, and perpetual funding when a rate is configured (after the broker, so it
     charges the position that the bar's opening fills leave)."""
-    broker = PaperBroker(bus, clock, symbols, cfg.costs, fill_at=fill_at)
+    broker = PaperBroker(bus, clock, symbols, cfg.costs, fill_at=fill_at, stamps=stamps)
     if cfg.costs.funding_rate_bps:
         SimulatedFunding(bus, clock, symbols, cfg.costs)
     return broker
@@ -296,7 +303,12 @@ def run_backtest(
         )
     bus = EventBus("backtest")
     clock = ReplayClock()
-    labels = matrix.ts_event - (matrix.interval_ns if cfg.data.timestamps == "open" else 0)
+    # a user reads the data's own labels: a bar labelled D (its open, or its close) is D; a fill at
+    # an intraday bar's open is its start, one at its close its end; a daily bar's fills are its date
+    label_back = matrix.interval_ns if cfg.data.timestamps == "open" else 0
+    labels = matrix.ts_event - label_back
+    daily = matrix.interval_ns >= _DAY_NS
+    stamps = (label_back, label_back) if daily else (matrix.interval_ns, 0)
     risk_state: list[RiskManager | None] = [None]
     delisting = Delisting(
         matrix,
@@ -324,7 +336,7 @@ def run_backtest(
             matrix.symbols,
             bus,
             clock,
-            lambda b, c: simulated_venue(b, c, matrix.symbols, cfg, fill_at=fill_at),
+            lambda b, c: simulated_venue(b, c, matrix.symbols, cfg, fill_at=fill_at, stamps=stamps),
             gates=gates,
             capacity=len(matrix),
             persist_risk=False,
@@ -350,7 +362,7 @@ def run_backtest(
         if journal is not None:
             journal.close()
     seconds = time.perf_counter() - started
-    result = _result(cfg, strategy, matrix, node, seconds, warm)
+    result = _result(cfg, strategy, matrix, node, seconds, warm, label_back)
     result.settings["force_closed"] = delisting.closed
     if out is not None:
         write_outputs(result, out)
@@ -358,25 +370,42 @@ def run_backtest(
 
 
 def _result(
-    cfg: AppConfig, strategy: Strategy, matrix: BarMatrix, node: TradingNode, seconds: float, warm: int
+    cfg: AppConfig,
+    strategy: Strategy,
+    matrix: BarMatrix,
+    node: TradingNode,
+    seconds: float,
+    warm: int,
+    label_back: int = 0,
 ) -> BacktestResult:
+    """Times a user reads are the data's own labels: an equity row is labelled like the bar it was
+    marked on (``bar_close``: the engine's stamp, that bar's close), a fill by when its price
+    traded (``Fill.ts_price``). ``label_back``: label = close stamp - label_back."""
     pf = node.portfolio
     times = pf.times()
     curve = pf.curve()
-    stamp = pd.to_datetime(times.astype("datetime64[ns]"), utc=True)  # not via objects: 20x faster
+    stamp = pd.to_datetime((times - label_back).astype("datetime64[ns]"), utc=True)  # not via objects
     equity = pd.DataFrame(
-        {"timestamp": stamp, "equity": curve[:, 0], "cash": curve[:, 1], "gross_exposure": curve[:, 2]}
+        {
+            "timestamp": stamp,
+            "equity": curve[:, 0],
+            "cash": curve[:, 1],
+            "gross_exposure": curve[:, 2],
+            "bar_close": pd.to_datetime(times.astype("datetime64[ns]"), utc=True),
+        }
     )
     values, held = pf.positions()
     positions = pd.DataFrame(values, index=stamp, columns=list(held), copy=False)
+    fills = node.fills
     trades = pd.DataFrame(
         {
-            "timestamp": pd.to_datetime([f.ts_event for f in node.fills], utc=True),
-            "symbol": [f.symbol for f in node.fills],
-            "side": [f.side.name.lower() for f in node.fills],
-            "quantity": [f.quantity for f in node.fills],
-            "price": [f.price for f in node.fills],
-            "fee": [f.fee for f in node.fills],
+            "timestamp": pd.to_datetime([f.ts_price or f.ts_event for f in fills], utc=True),
+            "symbol": [f.symbol for f in fills],
+            "side": [f.side.name.lower() for f in fills],
+            "quantity": [f.quantity for f in fills],
+            "price": [f.price for f in fills],
+            "fee": [f.fee for f in fills],
+            "bar_close": pd.to_datetime([f.ts_event for f in fills], utc=True),
         }
     )
     ppy = periods_per_year(times, cfg.data.calendar, cfg.data.periods_per_year)
@@ -395,14 +424,18 @@ def _result(
     if node.risk is not None:
         metrics.update(node.risk.metrics())
     prices = Prices(
-        matrix.ts_event[warm:], matrix.symbols, matrix.close[warm:], matrix.high[warm:], matrix.low[warm:]
+        matrix.ts_event[warm:] - label_back,
+        matrix.symbols,
+        matrix.close[warm:],
+        matrix.high[warm:],
+        matrix.low[warm:],
     )
     benchmark = benchmark_curve(prices.close, matrix.symbols, cfg.report.benchmark) if len(times) else None
     if benchmark is not None:
         metrics.update(versus_benchmark(curve[:, 0], benchmark[1], ppy))
     risk = [
         {
-            "timestamp": str(pd.Timestamp(e.ts_event, tz="UTC")),
+            "timestamp": str(pd.Timestamp(e.ts_event - label_back, tz="UTC")),
             "rule": e.rule,
             "state": e.state.value,
             "symbol": e.symbol,
@@ -424,8 +457,8 @@ def _result(
         "data": cfg.data.path or f"built-in dataset {cfg.data.dataset}",
         "risk": cfg.risk.model_dump(exclude_defaults=True),
         "trading_state": node.risk.state.value if node.risk is not None else "active (no risk rules)",
-        "halt": _halt_summary(node.risk),
-        "open_orders": [_order_record(o) for o in node.orders.venue.open_orders()],
+        "halt": _halt_summary(node.risk, label_back),
+        "open_orders": [_order_record(o, label_back) for o in node.orders.venue.open_orders()],
     }
     settings["report"] = cfg.report.model_dump()
     return BacktestResult(
@@ -443,7 +476,7 @@ def _result(
     )
 
 
-def _order_record(order: Order) -> dict[str, Any]:
+def _order_record(order: Order, label_back: int = 0) -> dict[str, Any]:
     """An order still working when the run ended (it never filled: no bar came to fill it, or its
     level was never reached), as the summary, metrics.json and the report list it."""
     return {
@@ -452,18 +485,22 @@ def _order_record(order: Order) -> dict[str, Any]:
         "type": order.type.value,
         "quantity": order.quantity,
         "price": order.price if order.price == order.price else None,
-        "decided": str(pd.Timestamp(order.ts_event, tz="UTC")),
+        "decided": str(pd.Timestamp(order.ts_event - label_back, tz="UTC")),  # the bar's label
         "client_id": order.client_id,
         "tag": order.tag,
     }
 
 
-def _halt_summary(risk: RiskManager | None) -> dict[str, str] | None:
-    """The halt a run ended in (rule, time, reason), for the summary; None when it did not."""
+def _halt_summary(risk: RiskManager | None, label_back: int = 0) -> dict[str, str] | None:
+    """The halt a run ended in (rule, time: the label of the bar it happened on, reason), for the
+    summary; None when it did not."""
     record = risk.halt_record if risk is not None else None
     if record is None:
         return None
-    return {k: str(record.get(k, "")) for k in ("rule", "time", "reason")}
+    summary = {k: str(record.get(k, "")) for k in ("rule", "time", "reason")}
+    if isinstance(record.get("ts_event"), int):
+        summary["time"] = str(pd.Timestamp(record["ts_event"] - label_back, tz="UTC"))
+    return summary
 
 
 def write_outputs(result: BacktestResult, out: Path) -> None:

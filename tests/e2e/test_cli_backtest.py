@@ -54,8 +54,8 @@ def test_sma_crossover_on_a_csv(tmp_path, prices_csv):
     metrics = json.loads((out / "metrics.json").read_text())
     equity = pd.read_csv(out / "equity.csv", parse_dates=["timestamp"])
     trades = pd.read_csv(out / "trades.csv")
-    assert equity["timestamp"].iloc[0] == pd.Timestamp("2020-02-02", tz="UTC")  # Feb 1 bar, at its close
-    assert equity["timestamp"].iloc[-1] == pd.Timestamp("2020-10-01", tz="UTC")
+    assert equity["timestamp"].iloc[0] == pd.Timestamp("2020-02-01", tz="UTC")  # labelled as in the data
+    assert equity["timestamp"].iloc[-1] == pd.Timestamp("2020-09-30", tz="UTC")
     assert equity["equity"].iloc[0] == pytest.approx(50_000)
     assert metrics["final_equity"] == pytest.approx(equity["equity"].iloc[-1])
     assert len(trades) == metrics["n_fills"] > 0

@@ -85,10 +85,10 @@ def test_equity_and_trades_match_hand_computation(tmp_path):
     assert result.metrics["final_equity"] == pytest.approx(eq4, abs=0.005)
 
     written = pd.read_csv(tmp_path / "trades.csv")
-    assert list(written.columns) == ["timestamp", "symbol", "side", "quantity", "price", "fee"]
+    assert list(written.columns) == ["timestamp", "symbol", "side", "quantity", "price", "fee", "bar_close"]
     assert len(written) == 4
     curve = pd.read_csv(tmp_path / "equity.csv")
-    assert list(curve.columns) == ["timestamp", "equity", "cash", "gross_exposure"]
+    assert list(curve.columns) == ["timestamp", "equity", "cash", "gross_exposure", "bar_close"]
     assert curve["gross_exposure"].iloc[1] == pytest.approx(50 * 102 + 60 * 49)
     kinds = [e["event"] for e in read_journal(tmp_path / "journal.db")]
     assert kinds.count("Order") == 4 and kinds.count("Fill") == 4 and kinds.count("PositionUpdate") == 4

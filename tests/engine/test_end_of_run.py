@@ -90,6 +90,7 @@ def test_a_position_whose_data_ends_is_closed_at_its_last_close(tmp_path, stop):
     assert trades["quantity"][1] == pytest.approx(bought)
     assert trades["price"][1] == pytest.approx(b["close"].iloc[-1])
     assert trades["fee"][1] == 0.0
+    assert trades["timestamp"][1] == last_b + pd.Timedelta(days=5)  # the bar it was settled on
     # the settlement changes no equity (B was marked at that close), and A alone moves it after
     a = data[data["symbol"] == "A"]["close"].to_numpy()
     a_qty = result.trades[result.trades["symbol"] == "A"]["quantity"].iloc[0]

@@ -34,19 +34,19 @@ def trending(n: int = 120) -> pd.DataFrame:
 
 def test_indicators_are_ready_at_the_start():
     warm, cold = run(trending(), warmup=True), run(trending(), warmup=False)
-    start_close = pd.Timestamp("2020-03-02", tz="UTC")  # the 2020-03-01 bar, stamped at its close
+    start = pd.Timestamp("2020-03-01", tz="UTC")  # the first bar, labelled as in the data
     for result in (warm, cold):
-        assert result.equity["timestamp"].iloc[0] == start_close
+        assert result.equity["timestamp"].iloc[0] == start
         assert result.equity["equity"].iloc[0] == pytest.approx(100_000)  # nothing traded before
         assert result.settings["timestamps"] == len(result.equity)
         assert result.settings["bars"] == result.bars == 2 * len(result.equity)  # A and B each time
     assert warm.settings["warmup_bars"] == 20 and cold.settings["warmup_bars"] == 0
     # the standing target (A long, from the warm-up) is sent at the first close, filled next open
     assert warm.trades[["timestamp", "symbol", "side"]].values.tolist() == [
-        [start_close + pd.Timedelta(days=1), "A", "buy"]
+        [start + pd.Timedelta(days=1), "A", "buy"]
     ]
     # without warm-up the averages need 20 bars of the range first
-    assert cold.trades["timestamp"].min() == start_close + pd.Timedelta(days=20)
+    assert cold.trades["timestamp"].min() == start + pd.Timedelta(days=20)
 
 
 def test_positions_follow_the_full_history_crossover():
