@@ -139,7 +139,7 @@ def save_checkpoint(
         "variant": model.config.variant,
         "model": model.config.model_dump(),
         "markets": [{"name": n, "assets": list(model.assets[n])} for n in model.market_names],
-        "features": dict(FEATURES),
+        "features": {**FEATURES, "normalisation": _normalisation(model.config.input_scaling)},
         "train": train_config.model_dump() if train_config is not None else None,
         "periods_per_year": None if periods_per_year is None else float(periods_per_year),
         "data": {"start": min(starts, default=""), "end": max(ends, default=""), "markets": ranges},
@@ -160,6 +160,12 @@ def save_checkpoint(
     return meta
 
 
+def _normalisation(input_scaling: str) -> str:
+    if input_scaling == "train_std":
+        return "inputs divided by each asset's return std over its training rows (input_scale buffers)"
+    return "none"
+
+
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Read a checkpoint with ``weights_only=True`` and rebuild the model (eval mode)."""
     try:
@@ -176,7 +182,12 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
             f"{path}: checkpoint version {meta.get('version')} unsupported "
             f"(this code reads {CHECKPOINT_VERSION})"
         )
-    if meta.get("features") != FEATURES:
+    stored = meta.get("features")
+    # the normalisation entry states the model's own input scaling (files before it said "none")
+    if not isinstance(stored, dict) or {**stored, "normalisation": None} != {
+        **FEATURES,
+        "normalisation": None,
+    }:
         raise CheckpointMismatch(
             f"{path}: trained with feature settings {meta.get('features')}, this code computes {FEATURES}"
         )

@@ -64,6 +64,8 @@ def test_metadata_is_complete_and_plain(tmp_path: Path, make_markets: Callable[.
     assert [m["name"] for m in meta["markets"]] == [m.name for m in markets]
     assert meta["markets"][1]["assets"] == list(markets[1].assets)
     assert meta["features"]["input_lag"] == 1
+    assert "training rows" in meta["features"]["normalisation"]  # the default train_std, stated
+    assert meta["input_scaling"]["method"] == "train_std"
     assert meta["train"]["seq_len"] == 16
     assert meta["data"]["start"] == markets[0].index[0].isoformat()
     assert meta["data"]["markets"]["mkt2"]["rows"] == 120
@@ -129,3 +131,19 @@ def test_transfer_to_a_new_market(
     meta = save_checkpoint(out, base.model, train_config=cfg, data=[new], previous=base.meta)
     assert set(meta["data"]["markets"]) == {"mkt0", "mkt1", "new"}
     assert load_checkpoint(out).markets["new"] == new.assets
+
+
+def test_feature_normalisation_states_the_scaling_and_old_files_still_load(
+    tmp_path: Path, make_markets: Callable[..., list[Market]]
+) -> None:
+    markets = make_markets(rows=60)
+    cfg = ModelConfig(**{**SMALL, "input_scaling": "none"})
+    model = QuantNet(cfg, {m.name: m.assets for m in markets}, seed=0)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, data=markets)
+    assert load_checkpoint(path).meta["features"]["normalisation"] == "none"
+    blob = torch.load(path, weights_only=True)
+    blob["meta"]["features"]["input_lag"] = 2  # any other feature setting still refuses
+    torch.save(blob, path)
+    with pytest.raises(CheckpointMismatch, match="feature settings"):
+        load_checkpoint(path)
