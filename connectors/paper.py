@@ -44,6 +44,8 @@ from engine.config import CostConfig
 from engine.events import BarOpen, BarSet, Fill, Order, OrderStatus, OrderType, OrderUpdate, Side
 from engine.state import capture, restore_into
 
+_LIMIT, _MARKET, _FILLED = OrderType.LIMIT, OrderType.MARKET, OrderStatus.FILLED
+
 
 class PaperBroker:
     name = "paper"
@@ -190,10 +192,11 @@ class PaperBroker:
         if not self._working:
             return
         close = bars.close
-        for order in [o for o in self._working.values() if o.type is OrderType.MARKET]:
-            price = float(close[self.index[order.symbol]])
-            if price == price and self._working.get(order.client_id) is order:
-                self._execute(order, price, bars.ts_event, self._close_back)
+        index, working, ts = self.index, self._working, bars.ts_event
+        for order in [o for o in working.values() if o.type is _MARKET]:
+            price = float(close[index[order.symbol]])
+            if price == price and working.get(order.client_id) is order:
+                self._execute(order, price, ts, self._close_back)
 
     def delist(self, symbol: str, price: float, ts: int, reason: str) -> tuple[float, int]:
         """The symbol's data has ended: cancel its working orders, settle its position at ``price``
@@ -296,24 +299,27 @@ class PaperBroker:
 
     def _fill(self, order: Order, price: float, ts: int, qty: float, back: int = 0) -> None:
         """``back``: how far before ``ts`` (the bar's close stamp) the price traded, in the data's labels."""
-        if order.type is OrderType.LIMIT:
+        side = order.side
+        if order.type is _LIMIT:
             rate, liquidity = self.maker, "maker"
         else:
-            price *= 1.0 + self.slippage * order.side
+            price *= 1.0 + self.slippage * side
             rate, liquidity = self.taker, "taker"
         fee = qty * price * rate
         i = self.index[order.symbol]
-        held = self.position[i] + qty * order.side
-        self.position[i] = 0.0 if abs(held) <= 1e-12 * max(1.0, qty) else held
+        position = self.position
+        held = position[i] + qty * side
+        position[i] = 0.0 if abs(held) <= 1e-12 * max(1.0, qty) else held
         self._seq += 1
         now = self.clock.now_ns()
-        self.bus.publish(
+        cid, symbol, publish = order.client_id, order.symbol, self.bus.publish
+        publish(
             Fill(
                 ts,
                 now,
-                order.client_id,
-                order.symbol,
-                order.side,
+                cid,
+                symbol,
+                side,
                 qty,
                 price,
                 fee,
@@ -324,4 +330,4 @@ class PaperBroker:
             )
         )
         if qty == order.quantity:
-            self.bus.publish(OrderUpdate(ts, now, order.client_id, order.symbol, OrderStatus.FILLED))
+            publish(OrderUpdate(ts, now, cid, symbol, _FILLED))

@@ -78,6 +78,10 @@ class EventBus:
         current = self._handlers.get(event_type, ())
         self._handlers[event_type] = tuple(h for h in current if h != handler)
 
+    def wants(self, event_type: type) -> bool:
+        """Whether anything listens to ``event_type`` (a publisher may then skip building one)."""
+        return bool(self._handlers.get(event_type))
+
     def subscribers(self, event_type: type) -> tuple[Handler, ...]:
         return self._handlers.get(event_type, ())
 

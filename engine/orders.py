@@ -29,6 +29,7 @@ from engine.state import capture, restore_into
 log = structlog.get_logger("engine.orders")
 
 _DONE = (OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.FILLED)
+_BUY, _SELL, _MARKET = Side.BUY, Side.SELL, OrderType.MARKET
 
 
 class OrderGate(Protocol):
@@ -47,6 +48,9 @@ def client_order_id(strategy: str, symbol: str, ts_ns: int, tag: str = "", insta
 
 
 class OrderManager:
+    vector_from = 4
+    """Assets per decision from which orders are sized all at once (fewer: one at a time)."""
+
     def __init__(
         self,
         bus: EventBus,
@@ -99,8 +103,8 @@ class OrderManager:
             drift = np.abs(self.portfolio.weights() - np.where(given, new, old))
             changed |= given & (drift > self.rebalance_band)
         np.copyto(old, new, where=given)
-        for i in np.flatnonzero(changed):
-            self._rebalance(int(i), float(new[i]), signal.strategy, signal.ts_event)
+        idx = np.flatnonzero(changed)
+        self._rebalance_all(idx, new[idx], signal.strategy, signal.ts_event)
 
     def rebalance(self, bars: BarSet) -> None:
         """``every_bar``: trade every asset with a target and a bar back to its target weight.
@@ -109,9 +113,8 @@ class OrderManager:
         from this bar's marks, with one order per asset and bar."""
         if not self._strategy:
             return
-        live = (self.targets == self.targets) & (bars.close == bars.close)
-        for i in np.flatnonzero(live):
-            self._rebalance(int(i), float(self.targets[i]), self._strategy, bars.ts_event)
+        live = np.flatnonzero((self.targets == self.targets) & (bars.close == bars.close))
+        self._rebalance_all(live, self.targets[live], self._strategy, bars.ts_event)
 
     def trade_unpriced(self, bars: BarSet) -> None:
         """``on_change``: trade the targets that waited for a price, on their symbol's first bar
@@ -127,6 +130,45 @@ class OrderManager:
     def waiting(self) -> bool:
         """Whether a target waits for its symbol's first price (the next bar may trade it)."""
         return self._any_unpriced
+
+    def _rebalance_all(self, idx: np.ndarray, targets: np.ndarray, strategy: str, ts: int) -> None:
+        """:meth:`_rebalance` for each asset of ``idx`` in turn, the sizing done for all at once:
+        with no gate, sending one asset's order changes nothing another's is sized from (the
+        venue fills later), so the same arithmetic elementwise gives the same orders."""
+        if len(idx) < self.vector_from or self.gates:
+            for i, target in zip(idx.tolist(), targets.tolist(), strict=True):
+                self._rebalance(i, target, strategy, ts)
+            return
+        pf = self.portfolio
+        price = pf.last_price[idx]
+        self.unpriced[idx] = False
+        unpriced = price <= 0.0
+        if unpriced.any():  # symbols without a price yet: keep their targets for their first bar
+            waits = unpriced & (targets != 0.0)
+            if waits.any():
+                self.unpriced[idx[waits]] = self._any_unpriced = True
+        equity = pf.equity
+        if not math.isfinite(equity) or equity <= 0.0:
+            return
+        with np.errstate(divide="ignore", invalid="ignore"):
+            wanted = np.where(self.units[idx], targets, targets * equity / price)
+            delta = wanted - pf.qty[idx] - self.pending[idx]
+            size = np.abs(delta)
+            send = ~unpriced & ~(size * price <= max(self.min_trade_notional, 1e-9 * equity))
+        symbols, instance, now = pf.symbols, self.instance_id, self.clock.now_ns()
+        for k in np.flatnonzero(send).tolist():
+            symbol = symbols[idx[k]]
+            order = Order(
+                client_order_id(strategy, symbol, ts, instance=instance),
+                ts,
+                now,
+                symbol,
+                _BUY if delta[k] > 0 else _SELL,
+                float(size[k]),
+                _MARKET,
+                strategy=strategy,
+            )
+            self.submit(order)
 
     def _rebalance(self, i: int, target: float, strategy: str, ts: int) -> None:
         pf = self.portfolio

@@ -220,7 +220,8 @@ class Portfolio:
             self._record(i)
         signed = fill.quantity * fill.side
         price = fill.price
-        old = float(self.qty[i])
+        qty = self.qty
+        old = float(qty[i])
         new = old + signed
         if abs(new) <= _EPS * max(1.0, abs(old)):
             new = 0.0
@@ -237,25 +238,26 @@ class Portfolio:
             avg = (avg * abs(old) + price * abs(signed)) / abs(new)
         else:  # a fill too small to leave a position
             avg = 0.0
-        self.qty[i] = new
+        qty[i] = new
         self._held += (new != 0.0) - (old != 0.0)
         self.avg_price[i] = avg
-        self.realized_pnl[i] += realized
-        self.cash -= signed * price + fill.fee
-        self.fees += fill.fee
+        pnl = self.realized_pnl
+        pnl[i] += realized
+        fee = fill.fee
+        self.cash -= signed * price + fee
+        self.fees += fee
         self.turnover_notional += fill.quantity * price
         self.n_fills += 1
-        self.last_price[i] = price if self.last_price[i] == 0.0 else self.last_price[i]
-        self._trade_acc[i] += realized - fill.fee
+        if self.last_price[i] == 0.0:
+            self.last_price[i] = price
+        acc = self._trade_acc
+        acc[i] += realized - fee
         if old != 0.0 and (new == 0.0 or (new > 0) != (old > 0)):
-            self.trade_pnls.append(float(self._trade_acc[i]))
-            self._trade_acc[i] = 0.0
-        if self._bus is not None:
-            self._bus.publish(
-                PositionUpdate(
-                    fill.ts_event, fill.ts_init, fill.symbol, new, avg, float(self.realized_pnl[i])
-                )
-            )
+            self.trade_pnls.append(float(acc[i]))
+            acc[i] = 0.0
+        bus = self._bus
+        if bus is not None and bus.wants(PositionUpdate):
+            bus.publish(PositionUpdate(fill.ts_event, fill.ts_init, fill.symbol, new, avg, float(pnl[i])))
 
     def on_funding(self, funding: Funding) -> None:
         i = self.index.get(funding.symbol)

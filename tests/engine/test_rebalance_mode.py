@@ -66,3 +66,28 @@ def test_every_bar_skips_trades_below_the_minimum_notional():
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError, match=r"portfolio\.rebalance"):
         load_config(None, {"portfolio": {"rebalance": "daily"}})
+
+
+@pytest.mark.parametrize("rebalance", ["every_bar", "on_change"])
+def test_orders_sized_all_at_once_equal_one_at_a_time(rebalance, monkeypatch):
+    """Six assets, one listing late (its target waits for its first price): sizing every asset's
+    order in one vector pass gives exactly the orders, fills and equity of sizing them in turn."""
+    from engine.orders import OrderManager
+    from tests.conftest import make_bars
+
+    frame = make_bars(("A", "B", "C", "D", "E", "F"), 60, seed=12)
+    frame = frame[~((frame["symbol"] == "F") & (frame["timestamp"] < "2020-01-20"))]
+    rng = np.random.default_rng(3)
+    plan = {k: list(rng.uniform(-0.15, 0.15, 6)) for k in range(0, 60, 3)}
+    cfg = load_config(None, {"portfolio": {"rebalance": rebalance}, "costs": {"taker_fee_bps": 4}})
+
+    def run():
+        return run_backtest(cfg, strategy=Scripted(plan), data=frame.reset_index(drop=True))
+
+    batched = run()
+    monkeypatch.setattr(OrderManager, "vector_from", 10**9)
+    single = run()
+    assert len(batched.trades) > 60
+    assert "F" in set(batched.trades["symbol"])
+    pd.testing.assert_frame_equal(batched.trades, single.trades, check_exact=True)
+    pd.testing.assert_frame_equal(batched.equity, single.equity, check_exact=True)
