@@ -279,6 +279,19 @@ def _line(ns: np.ndarray, y: np.ndarray, name: str, **style: Any) -> dict[str, A
     return trace
 
 
+def _price_line(times: np.ndarray, close: np.ndarray) -> dict[str, Any]:
+    ok = np.isfinite(close)
+    keep = slice(None) if ok.all() else ok
+    return {
+        "type": "scatter",
+        "mode": "lines",
+        "name": "close",
+        "x": _ms(times[keep]),
+        "y": _arr(close[keep]),
+        "line": {"width": 1.1, "color": "#3d405b"},
+    }
+
+
 def _ns(values: Any) -> np.ndarray:
     if isinstance(values, pd.Series | pd.Index):
         if pd.api.types.is_datetime64_any_dtype(values.dtype):
@@ -378,6 +391,7 @@ class _Run:
         benchmark_name: str,
         rolling_window: int,
         info: Mapping[str, Any] | None,
+        trips: pd.DataFrame | None,
     ) -> None:
         n = len(equity)
         self.ns = _ns(equity["timestamp"]) if n else np.zeros(0, dtype=np.int64)
@@ -401,10 +415,11 @@ class _Run:
             if np.isfinite(b).any():
                 self.bench = b / b[np.flatnonzero(np.isfinite(b))[0]] * self.equity[0]
         self.window = rolling_window if rolling_window >= 2 else max(2, round(self.ppy / 2))
-        self.trips = round_trips(self.trades, prices)
+        self.trips = trips if trips is not None else round_trips(self.trades, prices)
         self.windows = list(self.info.get("windows") or [])
         self.span = (int(self.ns[0]), int(self.ns[-1])) if n else (0, 0)
         self.daily = n == 0 or bool((self.ns % _NS_DAY == 0).all())
+        self._weights: tuple | None = None
 
     # numbers -----------------------------------------------------------------------------------
 
@@ -483,14 +498,18 @@ class _Run:
         )
         return {"data": data, "layout": layout, "time": True}
 
-    def weights(self) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
-        """Times, weight matrix (market value / equity) and symbols of the positions."""
+    def weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]] | None:
+        """Times, market values, 1 / equity on those rows (0 where equity is not positive) and
+        symbols of the positions; computed once. Weights are values × inverse; a million rows of
+        50 assets are never divided out in full."""
+        if self._weights is not None:
+            return self._weights or None
+        self._weights = ()
         pos = self.positions
         if pos is None or pos.empty or pos.shape[1] == 0:
             return None
-        values = pos.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-        values = np.nan_to_num(values)
-        if not values.any():
+        values = self.position_values()
+        if not np.any(values):
             return None
         if isinstance(pos.index, pd.DatetimeIndex):
             when = _ns(pos.index)
@@ -504,27 +523,48 @@ class _Run:
             by_time = pd.Series(self.equity, index=self.ns)
             denom = by_time[~by_time.index.duplicated(keep="last")].reindex(when).to_numpy()
         with np.errstate(divide="ignore", invalid="ignore"):
-            w = values / np.where(denom > 0, denom, np.nan)[:, None]
-        return when, w, [str(c) for c in pos.columns]
+            inverse = np.where(denom > 0, 1.0 / denom, 0.0)
+        self._weights = (when, values, inverse, [str(c) for c in pos.columns])
+        return self._weights
+
+    def position_values(self) -> np.ndarray:
+        """Market values as floats (0 where missing), without a copy when they already are."""
+        pos = self.positions
+        assert pos is not None
+        try:
+            values = pos.to_numpy(dtype=np.float64, copy=False)
+        except (TypeError, ValueError):
+            values = pos.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+        if np.isnan(values).any():
+            values = np.nan_to_num(values)
+        return values
 
     def positions_figure(self) -> tuple[dict[str, Any] | None, str]:
         got = self.weights()
         if got is None:
             return None, "no positions were held"
-        when, w, names = got
-        order = np.argsort(-np.nanmax(np.abs(w), axis=0), kind="stable")
+        when, values, inverse, names = got
         if len(names) <= MAX_LINES:
+            w = values * inverse[:, None]
+            order = np.argsort(-np.abs(w).max(axis=0), kind="stable")
             data = [_line(when, w[:, i], names[i], line={"width": 1.1}) for i in order]
             layout = _layout(320, xaxis=_time_axis(), yaxis=_value_axis(tickformat=".0%"))
             layout["shapes"] = _shade(self.windows, self.span, ["x"])
             return {"data": data, "layout": layout, "time": True}, "weight: market value / equity"
-        shown = order[:MAX_HEATMAP_ASSETS]
         n = len(when)
         buckets = min(HEATMAP_BUCKETS, n)
-        edges = np.linspace(0, n, buckets + 1).astype(np.int64)
-        starts = edges[:-1]
-        sums = np.add.reduceat(np.nan_to_num(w[:, shown]), starts, axis=0)
-        means = sums / np.diff(edges)[:, None]
+        size = n // buckets
+        edges = np.r_[np.arange(buckets) * size, n]  # the last bucket takes the remainder
+        body = buckets * size
+        sums = np.einsum(
+            "bsk,bs->bk", values[:body].reshape(buckets, size, -1), inverse[:body].reshape(buckets, size)
+        )
+        if n > body:
+            sums[-1] += inverse[body:] @ values[body:]
+        all_means = sums / np.diff(edges)[:, None]
+        order = np.argsort(-np.abs(all_means).max(axis=0), kind="stable")
+        shown = order[:MAX_HEATMAP_ASSETS]
+        means = all_means[:, shown]
         mid = when[np.minimum((edges[:-1] + edges[1:]) // 2, n - 1)]
         z = means.T
         lim = float(np.nanmax(np.abs(z))) or 1.0
@@ -547,7 +587,7 @@ class _Run:
         layout["shapes"] = _shade(self.windows, self.span, ["x"])
         note = f"mean weight (market value / equity) over {buckets} time buckets"
         if len(names) > len(shown):
-            note += f"; the {len(shown)} largest of {len(names)} assets held"
+            note += f"; the {len(shown)} of {len(names)} assets held with the largest bucket weights"
         return {"data": [trace], "layout": layout, "time": True}, note
 
     def calendar(self) -> dict[str, Any]:
@@ -687,11 +727,10 @@ class _Run:
         got = self.weights()
         if not markets or got is None or len(self.ns) < 3 or self.trades.empty:
             return []
-        when = got[0]
+        when, values = got[0], got[1]
         if len(when) != len(self.ns):
             return []
-        pos = self.positions.apply(pd.to_numeric, errors="coerce").fillna(0.0)
-        pos.columns = [str(c) for c in pos.columns]
+        column = {str(c): j for j, c in enumerate(self.positions.columns)}
         t = self.trades
         side = np.where(t["side"].astype(str).str.lower() == "buy", 1.0, -1.0)
         flow = -(side * t["quantity"].to_numpy(dtype=float) * t["price"].to_numpy(dtype=float))
@@ -701,8 +740,8 @@ class _Run:
         prev = self.equity[:-1]
         out = []
         for name, assets in markets.items():
-            cols = [a for a in assets if a in pos.columns]
-            mv = pos[cols].to_numpy().sum(axis=1) if cols else np.zeros(len(self.ns))
+            cols = [column[a] for a in assets if a in column]
+            mv = values[:, cols].sum(axis=1) if cols else np.zeros(len(self.ns))
             cash = np.bincount(
                 row[np.isin(syms, list(assets))], flow[np.isin(syms, list(assets))], len(self.ns)
             )
@@ -713,6 +752,31 @@ class _Run:
                 (str(name), len(assets), performance(r, self.ppy)["sharpe"], float(mv[-1] + cash.sum()))
             )
         return out
+
+    @staticmethod
+    def _price_bands(
+        prices: Prices, cols: list[int | None]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """Beyond ``PRICE_POINTS`` bars: per bucket of bars its time (last bar), lowest low,
+        highest high and last close, for every chosen symbol in one pass over the matrices."""
+        n = len(prices.times)
+        buckets = PRICE_POINTS // 2
+        if n <= PRICE_POINTS:
+            return None
+        size = n // buckets
+        body = buckets * size
+        idx = [c for c in cols if c is not None]
+        out = []
+        for src, fn in ((prices.low, np.fmin), (prices.high, np.fmax)):
+            src = prices.close if src is None else src
+            part = src[:, idx] if len(idx) * 2 < src.shape[1] else src
+            red = fn.reduce(part[:body].reshape(buckets, size, part.shape[1]), axis=1)
+            if n > body:
+                red[-1] = fn(red[-1], fn.reduce(part[body:], axis=0))
+            out.append(red if part is not src else red[:, idx])
+        ends = np.r_[np.arange(1, buckets) * size, n] - 1
+        times = np.asarray(prices.times, dtype=np.int64)[ends]
+        return times, out[0], out[1], prices.close[ends][:, idx]
 
     def price_payload(self) -> dict[str, Any] | None:
         """Per symbol traded (the most traded first): closes with entry and exit markers."""
@@ -729,52 +793,64 @@ class _Run:
         if not symbols:
             return None
         times = np.asarray(prices.times, dtype=np.int64)
-        trips = self.trips
+        t = self.trips
+        trip_symbol = t["symbol"].astype(str).to_numpy(dtype=object)
+        long_ = (t["direction"].astype(str) == "long").to_numpy(dtype=bool)
+        closed = t["closed"].to_numpy(dtype=bool)
+        entry_ms = _ns(t["entry_time"]) / 1e6 if len(t) else np.zeros(0)
+        exit_ns = pd.DatetimeIndex(t["exit_time"]).as_unit("ns").asi8 if len(t) else np.zeros(0, np.int64)
+        exit_ms = np.where(closed, exit_ns, 0) / 1e6
+        entry_px = t["entry_price"].to_numpy(dtype=float)
+        exit_px = t["exit_price"].to_numpy(dtype=float)
+        ret = t["return"].to_numpy(dtype=float)
+        order = np.argsort(trip_symbol, kind="stable") if len(t) else np.zeros(0, np.int64)
+        sorted_symbols = trip_symbol[order]
+        bands = self._price_bands(prices, [prices.column(x) for x in symbols])
         figures = {}
-        for sym in symbols:
-            col = prices.column(sym)
-            close = np.asarray(prices.close[:, col], dtype=np.float64)
-            ok = np.flatnonzero(np.isfinite(close))
-            line = _line(times[ok], close[ok], "close", line={"width": 1.1, "color": "#3d405b"})
-            keep = _downsample(close[ok], PRICE_POINTS)
-            line.update(x=_ms(times[ok][keep]), y=_arr(close[ok][keep]))
-            mine = trips[trips["symbol"] == sym]
-            data = [line]
+        for j, sym in enumerate(symbols):
+            if bands is None:
+                close = np.asarray(prices.close[:, prices.column(sym)], dtype=np.float64)
+                data = [_price_line(times, close)]
+            else:
+                at, low, high, last = bands
+                data = [
+                    {**_price_line(at, low[:, j]), "name": "low", "showlegend": False, "line": {"width": 0}},
+                    {
+                        **_price_line(at, high[:, j]),
+                        "name": f"range per {len(times) // len(at):,} bars",
+                        "fill": "tonexty",
+                        "fillcolor": "rgba(61,64,91,0.18)",
+                        "line": {"width": 0},
+                    },
+                    _price_line(at, last[:, j]),
+                ]
+            lo, hi = (
+                np.searchsorted(sorted_symbols, sym, "left"),
+                np.searchsorted(sorted_symbols, sym, "right"),
+            )
+            mine = np.sort(order[lo:hi])
             sampled = False
-            for label, rows, when, price, symbol_, color in (
-                (
-                    "long entry",
-                    mine[mine["direction"] == "long"],
-                    "entry_time",
-                    "entry_price",
-                    "triangle-up",
-                    "#1a7f37",
-                ),
-                (
-                    "short entry",
-                    mine[mine["direction"] == "short"],
-                    "entry_time",
-                    "entry_price",
-                    "triangle-down",
-                    "#c0392b",
-                ),
-                ("exit", mine[mine["closed"].astype(bool)], "exit_time", "exit_price", "x", "#1d2733"),
-            ):
+            kinds = (
+                ("long entry", mine[long_[mine]], entry_ms, entry_px, "triangle-up", "#1a7f37"),
+                ("short entry", mine[~long_[mine]], entry_ms, entry_px, "triangle-down", "#c0392b"),
+                ("exit", mine[closed[mine]], exit_ms, exit_px, "x", "#1d2733"),
+            )
+            for label, rows, when, price, marker, color in kinds:
                 if len(rows) == 0:
                     continue
                 if len(rows) > MAX_MARKERS:
-                    rows = rows.iloc[np.linspace(0, len(rows) - 1, MAX_MARKERS).astype(np.int64)]
+                    rows = rows[np.linspace(0, len(rows) - 1, MAX_MARKERS).astype(np.int64)]
                     sampled = True
                 data.append(
                     {
                         "type": "scatter",
                         "mode": "markers",
                         "name": label,
-                        "x": _ms(_ns(rows[when])),
-                        "y": _arr(rows[price].to_numpy(dtype=float)),
-                        "customdata": _arr(rows["return"].to_numpy(dtype=float)),
+                        "x": _arr(when[rows]),
+                        "y": _arr(price[rows]),
+                        "customdata": _arr(ret[rows]),
                         "marker": {
-                            "symbol": symbol_,
+                            "symbol": marker,
                             "size": 8,
                             "color": color,
                             "line": {"width": 0.5, "color": "#fff"},
@@ -784,7 +860,7 @@ class _Run:
                         + "</extra>",
                     }
                 )
-            n_trips = int(mine["closed"].astype(bool).sum())
+            n_trips = int(closed[mine].sum())
             title = f"{_plot_text(sym)}: {n_trips:,} closed round trips"
             if sampled:
                 title += f" (markers: {MAX_MARKERS} evenly spaced per kind)"
@@ -1140,6 +1216,7 @@ def write_report(
     benchmark_name: str = "",
     rolling_window: int = 0,
     strategy_info: Mapping[str, Any] | None = None,
+    trips: pd.DataFrame | None = None,
 ) -> Path:
     """Write the report to ``path`` (parent directories created) and return the path.
 
@@ -1150,15 +1227,25 @@ def write_report(
     the equity curve's rows (any scale; shown rebased to the starting equity), named
     ``benchmark_name``. ``rolling_window``: bars of the rolling Sharpe and volatility (0: half a
     year of bars). ``strategy_info``: :meth:`engine.strategy.Strategy.report_info`'s plain data
-    (model, markets, training and validation windows, validation Sharpe, settings).
+    (model, markets, training and validation windows, validation Sharpe, settings). ``trips``: the
+    run's :func:`engine.roundtrips.round_trips`, when the caller has them already.
     ``risk_events``: dicts with a time, ``rule``, ``message``, optionally ``state`` and ``symbol``.
     Metrics and settings are shown as tables, with the labels of :mod:`engine.summary`.
     """
     out = Path(path)
     run = _Run(
-        equity, positions, metrics, trades, prices, benchmark, benchmark_name, rolling_window, strategy_info
+        equity,
+        positions,
+        metrics,
+        trades,
+        prices,
+        benchmark,
+        benchmark_name,
+        rolling_window,
+        strategy_info,
+        trips,
     )
-    shown_metrics = {**run.benchmark_metrics(), **metrics}
+    shown_metrics = {**metrics} if "benchmark_return" in metrics else {**run.benchmark_metrics(), **metrics}
     figures: dict[str, Any] = {}
     body: list[str] = []
     n = len(run.ns)

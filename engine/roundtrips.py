@@ -220,8 +220,9 @@ def _frame(
                     pnl[k] = t.pnl + pos * (end_price - avg)
             h = high[lo:hi, col]
             lw = low[lo:hi, col]
-            top = np.nanmax(np.r_[h, end_price, entry_price[k]])
-            bottom = np.nanmin(np.r_[lw, end_price, entry_price[k]])
+            ends = (end_price, entry_price[k])
+            top = max(float(np.nanmax(h)) if len(h) and not np.isnan(h).all() else -math.inf, *ends)
+            bottom = min(float(np.nanmin(lw)) if len(lw) and not np.isnan(lw).all() else math.inf, *ends)
             if sign[k] > 0:
                 mfe[k], mae[k] = top / entry_price[k] - 1.0, bottom / entry_price[k] - 1.0
             else:

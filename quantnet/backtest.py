@@ -517,7 +517,8 @@ def write_outputs(result: BacktestResult, out: Path) -> None:
         json.dump({**_json_safe(result.metrics), **named, **listed}, fh, indent=2, sort_keys=True)
     result.equity.to_csv(out / "equity.csv", index=False)
     result.trades.to_csv(out / "trades.csv", index=False)
-    round_trips(result.trades, result.prices).to_csv(out / "round_trips.csv", index=False)
+    trips = round_trips(result.trades, result.prices)
+    trips.to_csv(out / "round_trips.csv", index=False)
     write_report(
         out / "report.html",
         title=f"Backtest: {result.settings['strategy']}",
@@ -532,6 +533,7 @@ def write_outputs(result: BacktestResult, out: Path) -> None:
         benchmark_name=result.benchmark[0] if result.benchmark else "",
         rolling_window=result.settings["report"]["rolling_window"],
         strategy_info=result.strategy_info,
+        trips=trips,
     )
 
 

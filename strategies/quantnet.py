@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import pickle
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -113,6 +113,7 @@ class QuantNetStrategy(Strategy):
         self.stepper = SignalStepper(ckpt.model)
         self._path = path
         self._splits = ckpt.splits
+        self._meta = ckpt.meta
         self._interval_s = ckpt.bar_interval_s
         self._first_ts: list[int] = []
         self._refusal: str | None = None
@@ -183,6 +184,43 @@ class QuantNetStrategy(Strategy):
                 f"{_span(seen)} bars; train a model on bars of this length"
             )
         raise StrategyError(self._refusal)
+
+    def report_info(self) -> dict[str, Any] | None:
+        """The checkpoint as the report shows it: markets, the training and validation windows
+        (from the dated splits it stores; an older file without them: its data range as training),
+        the best validation Sharpe, and the model, training and sizing settings."""
+        meta = getattr(self, "_meta", None)
+        if meta is None:
+            return None
+        sp = self._splits
+        windows: list[dict[str, str]] = []
+        if sp is not None:
+            if sp.train_end is not None:
+                windows.append(
+                    {"name": "training", "start": sp.first.isoformat(), "end": sp.train_end.isoformat()}
+                )
+            if sp.val_start is not None and sp.val_end is not None:
+                windows.append(
+                    {"name": "validation", "start": sp.val_start.isoformat(), "end": sp.val_end.isoformat()}
+                )
+        elif (meta.get("data") or {}).get("start"):
+            windows.append({"name": "training", "start": meta["data"]["start"], "end": meta["data"]["end"]})
+        extra = meta.get("extra") or {}
+        settings: dict[str, Any] = {f"model.{k}": v for k, v in (meta.get("model") or {}).items()}
+        settings.update({f"train.{k}": v for k, v in (meta.get("train") or {}).items()})
+        settings.update({f"strategy.{k}": v for k, v in self.params.model_dump().items()})
+        settings["created"] = meta.get("created")
+        return {
+            "model": str(self._path),
+            "variant": meta.get("variant"),
+            "markets": {m["name"]: list(m["assets"]) for m in meta.get("markets", [])},
+            "windows": windows,
+            "validation_sharpe": extra.get("best_val_sharpe"),
+            "market_validation_sharpe": extra.get("val_sharpe_by_market") or {},
+            "best_step": extra.get("best_step"),
+            "steps_run": extra.get("steps_run"),
+            "settings": settings,
+        }
 
     def _warn_in_sample(self, ts: int) -> None:
         sp = self._splits
