@@ -204,6 +204,9 @@ def write_report(
         _table(results, "gross"),
         f"<h2>Table 1, net of {s['cost_bps']:g} bps</h2>",
         _table(results, "net"),
+        f"<h2>Table 1, traded sizing (position s·0.15/σ_t, the quantnet strategy's volatility target), "
+        f"net of {s['cost_bps']:g} bps</h2>",
+        _table(results, "sized_net"),
     ]
     for i, (title, fig) in enumerate(_figures(results, units, baselines)):
         fig.update_layout(template="plotly_white", margin={"l": 60, "r": 20, "t": 40, "b": 50})

@@ -42,6 +42,9 @@ SHORT = {
 }
 
 
+KINDS = ("gross", "net", "sized_gross", "sized_net")
+
+
 def label(name: str) -> str:
     return LABELS.get(name, f"QuantNet {name}")
 
@@ -50,7 +53,7 @@ def summarise(outcome: Outcome, settings: Settings, extra: dict[str, Any] | None
     strategies: dict[str, dict[str, Any]] = {}
     for name in BASELINES:
         b = outcome.baselines[name]
-        strategies[name] = {"kind": "baseline", "runs": [{"gross": b["gross"], "net": b["net"]}]}
+        strategies[name] = {"kind": "baseline", "runs": [{k: b[k] for k in KINDS}]}
     for u in outcome.units:
         entry = strategies.setdefault(u["variant"], {"kind": "model", "runs": []})
         entry["runs"].append(
@@ -58,8 +61,7 @@ def summarise(outcome: Outcome, settings: Settings, extra: dict[str, Any] | None
                 k: u[k]
                 for k in (
                     "seed",
-                    "gross",
-                    "net",
+                    *KINDS,
                     "steps_run",
                     "best_step",
                     "best_val_sharpe",
@@ -94,7 +96,7 @@ def summarise(outcome: Outcome, settings: Settings, extra: dict[str, Any] | None
         "strategies": strategies,
         "search": outcome.search,
     }
-    for kind in ("gross", "net"):
+    for kind in KINDS:
         runs = {n: [r[kind] for r in s["runs"]] for n, s in strategies.items()}
         out.setdefault("table1", {})[kind] = table1(runs, ALL_METRICS)
         out.setdefault("per_market_sharpe", {})[kind] = _per_market(runs, assets)
@@ -152,7 +154,11 @@ def markdown(results: dict[str, Any]) -> str:
         "of the per-seed median (mean MAD).",
     ]
     cols = [*TABLE_METRICS, "turnover", "avg_position", "timing_sharpe"]
-    for kind, title in (("gross", "gross of costs"), ("net", f"net of {s['cost_bps']:g} bps")):
+    for kind, title in (
+        ("gross", "gross of costs"),
+        ("net", f"net of {s['cost_bps']:g} bps"),
+        ("sized_net", f"traded sizing s·0.15/σ, net of {s['cost_bps']:g} bps"),
+    ):
         t = results["table1"][kind]
         lines += ["", f"## Table 1, {title}", ""]
         lines.append("| strategy | " + " | ".join(SHORT[c] for c in cols) + " |")

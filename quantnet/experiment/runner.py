@@ -35,6 +35,8 @@ from quantnet.experiment.tables import asset_metrics
 
 DEFAULT_VARIANTS: tuple[str, ...] = ("lstm-linear", "linear-linear", "notransfer-linear", "notransfer-lstm")
 Progress = Callable[[str, dict[str, Any]], None]
+SIZED_VOL_TARGET, SIZED_SPAN = 0.15, 60  # the quantnet strategy's defaults
+UNIT_FORMAT = 2  # bumped when a unit file gains fields: --resume re-runs older units
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,15 @@ class Settings:
     def key(self) -> str:
         """What a unit's result depends on besides data, variant and seed (for --resume)."""
         raw = json.dumps(
-            [self.test_bars, self.val_bars, self.cost_bps, self.train_cost_bps, self.model, self.train],
+            [
+                UNIT_FORMAT,
+                self.test_bars,
+                self.val_bars,
+                self.cost_bps,
+                self.train_cost_bps,
+                self.model,
+                self.train,
+            ],
             sort_keys=True,
             default=str,
         )
@@ -96,17 +106,29 @@ def score(
     ppy: float,
     cost_bps: float,
 ) -> dict[str, Any]:
-    """Per-asset metrics (gross and net, assets in market order) and per-market return series."""
-    gross: dict[str, list[float]] = {}
-    net: dict[str, list[float]] = {}
+    """Per-asset metrics (assets in market order) and per-market return series, of the raw
+    positions s (``gross``, ``net``) and of the traded sizing s·vol_target/σ_t (``sized_gross``,
+    ``sized_net``: the ``quantnet`` strategy's per-asset volatility target, 0.15 over an EWM σ of
+    span 60 from past returns, before the 1/N budget; flat until σ has an estimate)."""
+    from models.data import vol_scale
+
+    out: dict[str, Any] = {k: {} for k in ("gross", "net", "sized_gross", "sized_net")}
     series = {}
     for m in markets:
-        ar = strategy_returns(signals_by_market[m.name], m, start=split.test_row(m), cost_bps=cost_bps)
-        for target, is_net in ((gross, False), (net, True)):
-            for k, v in asset_metrics(ar, ppy, net=is_net).items():
-                target.setdefault(k, []).extend(v)
-        series[m.name] = _series(ar)
-    return {"gross": gross, "net": net, "series": series}
+        sig = signals_by_market[m.name]
+        v = np.nan_to_num(
+            vol_scale(m.returns, vol_target=SIZED_VOL_TARGET, span=SIZED_SPAN, periods_per_year=ppy)
+        )
+        for prefix, pos in (("", sig), ("sized_", sig * v)):
+            ar = strategy_returns(pos, m, start=split.test_row(m), cost_bps=cost_bps)
+            for kind, is_net in (("gross", False), ("net", True)):
+                target = out[prefix + kind]
+                for k, vals in asset_metrics(ar, ppy, net=is_net).items():
+                    target.setdefault(k, []).extend(vals)
+            if not prefix:
+                series[m.name] = _series(ar)
+    out["series"] = series
+    return out
 
 
 def baselines(

@@ -120,6 +120,19 @@ def test_tables_match_values_computed_from_the_files(finished):
     assert bh["net"]["buy_and_hold"]["sharpe"]["median"] == pytest.approx(np.median(net), rel=1e-9)
     x = np.array(gross)
     assert bh["gross"]["buy_and_hold"]["sharpe"]["mad"] == pytest.approx(np.mean(np.abs(x - x.mean())))
+    # the traded sizing of buy and hold: 0.15/σ_t (EWM span 60 of past squared returns), bought at
+    # the close before the window and re-sized every bar at 10 bps per unit of change
+    runs = results["strategies"]["buy_and_hold"]["runs"][0]["sized_net"]["sharpe"]
+    got = dict(zip(order, runs, strict=True))
+    for name in ("mk0", "mk2"):  # no gaps of their own
+        (m,) = markets_from_frame(_frames()[name].assign(market=name))
+        t0 = int(m.index.searchsorted(days[-TEST]))
+        for j, a in enumerate(m.assets):
+            r = pd.Series(m.returns[:, j]).dropna()
+            sigma = np.sqrt((r**2).ewm(span=60, adjust=False).mean().shift(1) * 252)
+            v = (0.15 / sigma).reindex(range(len(m))).to_numpy()[t0:]
+            dv = np.abs(np.diff(np.r_[0.0, v]))
+            assert got[a] == pytest.approx(_sharpe(v * m.returns[t0:, j] - 10e-4 * dv), rel=1e-9)
     # a learned model: its checkpoint's signals, replayed here over the test window
     for seed in (0, 1):
         ckpt = load_checkpoint(out / "models" / f"lstm-linear-s{seed}.pt")
