@@ -86,6 +86,12 @@ class CostConfig(Section):
     funding_interval_hours: float = Field(
         8.0, gt=0, le=24 * 7, description="funding every N hours from 00:00 UTC"
     )
+    borrow_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="annual interest on negative cash (leverage), e.g. 0.05; accrues per bar, calendar time",
+    )
 
 
 class ExecutionConfig(Section):

@@ -15,6 +15,7 @@ from engine.events import BarSet, Fill, Funding, PositionUpdate
 from engine.state import capture, restore_into
 
 _EPS = 1e-12
+_YEAR_NS = 365.25 * 86_400e9  # interest accrues on calendar time
 
 
 class _Series:
@@ -71,6 +72,7 @@ class Portfolio:
         *,
         capacity: int = 1024,
         record_positions: bool = True,
+        borrow_rate: float = 0.0,
     ) -> None:
         if not math.isfinite(cash) or cash <= 0:
             raise ValueError(f"initial cash must be positive and finite, got {cash}")
@@ -85,6 +87,8 @@ class Portfolio:
         self.last_price = np.zeros(n)
         self.fees = 0.0
         self.funding = 0.0
+        self.borrow_rate = float(borrow_rate)
+        self.borrow_cost = 0.0
         self.turnover_notional = 0.0
         self.n_fills = 0
         self.trade_pnls: list[float] = []
@@ -114,6 +118,11 @@ class Portfolio:
         close = bars.close
         last = self.last_price
         qty = self.qty
+        if self.cash < 0.0 and self.borrow_rate and self.ts:
+            # negative cash (leverage) pays interest for the time it was held, on calendar time
+            cost = -self.cash * self.borrow_rate * (bars.ts_event - self.ts) / _YEAR_NS
+            self.cash -= cost
+            self.borrow_cost += cost
         self.ts = ts = bars.ts_event
         cash = self.cash
         if self._single:  # one symbol: the same products and sums as below, on Python floats
@@ -168,21 +177,27 @@ class Portfolio:
             marks = close
         qty = self.qty
         cash = self.cash
+        cash_at = np.full(k, cash)
+        if cash < 0.0 and self.borrow_rate and self.ts:  # what on_bars charges bar by bar
+            steps = np.diff(np.asarray([self.ts, *times], dtype=np.float64))
+            cash_at = cash * np.cumprod(1.0 + self.borrow_rate * steps / _YEAR_NS)
+            self.borrow_cost += cash - float(cash_at[-1])
+            self.cash = float(cash_at[-1])
         curve = self._curve.extend(k)
         if not self._held:
-            curve[:, 0] = cash
+            curve[:, 0] = cash_at
             curve[:, 2] = 0.0
         elif self._single:
             q = float(qty[0])
             np.multiply(marks[:, 0], q, out=curve[:, 0])
-            curve[:, 0] += cash
+            curve[:, 0] += cash_at
             np.multiply(marks[:, 0], abs(q), out=curve[:, 2])
         else:
             size = np.abs(qty)
             for r, row in enumerate(marks):
-                curve[r, 0] = cash + float(qty @ row)
+                curve[r, 0] = cash_at[r] + float(qty @ row)
                 curve[r, 2] = float(size @ row)
-        curve[:, 1] = cash
+        curve[:, 1] = cash_at
         self._times.extend(times)
         if self._positions is not None:
             block = self._positions.extend(k)
@@ -277,6 +292,7 @@ class Portfolio:
         "last_price",
         "fees",
         "funding",
+        "borrow_cost",
         "turnover_notional",
         "n_fills",
         "_trade_acc",

@@ -80,7 +80,12 @@ def assemble(
     per-bar position history (a process that runs for weeks)."""
     venue = venue_factory(bus, clock)
     portfolio = Portfolio(
-        symbols, cfg.portfolio.cash, bus, capacity=capacity, record_positions=record_positions
+        symbols,
+        cfg.portfolio.cash,
+        bus,
+        capacity=capacity,
+        record_positions=record_positions,
+        borrow_rate=cfg.costs.borrow_rate,
     )
     orders = OrderManager(
         bus,
@@ -421,6 +426,10 @@ def _result(
     metrics["periods_per_year"] = ppy
     metrics["fees"] = pf.fees
     metrics["funding"] = pf.funding
+    metrics["borrow_cost"] = pf.borrow_cost
+    with np.errstate(divide="ignore", invalid="ignore"):
+        leverage = curve[:, 2] / curve[:, 0]
+    metrics["max_gross_exposure"] = float(np.nanmax(leverage)) if len(leverage) else 0.0
     if node.risk is not None:
         metrics.update(node.risk.metrics())
     prices = Prices(
@@ -458,6 +467,8 @@ def _result(
         "risk": cfg.risk.model_dump(exclude_defaults=True),
         "trading_state": node.risk.state.value if node.risk is not None else "active (no risk rules)",
         "halt": _halt_summary(node.risk, label_back),
+        "max_gross_target": node.host.max_gross_target,
+        "borrow_rate": cfg.costs.borrow_rate,
         "open_orders": [_order_record(o, label_back) for o in node.orders.venue.open_orders()],
     }
     settings["report"] = cfg.report.model_dump()

@@ -184,6 +184,18 @@ def register(app: typer.Typer) -> None:
         halted = halt_line(result)
         if halted:
             Console().print(halted, style="bold red", highlight=False)
+        gross = result.settings.get("max_gross_target", 0.0)
+        if gross > 1.0 + 1e-9:
+            borrow = result.settings.get("borrow_rate", 0.0)
+            charged = f"charged [costs] borrow_rate {borrow:.2%} a year"
+            if not borrow:
+                charged = "free: [costs] borrow_rate is 0"
+            Console(soft_wrap=True).print(
+                f"Leverage: the strategy's targets summed to {gross:.2f}x equity; negative cash is {charged}",
+                style="yellow",
+                highlight=False,
+                markup=False,
+            )
         for line in end_lines(result):
             Console().print(line, highlight=False, markup=False)
         rate = result.bars / result.seconds if result.seconds > 0 else float("inf")

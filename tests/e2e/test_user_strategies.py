@@ -272,3 +272,35 @@ def test_entry_point_strategies_are_found_and_listed(tmp_path, user_file):
     assert {"sma_crossover", "quantnet", "buy_and_hold", "hold_first"} <= set(rows)
     fast = {p["name"]: p for p in rows["sma_crossover"]["parameters"]}["fast"]
     assert fast["default"] == 10 and fast["type"] == "int"
+
+
+def test_negative_cash_pays_borrow_rate_per_bar_on_calendar_time(tmp_path, user_file, prices_csv):
+    """[costs] borrow_rate: each bar, negative cash pays rate × days/365.25 of itself. Recomputed
+    from equity.csv's cash column (recorded after the charge: pre = post / (1 + r·dt)); with
+    targets that never change the run trades once, so the two runs' equity differs by exactly
+    the interest paid."""
+    runs = {}
+    for rate in (0.0, 0.1):
+        cfg = tmp_path / f"c{rate}.toml"
+        cfg.write_text(f"[costs]\nborrow_rate = {rate}\ntaker_fee_bps = 0\nslippage_bps = 0\n")
+        out = tmp_path / f"o{rate}"
+        args = ["backtest", "--strategy", f"{user_file}:Levered", "--data", str(prices_csv)]
+        result = runner.invoke(app, [*args, "--config", str(cfg), "--output", str(out)], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        runs[rate] = (result.output, json.loads((out / "metrics.json").read_text()), out)
+    text, metrics, out = runs[0.1]
+    equity = pd.read_csv(out / "equity.csv", parse_dates=["timestamp"])
+    dt = equity["timestamp"].diff().dt.total_seconds().to_numpy() / (365.25 * 86400)
+    cash = equity["cash"].to_numpy()
+    rd = 0.1 * dt[1:]
+    expected = float(np.sum(np.where(cash[1:] < 0, -cash[1:] * rd / (1 + rd), 0.0)))
+    assert expected > 1000
+    assert metrics["borrow_cost"] == pytest.approx(expected, rel=1e-9)
+    assert runs[0.0][1]["borrow_cost"] == 0
+    assert runs[0.0][1]["final_equity"] - metrics["final_equity"] == pytest.approx(expected, rel=1e-9)
+    gross = (equity["gross_exposure"] / equity["equity"]).max()
+    assert metrics["max_gross_exposure"] == pytest.approx(gross, rel=1e-12)
+    assert gross > 1.7
+    assert "Borrowing cost (negative cash)" in text and "Max gross exposure" in text
+    assert "targets summed to 1.80x equity; negative cash is charged [costs] borrow_rate 10.00%" in text
+    assert "negative cash is free: [costs] borrow_rate is 0" in runs[0.0][0]
