@@ -304,3 +304,22 @@ def test_negative_cash_pays_borrow_rate_per_bar_on_calendar_time(tmp_path, user_
     assert "Borrowing cost (negative cash)" in text and "Max gross exposure" in text
     assert "targets summed to 1.80x equity; negative cash is charged [costs] borrow_rate 10.00%" in text
     assert "negative cash is free: [costs] borrow_rate is 0" in runs[0.0][0]
+
+
+def test_borrow_cost_on_the_quiet_bar_path_matches_bar_by_bar(tmp_path, prices_csv):
+    """sma_crossover precomputes its decisions, so replay books the bars between decisions at once
+    (Portfolio.mark_span); the interest there is what each bar would have charged."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[costs]\nborrow_rate = 0.2\n")
+    out = tmp_path / "o"
+    args = ["backtest", "--strategy", "sma_crossover", "--param", "target=0.9", "--param", "fast=3"]
+    args += ["--param", "slow=8", "--data", str(prices_csv), "--config", str(cfg), "--output", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    equity = pd.read_csv(out / "equity.csv", parse_dates=["timestamp"])
+    dt = equity["timestamp"].diff().dt.total_seconds().to_numpy()[1:] / (365.25 * 86400)
+    cash = equity["cash"].to_numpy()[1:]
+    expected = float(np.sum(np.where(cash < 0, -cash * 0.2 * dt / (1 + 0.2 * dt), 0.0)))
+    assert expected > 100
+    assert metrics["borrow_cost"] == pytest.approx(expected, rel=1e-9)
