@@ -179,7 +179,7 @@ class StrategyHost:
         self.max_gross_target = 0.0
         self._targets = np.zeros(len(symbols))
         self._standing: np.ndarray | None = None
-        self._plan: dict[int, np.ndarray] | None = None
+        self._plan: tuple[np.ndarray, np.ndarray] | None = None  # bar indices, their targets
         strategy.on_start(symbols)
         bus.subscribe(BarSet, self.on_bars)
 
@@ -200,7 +200,9 @@ class StrategyHost:
         rows = np.flatnonzero(bad.any(axis=1))
         for r in rows:
             self._check(targets[r], int(times[index[r]]))
-        self._plan = dict(zip(index.tolist(), targets, strict=True))
+        if len(index) > 1 and not (index[1:] > index[:-1]).all():
+            raise ValueError(f"strategy {self.strategy.name} precomputed decisions out of bar order")
+        self._plan = (index, targets)  # arrays, not a dict of rows: a bar's answer costs no memory
 
     @property
     def quiet(self) -> bool:
@@ -249,7 +251,9 @@ class StrategyHost:
         ctx = self.ctx
         ctx.now_ns = bars.ts_event
         if self._plan is not None:
-            planned = self._plan.get(bars.index)
+            index, rows = self._plan
+            k = int(index.searchsorted(bars.index))
+            planned = rows[k] if k < len(index) and index[k] == bars.index else None
             if planned is not None and not self.strategy.units:
                 self._check_gross(planned)
             return planned

@@ -388,9 +388,9 @@ class Daemon:
             from connectors.bybit.execution import BybitExecution  # only live mode talks to an account
 
             self.exchange = BybitExecution(
-                _Posting(bus, self.queue),
+                _Posting(bus, self.queue),  # type: ignore[arg-type]
                 config=self.bybit,
-                instance_id=self.instance_id,  # type: ignore[arg-type]
+                instance_id=self.instance_id,
             )
             return self.exchange
         return simulated_venue(bus, clock, self.symbols, self.cfg)
