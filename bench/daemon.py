@@ -1,12 +1,18 @@
 """The daemon under load: QuantNet on 3 markets x 20 symbols, one-minute bars from the fake exchange.
 
     python bench/daemon.py [--bars 2000] [--tick 0.01]
+    python bench/daemon.py --soak 100000
 
 The fake's market clock closes a bar every ``--tick`` seconds (fast-forwarded). Reported: latency
 from the arrival of the frame that completes a cross-section to its committed signal (median,
 p99), bars processed against the bars the server confirmed (none lost), and resident memory after
 warm-up and at the end (growth in %). Paper mode, so orders, fills and the journal are all in the
 measured path. The machine may be shared: read the figures as of this run.
+
+``--soak N``: N one-minute bars of 3 symbols fast-forwarded through the same daemon (paper, SMA
+crossover; warm-up from the fake's REST, then bars handed to the daemon as the stream would, each
+followed by the next bar's opening update), as fast as it takes them: bars journaled against bars
+fed (none lost), and resident memory after the first 10% of bars (warm-up) and at the end.
 """
 
 from __future__ import annotations
@@ -88,9 +94,71 @@ async def main(bars: int, tick: float) -> None:
     print(f"{'RSS growth after warm-up %':<44}{100 * (rss_end / rss_warm - 1):>12.2f}")
 
 
+async def soak(bars: int) -> None:
+    import math
+
+    from engine.events import Bar, BarOpen
+    from quantnet.daemon import Daemon, DaemonOptions
+    from strategies.registry import create
+    from tests.daemon.helpers import PARAMS, SYMBOLS, app_config, bybit_config, rows
+    from tests.fake_bybit import FakeBybit
+
+    ms = 1_000_000
+    fed = 0
+    samples: list[tuple[int, float]] = []
+
+    class Soak(Daemon):
+        async def _run_stream(self) -> None:
+            nonlocal fed
+            self.ws_state = "connected"
+            last = self.last_ts // ms
+            for k in range(bars):
+                if self._done():
+                    break
+                close = last + (k + 1) * 60_000
+                for j, symbol in enumerate(SYMBOLS):
+                    p = 100.0 * (1 + 0.05 * math.sin(close / 60_000 / (20 + 7 * j)))
+                    bar = Bar(close * ms, time.time_ns(), symbol, "1", p, p * 1.001, p * 0.999, p, 1.0)
+                    self._handle(bar)
+                fed += 1
+                for j, symbol in enumerate(SYMBOLS):
+                    p = 100.0 * (1 + 0.05 * math.sin(close / 60_000 / (20 + 7 * j)))
+                    self._handle(BarOpen(close * ms, time.time_ns(), symbol, p))
+                if k % 1000 == 0:
+                    samples.append((k, rss_mb()))
+                    await asyncio.sleep(0)
+            samples.append((bars, rss_mb()))
+
+    tmp = Path(tempfile.mkdtemp())
+    fake = FakeBybit()
+    await fake.start()
+    opts = DaemonOptions(
+        mode="paper", symbols=SYMBOLS, interval="1", category="linear", state_dir=tmp / "state", stdout=False
+    )
+    strategy = create("sma_crossover", PARAMS)
+    daemon = Soak(app_config(max_trade_lag=1e12), strategy, opts, bybit=bybit_config(fake))
+    started = time.perf_counter()
+    await daemon.run()
+    seconds = time.perf_counter() - started
+    await fake.stop()
+    journaled = rows(tmp / "state", "SELECT COUNT(*) FROM bars")[0][0]
+    fills = rows(tmp / "state", "SELECT COUNT(*) FROM events WHERE event = 'Fill'")[0][0]
+    warm = next(r for k, r in samples if k >= bars // 10)
+    end = samples[-1][1]
+    print(f"Soak: paper daemon, SMA crossover on {len(SYMBOLS)} symbols, one-minute bars fast-forwarded")
+    print(f"{'bars fed':<44}{fed:>12,}")
+    print(f"{'bars journaled (lost: diff)':<44}{journaled:>12,}")
+    print(f"{'fills journaled':<44}{fills:>12,}")
+    print(f"{'bars/s':<44}{fed / seconds:>12,.0f}")
+    print(f"{'RSS after warm-up (10% of bars) MB':<44}{warm:>12.1f}")
+    print(f"{'RSS at the end MB':<44}{end:>12.1f}")
+    print(f"{'RSS growth after warm-up %':<44}{100 * (end / warm - 1):>12.2f}")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bars", type=int, default=2000, help="cross-sections to process")
     parser.add_argument("--tick", type=float, default=0.01, help="real seconds per one-minute bar")
+    parser.add_argument("--soak", type=int, default=0, help="fast-forward this many bars instead")
     args = parser.parse_args()
-    asyncio.run(main(args.bars, args.tick))
+    asyncio.run(soak(args.soak) if args.soak else main(args.bars, args.tick))

@@ -68,6 +68,8 @@ log = structlog.get_logger("quantnet.daemon")
 MODES = ("signal", "paper", "live")
 LOCK_FILE = "daemon.lock"
 _MS = 1_000_000
+CHECKPOINT_EVERY = 200
+"""Bars between WAL checkpoints (SQLite's automatic one would land inside some bar's commit)."""
 _FAR_MS = 2**52  # "up to now": the venue drops the candle still open
 
 
@@ -341,6 +343,8 @@ class Daemon:
         path = self.opts.state_dir / JOURNAL_FILE
         sync = "FULL" if self.opts.mode == "live" else "NORMAL"
         self.journal = Journal(path, synchronous=sync, per_bar=True)
+        # WAL checkpoints out of the bar's commit: run after the signal is out (_commit)
+        self.journal.db.execute("PRAGMA wal_autocheckpoint=0")
         meta = self.journal.meta()
         mine = self.identity()
         if meta:
@@ -811,10 +815,14 @@ class Daemon:
         }
         snapshots = {"book": pickle.dumps(book, protocol=pickle.HIGHEST_PROTOCOL)}
         self._since_snapshot += 1
-        if self._since_snapshot >= self.live.snapshot_every or not self._has_snapshot:
+        periodic = False
+        if not self._has_snapshot:  # the first one goes with its bar: a restart needs one
             snapshots["strategy"] = node.host.snapshot()
             self._since_snapshot = 0
             self._has_snapshot = True
+        elif self._since_snapshot >= self.live.snapshot_every:
+            periodic = True
+            self._since_snapshot = 0
         journal.commit_bar(
             bars,
             late=late,
@@ -837,6 +845,23 @@ class Daemon:
         st.late += int(late)
         st.untraded += int(self.opts.mode != "signal" and not self.gate.allow)
         self._emit(lines, records)
+        if st.bars % CHECKPOINT_EVERY == 0:
+            journal.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            # the per-bar history a backtest reports from is the journal's equity table here: kept
+            # in memory it would grow by ~60 bytes a bar for as long as the daemon runs
+            pf._times.clear()
+            pf._curve.n = 0
+            pf.trade_pnls.clear()
+            if pf._positions is not None:
+                pf._positions.n = 0
+        if periodic:
+            # after the signal is out, in a transaction of its own: the model states are a few
+            # hundred kB of pickle, the one bar in snapshot_every that would carry them set the p99.
+            # A crash before it commits leaves the previous snapshot: a restart replays one
+            # snapshot_every of journaled bars more, with the same result.
+            blob = node.host.snapshot()
+            with journal._transaction() as db:
+                db.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?)", ("strategy", ts, blob))
         _CRASH.reached("bar")
         if self._done():
             self.stop()
