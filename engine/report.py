@@ -46,7 +46,8 @@ MAX_LINES = 8
 MAX_HEATMAP_ASSETS = 60
 MAX_PRICE_SYMBOLS = 50
 MAX_MARKERS = 400
-PRICE_POINTS = 1000
+PRICE_POINTS = 4000
+PRICE_BUCKETS = 500
 TRIP_ROWS = 300
 TRADE_ROWS = 10
 RISK_ROWS = 200
@@ -574,7 +575,7 @@ class _Run:
             "x": _ms(mid),
             "y": labels,
             "z": [_finite(row) for row in z],
-            "colorscale": "RdBu",
+            "colorscale": [[0, "#c0392b"], [0.5, "#f4f4f4"], [1, "#1f5fa8"]],
             "zmid": 0,
             "zmin": -lim,
             "zmax": lim,
@@ -760,7 +761,7 @@ class _Run:
         """Beyond ``PRICE_POINTS`` bars: per bucket of bars its time (last bar), lowest low,
         highest high and last close, for every chosen symbol in one pass over the matrices."""
         n = len(prices.times)
-        buckets = PRICE_POINTS // 2
+        buckets = PRICE_BUCKETS
         if n <= PRICE_POINTS:
             return None
         size = n // buckets
@@ -797,11 +798,10 @@ class _Run:
         trip_symbol = t["symbol"].astype(str).to_numpy(dtype=object)
         long_ = (t["direction"].astype(str) == "long").to_numpy(dtype=bool)
         closed = t["closed"].to_numpy(dtype=bool)
-        entry_ms = _ns(t["entry_time"]) / 1e6 if len(t) else np.zeros(0)
+        entry_ns = _ns(t["entry_time"]) if len(t) else np.zeros(0, np.int64)
+        entry_ms = entry_ns / 1e6
         exit_ns = pd.DatetimeIndex(t["exit_time"]).as_unit("ns").asi8 if len(t) else np.zeros(0, np.int64)
         exit_ms = np.where(closed, exit_ns, 0) / 1e6
-        entry_px = t["entry_price"].to_numpy(dtype=float)
-        exit_px = t["exit_price"].to_numpy(dtype=float)
         ret = t["return"].to_numpy(dtype=float)
         order = np.argsort(trip_symbol, kind="stable") if len(t) else np.zeros(0, np.int64)
         sorted_symbols = trip_symbol[order]
@@ -830,10 +830,16 @@ class _Run:
             )
             mine = np.sort(order[lo:hi])
             sampled = False
+            # markers sit on the close of the bar the fill was stamped with: a round trip's
+            # average entry and exit prices lie off the line when it was built up or wound down
+            close = np.asarray(prices.close[:, prices.column(sym)], dtype=np.float64)
+            on_line = np.clip(np.searchsorted(times, entry_ns), 0, len(times) - 1)
+            off_line = np.clip(np.searchsorted(times, exit_ns), 0, len(times) - 1)
+            entry_y, exit_y = close[on_line], close[off_line]
             kinds = (
-                ("long entry", mine[long_[mine]], entry_ms, entry_px, "triangle-up", "#1a7f37"),
-                ("short entry", mine[~long_[mine]], entry_ms, entry_px, "triangle-down", "#c0392b"),
-                ("exit", mine[closed[mine]], exit_ms, exit_px, "x", "#1d2733"),
+                ("long entry", mine[long_[mine]], entry_ms, entry_y, "triangle-up", "#1a7f37"),
+                ("short entry", mine[~long_[mine]], entry_ms, entry_y, "triangle-down", "#c0392b"),
+                ("exit", mine[closed[mine]], exit_ms, exit_y, "x", "#1d2733"),
             )
             for label, rows, when, price, marker, color in kinds:
                 if len(rows) == 0:
@@ -855,7 +861,7 @@ class _Run:
                             "color": color,
                             "line": {"width": 0.5, "color": "#fff"},
                         },
-                        "hovertemplate": "%{y:,.4f}<br>round trip %{customdata:.2%}<extra>"
+                        "hovertemplate": "close %{y:,.4f}<br>round trip %{customdata:.2%}<extra>"
                         + label
                         + "</extra>",
                     }
@@ -1173,14 +1179,20 @@ def _model_section(
                 [
                     _e(name),
                     _e(m[1] if m else ""),
-                    _e(f"{v:.3f}" if isinstance(v, float) else "n/a"),
+                    *([_e(f"{v:.3f}" if isinstance(v, float) else "n/a")] if val else []),
                     _signed_cell(m[2] if m else None, f"{m[2]:.3f}" if m and math.isfinite(m[2]) else "n/a"),
                     _signed_cell(m[3] if m else None, f"{m[3]:,.2f}" if m else ""),
                 ]
             )
         parts.append(
             _table(
-                ["market", "assets", "validation Sharpe", "backtest Sharpe", "backtest P&L"],
+                [
+                    "market",
+                    "assets",
+                    *(["validation Sharpe"] if val else []),
+                    "backtest Sharpe",
+                    "backtest P&L",
+                ],
                 mrows,
                 {1, 2, 3, 4},
             )
