@@ -235,8 +235,8 @@ def train(
     eval mode; nothing of the test block has been read.
     Each step's record (step, loss, train_sharpe, val_sharpe on evaluation steps, ...) goes to
     ``callback`` and, as one JSON line, to ``log_path``. ``batched`` runs every step's markets in
-    one pass (:mod:`models.batched`; same losses and gradients; on CPU faster than one ``nn.LSTM``
-    per market from about 20 markets per step, slower below: README, Training speed).
+    one pass (:mod:`models.batched`; same losses and gradients; measured slower than one ``nn.LSTM``
+    per market on CPU: README, Training speed).
     """
     if not markets:
         raise ValueError("no markets to train on")
