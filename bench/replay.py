@@ -578,7 +578,9 @@ def main() -> None:
         "peak RSS: the whole process (interpreter and data frame included) while the backtest runs, "
         "after the data was generated"
     )
-    for name, _, _, _, _, _, *extra in rows:
+    for name, bars, _, _, _, _, *extra in rows:
+        if name.startswith("engine") and len(extra) > 1:
+            print(f"{name}: replay loop alone {bars / extra[1]:,.0f} bars/s")
         if extra and extra[0]:
             print(
                 f"{name}: {extra[0]}"
