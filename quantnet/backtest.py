@@ -293,9 +293,11 @@ def run_backtest(
     gates: tuple[OrderGate, ...] = (),
     progress: Callable[[Iterable[Any], int], Iterator[Any]] | None = None,
     journal_path: str | Path | None = None,
+    observe: Callable[[EventBus], None] | None = None,
 ) -> BacktestResult:
     """``journal_path``: where to journal (default: ``journal.db`` in ``output`` when
-    ``[engine] journal``); an existing journal there is replaced."""
+    ``[engine] journal``); an existing journal there is replaced. ``observe`` is handed the bus once
+    the node is wired, before the first bar (tools that watch a run: ``quantnet check``)."""
     strategy = strategy or create(cfg.strategy.name, cfg.strategy.params)
     if data is None:
         data = load_data(cfg, history=cfg.data.warmup, close_only_warning=False)
@@ -350,6 +352,8 @@ def run_backtest(
         risk_state[0] = node.risk
         if fill_at == "close":  # last: after every decision on the bar
             bus.subscribe(BarSet, node.orders.venue.on_close)  # type: ignore[attr-defined]
+        if observe is not None:
+            observe(bus)
         bar_sets = matrix.bar_sets()
         for bars in itertools.islice(bar_sets, warm):  # before the start: the strategy only
             clock.advance(bars.ts_event)

@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 COMMANDS: dict[str, tuple[str, str]] = {
     "backtest": ("quantnet.commands.backtest", "Replay historical bars through a strategy."),
     "strategies": ("quantnet.commands.strategies", "List strategies with their parameters and defaults."),
+    "check": ("quantnet.commands.check", "Check a strategy for look-ahead before it trades."),
     "data": ("quantnet.commands.data", "Historical market data: fetch Bybit klines to files."),
     "stream": ("quantnet.commands.stream", "Print live closed Bybit klines as JSON lines."),
     "train": ("quantnet.commands.train", "Train a QuantNet model and write a checkpoint."),
