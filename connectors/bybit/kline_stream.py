@@ -161,6 +161,7 @@ class KlineStream:
         self._req = itertools.count(1)
         self._req_topics: dict[str, list[str]] = {}
         self._resub: list[str] = []
+        self._announced = False
         self._limit = limit_for(self.url)
 
     @property
@@ -453,6 +454,9 @@ class KlineStream:
         if msg.get("op") in ("subscribe", "unsubscribe") or "success" in msg:
             if msg.get("success") is False and msg.get("op") != "unsubscribe":
                 self._refused(msg)
+            elif msg.get("op") == "subscribe" and not self.stats.bars and not self._announced:
+                self._announced = True  # a quiet market is not a hang: say what we wait for
+                log.info("connected, waiting for the first closed bar", topics=len(self.series))
             return
         if "topic" in msg:
             log.debug("frame for an unknown topic ignored", topic=msg.get("topic"))

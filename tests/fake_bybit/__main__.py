@@ -7,8 +7,9 @@ It prints the URLs and a demo API key pair, then serves until Ctrl-C. Try::
     quantnet stream --symbols BTCUSDT --interval 1 --rest-url http://127.0.0.1:8765 \\
         --ws-url 'ws://127.0.0.1:8765/v5/public/{category}' --max-bars 5
 
-With ``--fast`` the market clock runs 1000 times faster than real time (a 1-minute bar closes every
-60 ms) so ``quantnet stream`` has something to print at once.
+The market clock runs in real time (the example's 1-minute bars close on the minute, so its first
+line can take up to a minute; ``stream`` logs "connected, waiting for the first closed bar"
+meanwhile). With ``--fast`` it runs 1000 times faster (a 1-minute bar closes every 60 ms).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ DEMO_SECRET = "demo-secret"  # a fake venue's fake key: it opens nothing anywher
 async def serve(port: int, fast: bool) -> None:
     server = FakeBybit(port=port, keys={DEMO_KEY: DEMO_SECRET})
     await server.start()
-    if fast:
-        server.start_market(real_ms(), step_ms=1_000, tick=0.001)
+    # real time by default (a 1-minute bar closes on the minute); --fast: 1000x
+    server.start_market(real_ms(), step_ms=1_000, tick=0.001 if fast else 1.0)
     print(f"fake Bybit on {server.rest_url}")
     print(f"  public ws:  {server.ws_public_url}")
     print(f"  private ws: {server.ws_private_url}")
