@@ -55,7 +55,7 @@ def test_daily_fills_and_equity_carry_the_trading_date(tmp_path, fill_at):
     trades = pd.read_csv(tmp_path / "trades.csv", parse_dates=["timestamp", "bar_close"])
     assert list(trades["timestamp"]) == expected
     assert list(trades["bar_close"]) == [d + pd.Timedelta(days=1) for d in expected]
-    assert trades["timestamp"].dt.dayofweek.max() <= 4  # never a weekend
+    assert trades["timestamp"].dt.day_of_week.max() <= 4  # never a weekend
     equity = pd.read_csv(tmp_path / "equity.csv", parse_dates=["timestamp"])
     assert list(equity["timestamp"]) == list(days)
     fills = [e for e in read_journal(tmp_path / "journal.db") if e["event"] == "Fill"]
