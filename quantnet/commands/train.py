@@ -92,16 +92,23 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.3f}"
 
 
-def _summary(
+def _scores(
     markets: Sequence[Market], model: QuantNet, cfg: TrainConfig, ppy: float, splits: Splits
-) -> Table:
-    """Train and validation Sharpe per market; the test block is counted, never scored here."""
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Train and validation Sharpe per market (and their mean); the test block is never scored."""
     from models import evaluate
 
     kw: dict[str, Any] = {"splits": splits, "seq_len": cfg.seq_len, "periods_per_year": ppy}
     cut = [m.rows(0, splits.bounds(m)[1]) for m in markets]
     tr = evaluate(model, cut, rows="train", cost_bps=cfg.cost_bps, **kw)
     va = evaluate(model, cut, rows="val", cost_bps=cfg.cost_bps, **kw)
+    return tr, va
+
+
+def _summary(
+    markets: Sequence[Market], tr: dict[str, float], va: dict[str, float], splits: Splits
+) -> Table:
+    """Train and validation Sharpe per market; the test block is counted, never scored here."""
     table = Table(title="QuantNet: Sharpe by market (eq. 7, after training)")
     cols = ("market", "assets", "first", "last", "train rows", "val rows", "test rows", "train", "val")
     for col in cols:
@@ -268,6 +275,10 @@ def register(app: typer.Typer) -> None:
                 result = train(model, markets, cfg, callback=on_step, log_path=log_path, splits=splits)
         except ValueError as exc:
             fail(str(exc))
+        tr, va = _scores(markets, model, cfg, result.periods_per_year, splits)
+        by_market = {
+            m.name: float(va[m.name]) for m in markets if m.name in va and math.isfinite(va[m.name])
+        }
         save_checkpoint(
             out,
             model,
@@ -282,10 +293,11 @@ def register(app: typer.Typer) -> None:
                 "best_step": result.best_step,
                 "best_val_sharpe": result.best_val_sharpe,
                 "stopped_early": result.stopped_early,
+                "val_sharpe_by_market": by_market,
             },
         )
         console = Console()
-        console.print(_summary(markets, model, cfg, result.periods_per_year, splits))
+        console.print(_summary(markets, tr, va, splits))
         note = " (stopped early)" if result.stopped_early else ""
         console.print(
             f"{result.steps} steps in {result.seconds:.1f} s{note}; best validation Sharpe "

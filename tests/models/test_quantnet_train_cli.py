@@ -72,6 +72,11 @@ def test_train_then_transfer(tmp_path: Path, make_markets: Callable[..., list[Ma
     assert ckpt.markets == {"alpha": a.assets, "beta": b.assets}
     assert ckpt.meta["variant"] == "linear-lstm" and ckpt.meta["model"]["transfer_dim"] == 4
     assert ckpt.meta["train"]["steps"] == 10 and ckpt.meta["train"]["seed"] == 1
+    by_market = ckpt.meta["extra"]["val_sharpe_by_market"]  # the report's per-market validation Sharpe
+    assert set(by_market) == {"alpha", "beta"}
+    printed = next(line for line in res.output.splitlines() if line.strip("│ ").startswith("mean"))
+    shown = printed.split("│")[-2].strip().rstrip("…")  # the val column (rich may cut it short)
+    assert len(shown) >= 3 and f"{sum(by_market.values()) / 2:+.3f}".startswith(shown)
     log = [json.loads(x) for x in (tmp_path / "m.log.jsonl").read_text().splitlines()]
     assert len(log) == 10
 
