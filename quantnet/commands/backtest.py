@@ -17,6 +17,12 @@ from engine.logs import configure_logging
 from engine.summary import summary_rows
 from quantnet.backtest import BacktestResult, run_backtest
 from quantnet.commands.common import (
+    ConfigOption,
+    DataOption,
+    EndOption,
+    ParamOption,
+    StartOption,
+    StrategyOption,
     at_least,
     check_model_file,
     check_range,
@@ -90,9 +96,16 @@ def end_lines(result: BacktestResult, shown: int = 10) -> list[str]:
     return lines
 
 
-def with_strategy(cfg: AppConfig, name: str | None, params: dict[str, Any]) -> AppConfig:
+def with_strategy(
+    cfg: AppConfig, name: str | None, params: dict[str, Any], model: Path | None = None
+) -> AppConfig:
     """Command-line strategy choice: a different strategy drops the file's parameters (they belong
-    to the other strategy); the same one keeps them, overridden key by key."""
+    to the other strategy); the same one keeps them, overridden key by key. ``--model`` alone
+    picks QuantNet when the configured strategy takes no model."""
+    if model is not None:
+        name = name or ("quantnet" if not takes_model(cfg.strategy.name) else None)
+        check_strategy_model(name or cfg.strategy.name, model)
+        params = {**params, "model": str(model)}
     base = cfg.strategy.params if name in (None, cfg.strategy.name) else {}
     chosen = {"name": name or cfg.strategy.name, "params": {**base, **params}}
     return validate(AppConfig, {**cfg.model_dump(), "strategy": chosen}, "command line")
@@ -101,13 +114,11 @@ def with_strategy(cfg: AppConfig, name: str | None, params: dict[str, Any]) -> A
 def register(app: typer.Typer) -> None:
     @app.command("backtest")
     def backtest(
-        strategy: Annotated[str | None, typer.Option("--strategy", help="strategy name")] = None,
-        param: Annotated[
-            list[str] | None, typer.Option("--param", help="strategy parameter KEY=VALUE (repeatable)")
-        ] = None,
-        data: Annotated[str | None, typer.Option("--data", help="OHLCV file or directory")] = None,
-        start: Annotated[str | None, typer.Option("--start", help="first bar date (ISO 8601)")] = None,
-        end: Annotated[str | None, typer.Option("--end", help="last bar date, inclusive")] = None,
+        strategy: StrategyOption = None,
+        param: ParamOption = None,
+        data: DataOption = None,
+        start: StartOption = None,
+        end: EndOption = None,
         cash: Annotated[float | None, typer.Option("--cash", help="initial cash")] = None,
         fee_bps: Annotated[
             float | None, typer.Option("--fee-bps", help="fee in bps of notional (maker and taker)")
@@ -124,9 +135,7 @@ def register(app: typer.Typer) -> None:
         model: Annotated[
             Path | None, typer.Option("--model", help="QuantNet checkpoint (sets the strategy's model)")
         ] = None,
-        config: Annotated[
-            Path | None, typer.Option("--config", help="config TOML (default ./config.toml)")
-        ] = None,
+        config: ConfigOption = None,
         benchmark: Annotated[
             str | None,
             typer.Option(
@@ -162,11 +171,7 @@ def register(app: typer.Typer) -> None:
         try:
             cfg = load_config(config, overrides)
             check_range(cfg.data.start, cfg.data.end, "[data] start", "[data] end")
-            if model is not None:
-                strategy = strategy or ("quantnet" if not takes_model(cfg.strategy.name) else None)
-                check_strategy_model(strategy or cfg.strategy.name, model)
-                params["model"] = str(model)
-            cfg = with_strategy(cfg, strategy, params)
+            cfg = with_strategy(cfg, strategy, params, model)
             existed = output is not None and output.exists()
             output = output_dir(output, cfg.strategy.name)
             made = None if existed else output

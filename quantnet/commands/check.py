@@ -12,15 +12,20 @@ from connectors.replay import DataError
 from engine.bus import HandlerError
 from engine.config import ConfigError
 from quantnet.commands.common import (
+    ConfigOption,
+    DataOption,
+    EndOption,
+    ParamOption,
+    StartOption,
+    StrategyOption,
     check_model_file,
     check_range,
-    check_strategy_model,
     fail,
     iso_time,
     parse_params,
 )
 from quantnet.config import load_config
-from strategies.registry import StrategyError, takes_model
+from strategies.registry import StrategyError
 
 
 def _label(t: Any) -> str:
@@ -32,21 +37,15 @@ def register(app: typer.Typer) -> None:
 
     @check.command("lookahead")
     def lookahead(
-        strategy: Annotated[
-            str | None, typer.Option("--strategy", help="strategy name or path/to/file.py:ClassName")
-        ] = None,
-        param: Annotated[
-            list[str] | None, typer.Option("--param", help="strategy parameter KEY=VALUE (repeatable)")
-        ] = None,
-        data: Annotated[str | None, typer.Option("--data", help="OHLCV file or directory")] = None,
-        start: Annotated[str | None, typer.Option("--start", help="first bar date (ISO 8601)")] = None,
-        end: Annotated[str | None, typer.Option("--end", help="last bar date, inclusive")] = None,
+        strategy: StrategyOption = None,
+        param: ParamOption = None,
+        data: DataOption = None,
+        start: StartOption = None,
+        end: EndOption = None,
         model: Annotated[Path | None, typer.Option("--model", help="QuantNet checkpoint")] = None,
         cuts: Annotated[int, typer.Option("--cuts", help="cut points to scramble after", min=1)] = 5,
         seed: Annotated[int, typer.Option("--seed", help="seed of the scrambling")] = 0,
-        config: Annotated[
-            Path | None, typer.Option("--config", help="config TOML (default ./config.toml)")
-        ] = None,
+        config: ConfigOption = None,
     ) -> None:
         """Replay the strategy with the bars after each cut point scrambled and report the first
         decision at or before a cut that changed: look-ahead. Exit status 1 when one did."""
@@ -61,11 +60,7 @@ def register(app: typer.Typer) -> None:
         params: dict[str, Any] = parse_params(param)
         try:
             cfg = load_config(config, {"data": {"path": data, "start": start, "end": end}})
-            if model is not None:
-                strategy = strategy or ("quantnet" if not takes_model(cfg.strategy.name) else None)
-                check_strategy_model(strategy or cfg.strategy.name, model)
-                params["model"] = str(model)
-            cfg = with_strategy(cfg, strategy, params)
+            cfg = with_strategy(cfg, strategy, params, model)
             create(cfg.strategy.name, cfg.strategy.params)  # bad parameters: one line, before the data
             bars = load_data(cfg, history=cfg.data.warmup)
             report = check_lookahead(

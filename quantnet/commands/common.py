@@ -7,7 +7,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,6 +15,18 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 T = TypeVar("T")
+
+# options that mean the same in every command that replays a strategy (backtest, check)
+StrategyOption = Annotated[
+    str | None, typer.Option("--strategy", help="strategy name or path/to/file.py:ClassName")
+]
+ParamOption = Annotated[
+    list[str] | None, typer.Option("--param", help="strategy parameter KEY=VALUE (repeatable)")
+]
+DataOption = Annotated[str | None, typer.Option("--data", help="OHLCV file or directory")]
+StartOption = Annotated[str | None, typer.Option("--start", help="first bar date (ISO 8601)")]
+EndOption = Annotated[str | None, typer.Option("--end", help="last bar date, inclusive")]
+ConfigOption = Annotated[Path | None, typer.Option("--config", help="config TOML (default ./config.toml)")]
 err_console = Console(stderr=True, soft_wrap=True)
 
 
