@@ -77,6 +77,15 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option("--resume", help="skip finished (variant, seed) units and search trials in --out"),
         ] = False,
+        sources: Annotated[
+            str | None,
+            typer.Option(
+                "--sources",
+                metavar="MARKETS",
+                help="comma-separated markets that train (shared layer included) but are not scored; "
+                "their history may end before the test window",
+            ),
+        ] = None,
         start: Annotated[str | None, typer.Option("--start", help="first bar used (ISO 8601)")] = None,
         end: Annotated[str | None, typer.Option("--end", help="last bar used, inclusive")] = None,
     ) -> None:
@@ -97,6 +106,7 @@ def register(app: typer.Typer) -> None:
         for flag, value in (("--seeds", seeds), ("--test-bars", test_bars), ("--val-bars", val_bars)):
             if value < 1:
                 fail(f"{flag} must be at least 1, got {value}")
+        source_names = tuple(dict.fromkeys(v.strip() for v in (sources or "").split(",") if v.strip()))
         if search < 0:
             fail(f"--search must be 0 or more, got {search}")
         if cost_bps < 0 or (train_cost_bps is not None and train_cost_bps < 0):
@@ -118,9 +128,10 @@ def register(app: typer.Typer) -> None:
             train_cost_bps=train_cost_bps,
             model=model_raw,
             train=train_raw,
+            sources=source_names,
         )
         try:
-            split = runner.dated_split(markets, test_bars=test_bars, val_bars=val_bars)
+            split = runner.dated_split(markets, test_bars=test_bars, val_bars=val_bars, sources=source_names)
         except ValueError as exc:
             fail(str(exc))
         out.mkdir(parents=True, exist_ok=True)

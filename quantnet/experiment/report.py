@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from models.config import BASELINE_VARIANTS
-from quantnet.experiment.results import SHORT, label
+from quantnet.experiment.results import SHORT, label, sources_note
 from quantnet.experiment.tables import TABLE_METRICS, per_asset_mean
 
 VOL_TARGET = 0.10
@@ -196,7 +196,8 @@ def write_report(
         f"<p>Test window {split['test_start'][:10]} .. {split['last'][:10]} ({s['test_bars']} bars of "
         f"the union calendar, one start date for every market); validation from {split['val_start'][:10]}; "
         f"{len(results['assets'])} assets in {len(results['markets'])} markets; {s['seeds']} seeds; cost "
-        f"{s['cost_bps']:g} bps per unit of position change; training cost {s['train_cost_bps']:g} bps.</p>",
+        f"{s['cost_bps']:g} bps per unit of position change; training cost {s['train_cost_bps']:g} bps."
+        f"{html.escape(sources_note(results))}</p>",
         "<p>Cells: median across assets <small>(mean absolute deviation)</small>; learned models: mean ± sd "
         "over seeds of the per-seed median. Timing Sharpe: the position demeaned per asset, so a model "
         "that is merely long scores about 0 (compare buy and hold).</p>",

@@ -87,11 +87,13 @@ def summarise(outcome: Outcome, settings: Settings, extra: dict[str, Any] | None
             "model": settings.model,
             "train": settings.train,
             "baseline_lookback": settings.lookback,
+            "sources": list(settings.sources),
             **(extra or {}),
         },
         "split": outcome.split.as_dict(),
         "periods_per_year": outcome.periods_per_year,
         "markets": outcome.markets,
+        "sources": outcome.sources,
         "assets": [{"market": m, "asset": a} for m, a in assets],
         "strategies": strategies,
         "search": outcome.search,
@@ -138,6 +140,14 @@ def _cell(c: dict[str, float], kind: str) -> str:
     return f"{c['median']:.3f} ({c['mad']:.3f})"
 
 
+def sources_note(results: dict[str, Any]) -> str:
+    src = results.get("sources") or []
+    if not src:
+        return ""
+    named = ", ".join(f"{m['name']} ({len(m['assets'])} assets, to {m['last'][:10]})" for m in src)
+    return f" Trained on but not scored (sources): {named}."
+
+
 def markdown(results: dict[str, Any]) -> str:
     """Table 1 gross and net, per-market Sharpe, the tests and the timing check, as Markdown."""
     s = results["settings"]
@@ -148,7 +158,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"({s['test_bars']} bars of the union calendar), validation from "
         f"{results['split']['val_start'][:10]}; {len(results['assets'])} assets in "
         f"{len(results['markets'])} markets; {s['seeds']} seeds; cost {s['cost_bps']:g} bps per unit "
-        f"of position change (training at {s['train_cost_bps']:g} bps).",
+        f"of position change (training at {s['train_cost_bps']:g} bps).{sources_note(results)}",
         "",
         "Cells: median across assets (mean absolute deviation); learned models: mean ± sd over seeds "
         "of the per-seed median (mean MAD).",

@@ -50,6 +50,7 @@ class Settings:
     model: dict[str, Any] = field(default_factory=dict)  # [model] overrides (variant set per unit)
     train: dict[str, Any] = field(default_factory=dict)  # [train] overrides (seed set per unit)
     lookback: int = 252  # baselines' window
+    sources: tuple[str, ...] = ()  # markets that train but are not scored (see splits.py)
 
     def train_config(
         self, seed: int, extra: dict[str, Any] | None = None, *, test_bars: int = 0
@@ -73,6 +74,7 @@ class Settings:
                 self.train_cost_bps,
                 self.model,
                 self.train,
+                *([list(self.sources)] if self.sources else []),
             ],
             sort_keys=True,
             default=str,
@@ -193,10 +195,11 @@ def run_unit(
             splits=result.splits,
             extra={"best_step": result.best_step, "steps_run": result.steps},
         )
+    scored = [m for m in markets if m.name not in settings.sources]
     sig = {
-        m.name: model_signals(model.signals, m, start=split.test_row(m), warmup=tcfg.seq_len) for m in markets
+        m.name: model_signals(model.signals, m, start=split.test_row(m), warmup=tcfg.seq_len) for m in scored
     }
-    out = score(sig, markets, split, ppy, settings.cost_bps)
+    out = score(sig, scored, split, ppy, settings.cost_bps)
     curve = [
         {"step": r["step"], "train_sharpe": r["train_sharpe"], "val_sharpe": r.get("val_sharpe")}
         for r in result.history
@@ -251,10 +254,11 @@ def write_json(path: Path, obj: Any) -> None:
 class Outcome:
     split: DatedSplit
     periods_per_year: float
-    markets: list[dict[str, Any]]
+    markets: list[dict[str, Any]]  # the scored markets
     baselines: dict[str, dict[str, Any]]
     units: list[dict[str, Any]]
     search: dict[str, Any] | None = None
+    sources: list[dict[str, Any]] = field(default_factory=list)  # trained on, not scored
 
 
 def run(
@@ -271,10 +275,13 @@ def run(
     ``tuned``: per variant, the ``{"model": ..., "train": ...}`` overrides a search selected.
     """
     notify = progress or (lambda stage, info: None)
-    split = dated_split(markets, test_bars=settings.test_bars, val_bars=settings.val_bars)
+    split = dated_split(
+        markets, test_bars=settings.test_bars, val_bars=settings.val_bars, sources=settings.sources
+    )
     ppy = infer_periods_per_year(markets)
+    scored = [m for m in markets if m.name not in settings.sources]
     notify("baselines", {})
-    base = baselines(markets, split, ppy, settings)
+    base = baselines(scored, split, ppy, settings)
     key = settings.key()
     units = []
     for variant in settings.variants:
@@ -313,6 +320,17 @@ def run(
             "test_rows": len(m) - split.test_row(m),
             "test_dates": [t.isoformat() for t in m.index[split.test_row(m) :]],
         }
-        for m in markets
+        for m in scored
     ]
-    return Outcome(split, ppy, info, base, units)
+    sources = [
+        {
+            "name": m.name,
+            "assets": list(m.assets),
+            "first": m.index[0].isoformat(),
+            "last": m.index[-1].isoformat(),
+            "history_bars": split.val_row(m),
+        }
+        for m in markets
+        if m.name in settings.sources
+    ]
+    return Outcome(split, ppy, info, base, units, sources=sources)

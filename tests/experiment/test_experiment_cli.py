@@ -216,3 +216,39 @@ def test_test_window_prices_do_not_reach_training(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_a_source_market_trains_the_shared_layer_without_being_scored(data_dir, finished, tmp_path):
+    """A market whose history ends before the validation window is refused as a scored market;
+    named in --sources it trains with the others (it is in the checkpoint) and the scored tables of
+    the baselines equal the run without it (same test window, same assets)."""
+    d = tmp_path / "with_old"
+    d.mkdir()
+    for p in data_dir.glob("*.parquet"):
+        (d / p.name).symlink_to(p)
+    rng = np.random.default_rng(5)
+    days = pd.bdate_range("2016-01-04", periods=620, tz="UTC")[:400]
+    close = 20 * np.exp(np.cumsum(rng.normal(0, 0.01, (len(days), 2)), axis=0))
+    rows = [(t, f"old{j}", close[i, j]) for i, t in enumerate(days) for j in range(2)]
+    pd.DataFrame(rows, columns=["timestamp", "symbol", "close"]).to_parquet(d / "old.parquet")
+    base = [
+        "experiment", "--data", str(d), "--test-bars", str(TEST), "--val-bars", str(VAL),
+        "--variants", "lstm-linear,notransfer-linear", "--seeds", "1", "--steps", "30", "--cost-bps", "10",
+        "--config", str(data_dir.parent / "small.toml"),
+    ]  # fmt: skip
+    refused = CliRunner().invoke(_app(), [*base, "--out", str(tmp_path / "a")])
+    assert refused.exit_code == 2 and "--sources old" in refused.output
+    res = CliRunner().invoke(_app(), [*base, "--out", str(tmp_path / "b"), "--sources", "old"])
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert [m["name"] for m in results["sources"]] == ["old"]
+    assert not any(a["market"] == "old" for a in results["assets"])
+    assert results["assets"] == finished[1]["assets"]
+    for kind in ("gross", "net"):
+        for name in ("buy_and_hold", "risk_parity", "ts_momentum", "cs_momentum"):
+            assert results["table1"][kind][name] == finished[1]["table1"][kind][name]
+    ck = load_checkpoint(tmp_path / "b" / "models" / "lstm-linear-s0.pt")
+    assert "old" in ck.model.market_names
+    assert "old" in (tmp_path / "b" / "table1.md").read_text()
+    bad = CliRunner().invoke(_app(), [*base, "--out", str(tmp_path / "c"), "--sources", "nope"])
+    assert bad.exit_code == 2 and "--sources: no market named nope" in bad.output
