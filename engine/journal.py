@@ -185,6 +185,16 @@ class Journal:
                 self.inside_commit()
         self.committed_bars += 1
 
+    def save_snapshot(self, kind: str, ts: int, blob: bytes) -> None:
+        """Replace one snapshot in a transaction of its own (a large one kept out of a bar's)."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?)", (kind, ts, blob))
+
+    def checkpoint(self) -> None:
+        """Move the WAL's pages into the database now (a daemon runs it after a bar's commit,
+        where its cost delays no signal)."""
+        self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def set_meta(self, values: Mapping[str, str]) -> None:
         with self._transaction() as db:
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?,?)", list(values.items()))

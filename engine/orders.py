@@ -219,6 +219,19 @@ class OrderManager:
         self.venue.submit(order)
         return True
 
+    def working(self) -> list[str]:
+        """Client ids of the orders on their way (sent, not yet finished)."""
+        return list(self._open)
+
+    def adopt(self, order: Order) -> None:
+        """Count an order found working at the venue (an adoption) as on its way from this book,
+        without sending it: its fills and its end settle it like any other."""
+        i = self.portfolio.index[order.symbol]
+        signed = order.quantity * order.side
+        self.pending[i] += signed
+        self._open_count[i] += 1
+        self._open[order.client_id] = (i, signed)
+
     def on_fill(self, fill: Fill) -> None:
         entry = self._open.get(fill.client_id)
         if entry is None:

@@ -309,6 +309,30 @@ class Portfolio:
         restore_into(self, saved)
         self._held = int(np.count_nonzero(self.qty))
 
+    def drop_history(self) -> None:
+        """Forget the per-bar history (times, equity curve, position values, trade P&Ls) kept for
+        a backtest's report: a process running for weeks has it in its journal instead, and kept
+        here it would grow with every bar."""
+        self._times.clear()
+        self._curve.n = 0
+        self.trade_pnls.clear()
+        if self._positions is not None:
+            self._positions.n = 0
+
+    def take(self, i: int, qty: float, avg_price: float, mark: float) -> None:
+        """Set symbol ``i``'s position to what the venue holds (an adoption): quantity, average
+        price and, when given (> 0), the mark; equity follows."""
+        self.qty[i] = qty
+        self.avg_price[i] = avg_price if qty else 0.0
+        if mark > 0:
+            self.last_price[i] = mark
+        self._held = int(np.count_nonzero(self.qty))
+
+    def set_cash(self, cash: float) -> None:
+        """Set cash to the venue's (an adoption) and re-mark equity at the last prices."""
+        self.cash = cash
+        self.equity = cash + float(np.nansum(self.qty * self.last_price))
+
     # views ----------------------------------------------------------------------------------
 
     def weights(self) -> np.ndarray:

@@ -48,6 +48,13 @@ class LiveConfig(Section):
         10.0, gt=0, description="s after a close to wait for every symbol's bar before going without"
     )
     state_dir: str = Field("state", description="journal database and lock; --state-dir overrides")
+    cash_tolerance: float = Field(
+        0.005,
+        ge=0,
+        lt=1,
+        description="live start-up: the fraction of equity (at least 1 USDT) by which Bybit's cash may "
+        "differ from the journal's (funding, fee rounding) before trading is refused",
+    )
 
     @field_validator("symbols")
     @classmethod

@@ -417,7 +417,7 @@ class Daemon:
             exec_id = json.loads(record).get("exec_id")
             if exec_id:
                 seen.append(exec_id)
-        in_flight = self._journaled_orders(list(node.orders._open))
+        in_flight = self._journaled_orders(node.orders.working())
         fresh = self.live.max_trade_lag * 1e9
         await ex.resume(in_flight, seen, resend=lambda o: self.lag_ns(o.ts_event) <= fresh)
         await ex.drain()
@@ -506,8 +506,14 @@ class Daemon:
         if outside:
             log.warning("live: the account holds positions outside the universe", symbols=outside)
         cash = self._bybit_cash(account)
-        if abs(cash - pf.cash) > 0.005 * max(abs(pf.equity), 1.0) + 1.0:
-            out.append(f"cash: Bybit {cash:,.2f} USDT (equity less positions), journal {pf.cash:,.2f}")
+        share = self.live.cash_tolerance
+        tolerance = max(share * abs(pf.equity), 1.0)
+        if abs(cash - pf.cash) > tolerance:
+            out.append(
+                f"cash: Bybit {cash:,.2f} USDT (equity less positions), journal {pf.cash:,.2f}, "
+                f"{abs(cash - pf.cash):,.2f} apart, more than the {tolerance:,.2f} allowed "
+                f"([live] cash_tolerance {share:g} of equity {pf.equity:,.2f})"
+            )
         return out
 
     def _adopt(self, account: dict[str, Any]) -> None:
@@ -519,19 +525,15 @@ class Daemon:
         ts = max(self.last_ts, self.clock.now_ns())
         for i, symbol in enumerate(self.symbols):
             size, avg, mark = account["positions"].get(symbol, (0.0, 0.0, 0.0))
-            pf.qty[i] = size
-            pf.avg_price[i] = avg if size else 0.0
-            if mark > 0:
-                pf.last_price[i] = mark
+            pf.take(i, size, avg, mark)
             self.bus.publish(PositionUpdate(ts, now, symbol, size, avg if size else 0.0, 0.0))
-        pf.cash = self._bybit_cash(account)
-        pf.equity = pf.cash + float(np.nansum(pf.qty * pf.last_price))
+        pf.set_cash(self._bybit_cash(account))
         self.peak = max(self.peak, pf.equity)
         prefix = f"{self.instance_id}-"
         adopted = []
         for o in account["orders"]:
             link = str(o.get("orderLinkId") or "")
-            if not link.startswith(prefix) or link in ex._by_link or str(o.get("symbol")) not in self.symbols:
+            if not link.startswith(prefix) or ex.tracks(link) or str(o.get("symbol")) not in self.symbols:
                 continue
             order = Order(
                 link,
@@ -545,11 +547,7 @@ class Daemon:
                 strategy="adopted",
             )
             ex.adopt(order, link)
-            i = pf.index[order.symbol]
-            signed = order.quantity * order.side
-            node.orders._open[order.client_id] = (i, signed)  # on its way, as if sent by this book
-            node.orders._open_count[i] += 1
-            node.orders.pending[i] += signed
+            node.orders.adopt(order)  # on its way, as if sent by this book
             adopted.append(link)
         message = "took Bybit's state at start-up: " + "; ".join(self.reconciliation)
         self.bus.publish(RiskEvent(ts, now, "adoption", message, details={"orders": ",".join(adopted)}))
@@ -600,7 +598,7 @@ class Daemon:
             equity=round(node.portfolio.equity, 2),
             strategy_snapshot=iso(snap[0]),
             bars_replayed=replayed,
-            working_orders=len(node.orders._open),
+            working_orders=len(node.orders.working()),
         )
 
     def _apply_reset_request(self) -> None:
@@ -846,22 +844,16 @@ class Daemon:
         st.untraded += int(self.opts.mode != "signal" and not self.gate.allow)
         self._emit(lines, records)
         if st.bars % CHECKPOINT_EVERY == 0:
-            journal.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            journal.checkpoint()
             # the per-bar history a backtest reports from is the journal's equity table here: kept
             # in memory it would grow by ~60 bytes a bar for as long as the daemon runs
-            pf._times.clear()
-            pf._curve.n = 0
-            pf.trade_pnls.clear()
-            if pf._positions is not None:
-                pf._positions.n = 0
+            pf.drop_history()
         if periodic:
             # after the signal is out, in a transaction of its own: the model states are a few
             # hundred kB of pickle, the one bar in snapshot_every that would carry them set the p99.
             # A crash before it commits leaves the previous snapshot: a restart replays one
             # snapshot_every of journaled bars more, with the same result.
-            blob = node.host.snapshot()
-            with journal._transaction() as db:
-                db.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?)", ("strategy", ts, blob))
+            journal.save_snapshot("strategy", ts, node.host.snapshot())
         _CRASH.reached("bar")
         if self._done():
             self.stop()

@@ -431,6 +431,10 @@ class BybitExecution:
             tracked.append(t)
         await asyncio.gather(*(self._resume_one(t) for t in tracked))
 
+    def tracks(self, link: str) -> bool:
+        """Whether an order under this orderLinkId is being followed (sent, resumed or adopted)."""
+        return link in self._by_link
+
     def adopt(self, order: Order, link: str) -> None:
         """Track a working order found at Bybit under ``link`` (an adoption at start-up)."""
         t = _Tracked(order, link, order.quantity, order.price, status=OrderStatus.ACCEPTED, placing=False)

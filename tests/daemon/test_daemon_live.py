@@ -171,3 +171,21 @@ async def test_first_start_on_an_account_unlike_the_book_is_refused(fake, tmp_pa
     equity = rows(tmp_path / "s", "SELECT equity FROM equity ORDER BY ts DESC LIMIT 1")[0][0]
     assert equity == pytest.approx(250_000.0, rel=0.01)
     assert rows(tmp_path / "s", "SELECT value FROM meta WHERE key = 'adopted'")  # journaled
+
+
+async def test_cash_tolerance_is_the_configured_share_of_equity(fake, tmp_path):
+    fake.balance = CASH + 400.0  # 0.4% more than the book
+    tight = app_config(enabled=True, environment="testnet", max_trade_lag=1e9, cash_tolerance=0.001)
+    options = DaemonOptions(
+        mode="live", symbols=SYMBOLS, interval="1", category="linear", state_dir=tmp_path / "b", stdout=False
+    )
+    d = Daemon(tight, create("sma_crossover", PARAMS), options, bybit=bybit_config(fake))
+    with pytest.raises(DaemonError) as refused:
+        await asyncio.wait_for(d.run(), 60)
+    text = str(refused.value)
+    assert "cash: Bybit 100,400.00 USDT" in text and "journal 100,000.00" in text, text
+    assert "400.00 apart, more than the 100.00 allowed" in text, text  # 0.1% of 100,000
+    assert "[live] cash_tolerance 0.001 of equity 100,000.00" in text, text
+    assert fake.orders == {}
+    d = live_daemon(fake, tmp_path / "a", max_bars=1)  # the default 0.5% takes it
+    assert await asyncio.wait_for(d.run(), 60) == 0 and d.reconciliation == []
