@@ -32,15 +32,16 @@ def sharpe_ratios(
     periods_per_year: float = 252.0,
     cost_bps: float = 0.0,
     min_bars: int = 2,
+    prev: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-(window, asset) annualised Sharpe of ``h·r - cost`` over the time axis and its validity.
 
     Shapes ``(B, T, n)``; returns ``(B, n)`` ratios and a ``(B, n)`` bool mask of assets with at least
     ``max(2, min_bars)`` unmasked bars (a Sharpe needs a variance). Uses the sample standard
-    deviation (ddof=1).
+    deviation (ddof=1). ``prev``: :func:`previous_rows` of ``mask`` when the caller has it already.
     """
     m = mask.to(signals.dtype)
-    held, prev_row = held_positions(signals, mask)
+    held, prev_row = held_positions(signals, mask, prev)
     pnl = held * returns
     if cost_bps:
         prev = torch.gather(held, 1, prev_row.clamp(min=0))
@@ -55,14 +56,25 @@ def sharpe_ratios(
     return ratio, count >= max(2, min_bars)
 
 
-def held_positions(signals: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+def previous_rows(mask: Tensor) -> Tensor:
+    """p_t: the previous unmasked row of each asset in the window before row t (-1: none).
+    Shape ``(B, T, n)``, int64. It depends on the mask alone, so a caller that knows the masks in
+    advance (training: one series, many windows) can compute it outside the autograd graph."""
+    T = mask.shape[1]
+    rows = torch.arange(T, device=mask.device).view(1, T, 1).expand_as(mask)
+    last = torch.where(mask, rows, torch.full_like(rows, -1)).cummax(dim=1).values
+    return torch.cat([torch.full_like(last[:, :1], -1), last[:, :-1]], dim=1)
+
+
+def held_positions(signals: Tensor, mask: Tensor, prev: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(h, p): the position held over each row's return, h_t = s_{p_t + 1}, and p_t, the previous
     unmasked row of the asset in the window (-1: none, the bar before is outside the window; then
-    h_t = s_t). Without gaps h = s. Shapes ``(B, T, n)``; differentiable in ``signals``."""
+    h_t = s_t). Without gaps h = s. Shapes ``(B, T, n)``; differentiable in ``signals``. ``prev``:
+    :func:`previous_rows` of ``mask``, if already known."""
+    if prev is None:
+        prev = previous_rows(mask)
     T = signals.shape[1]
-    rows = torch.arange(T, device=signals.device).view(1, T, 1).expand_as(mask)
-    last = torch.where(mask, rows, torch.full_like(rows, -1)).cummax(dim=1).values
-    prev = torch.cat([torch.full_like(last[:, :1], -1), last[:, :-1]], dim=1)
+    rows = torch.arange(T, device=signals.device).view(1, T, 1)
     held = torch.gather(signals, 1, torch.where(prev >= 0, prev + 1, rows))
     return held, prev
 
@@ -75,11 +87,13 @@ def market_sharpe(
     periods_per_year: float = 252.0,
     cost_bps: float = 0.0,
     min_bars: int = 2,
+    prev: Tensor | None = None,
 ) -> Tensor | None:
     """Eq. 7 for one market: mean over its valid assets, then over windows; None if nothing valid."""
     ratio, valid = sharpe_ratios(
-        signals, returns, mask, periods_per_year=periods_per_year, cost_bps=cost_bps, min_bars=min_bars
-    )
+        signals, returns, mask, periods_per_year=periods_per_year, cost_bps=cost_bps,
+        min_bars=min_bars, prev=prev,
+    )  # fmt: skip
     v = valid.to(ratio.dtype)
     n_valid = v.sum(dim=-1)
     has = n_valid > 0
@@ -90,7 +104,7 @@ def market_sharpe(
 
 
 def quantnet_loss(
-    batch: Sequence[tuple[Tensor, Tensor, Tensor]],
+    batch: Sequence[tuple[Tensor, Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor]],
     *,
     periods_per_year: float = 252.0,
     cost_bps: float = 0.0,
@@ -98,10 +112,15 @@ def quantnet_loss(
 ) -> Tensor:
     """Eq. 8: minus the equal-weight mean over markets of their eq. 7 Sharpe.
 
-    ``batch`` holds one ``(signals, returns, mask)`` triple per market, each ``(B, T, n_i)``.
+    ``batch`` holds one ``(signals, returns, mask)`` triple per market, each ``(B, T, n_i)``, or
+    ``(signals, returns, mask, prev)`` with :func:`previous_rows` of the mask.
     """
     kw = {"periods_per_year": periods_per_year, "cost_bps": cost_bps, "min_bars": min_bars}
-    values = [s for sig, ret, msk in batch if (s := market_sharpe(sig, ret, msk, **kw)) is not None]  # type: ignore[arg-type]
+    values = [
+        s
+        for sig, ret, msk, *prev in batch
+        if (s := market_sharpe(sig, ret, msk, prev=prev[0] if prev else None, **kw)) is not None  # type: ignore[arg-type]
+    ]
     if not values:
         raise ValueError(
             f"no market in the batch has {max(2, min_bars)} unmasked returns for any asset in any window"

@@ -62,6 +62,15 @@ class _Series:
     test_start: int
     k: int
     v: Tensor | None = None  # (T, n) position scale vol_target/σ_t of the vol_scaled objective
+    last: Tensor | None = None  # (T, n) int64: the last row <= t where the target exists, -1: none
+
+    def previous_rows(self, rows: Tensor) -> Tensor:
+        """:func:`models.loss.previous_rows` of ``m[rows]`` for windows of consecutive ``rows``
+        (B, k), read off the series' ``last`` instead of a cummax over every window."""
+        assert self.last is not None
+        start = rows[:, :1, None]
+        prev = self.last[rows - 1] - start  # rows start at 1 or later: row - 1 exists
+        return prev.clamp_(min=-1)
 
 
 LOG_FIELDS = (
@@ -138,7 +147,13 @@ def _series(
             )
             m = m & np.isfinite(vs)
             v = t(np.nan_to_num(vs, nan=0.0))
-        out.append(_Series(model.index(mk.name), t(x), t(r), t(m, torch.bool), v0, t0, max(k, 1), v))
+        last = np.maximum.accumulate(np.where(m, np.arange(len(m))[:, None], -1), axis=0)
+        out.append(
+            _Series(
+                model.index(mk.name), t(x), t(r), t(m, torch.bool), v0, t0, max(k, 1), v,
+                t(last, torch.int64),
+            )
+        )  # fmt: skip
     return out
 
 
@@ -303,6 +318,11 @@ def train(
         stack.enter_context(torch_threads(config.threads if device.type == "cpu" else None))
         torch.use_deterministic_algorithms(True, warn_only=True)
         stack.callback(torch.use_deterministic_algorithms, det_before)
+        # deterministic mode would also NaN-fill every new tensor; nothing here reads memory it
+        # has not written, and the fills cost a sixth of a step
+        fill_before = torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
+        torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
+        stack.callback(setattr, torch.utils.deterministic, "fill_uninitialized_memory", fill_before)
         for p, _ in frozen:
             p.requires_grad_(False)
         stack.callback(lambda: [p.requires_grad_(flag) for p, flag in frozen])
@@ -315,12 +335,12 @@ def train(
                 ends = rng.integers(s.k + 1, s.val_start + 1, size=config.windows_per_market)
                 rows = torch.as_tensor(ends[:, None] - s.k + np.arange(s.k)[None, :], device=device)
                 items.append((s.model_index, s.x[rows]))
-                targets.append((s.r[rows], s.m[rows]))
+                targets.append((s.r[rows], s.m[rows], s.previous_rows(rows)))
                 scales.append(None if s.v is None else s.v[rows])
             signals = forward_many_batched(model, items) if batched else model.forward_many(items)
             signals = [sg if v is None else sg * v for sg, v in zip(signals, scales, strict=True)]
             loss = quantnet_loss(
-                [(sg, r, m) for sg, (r, m) in zip(signals, targets, strict=True)],
+                [(sg, *target) for sg, target in zip(signals, targets, strict=True)],
                 periods_per_year=ppy,
                 cost_bps=config.cost_bps,
                 min_bars=min_bars,

@@ -118,3 +118,21 @@ def test_all_masked_batch_is_an_error() -> None:
     z = torch.zeros(1, 5, 2)
     with pytest.raises(ValueError, match="unmasked"):
         quantnet_loss([(z, z, torch.zeros(1, 5, 2, dtype=torch.bool))])
+
+
+def test_training_reads_previous_rows_off_the_series_as_the_loss_computes_them() -> None:
+    """Training precomputes each series' last unmasked row once; every window's p_t must equal
+    the per-window cummax the loss would do (gaps at window starts included)."""
+    from models.loss import previous_rows
+    from models.training import _Series
+
+    rng = np.random.default_rng(0)
+    m = rng.random((400, 7)) > 0.4
+    m[100:140, 2] = False
+    last = np.maximum.accumulate(np.where(m, np.arange(400)[:, None], -1), axis=0)
+    z = torch.zeros(0)
+    s = _Series(0, z, z, torch.as_tensor(m), 300, 400, 50, None, torch.as_tensor(last))
+    rows = torch.as_tensor(np.r_[51, 120, rng.integers(51, 301, size=14)][:, None] - 50 + np.arange(50))
+    got = s.previous_rows(rows)
+    assert torch.equal(got, previous_rows(s.m[rows]))
+    assert (got == -1).sum() > 16 * 7  # the first row of each window, and the gap's rows
