@@ -109,8 +109,11 @@ def _figures(results: dict[str, Any], units: list[dict[str, Any]], baselines: di
         names = list(enc)
         x = np.array([enc[n] for n in names], dtype=np.float64)
         x = (x - x.mean(axis=0)) / np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
-        fig = ff.create_dendrogram(x, labels=names, linkagefun=lambda d: _ward(d))
+        sources = {m["name"] for m in results.get("sources") or []}
+        labels = [f"{n} (source)" if n in sources else n for n in names]
+        fig = ff.create_dendrogram(x, labels=labels, linkagefun=lambda d: _ward(d))
         fig.update_layout(yaxis_title="Ward distance")
+        fig.update_xaxes(range=[0, 10 * len(names)])  # leaves sit at 5, 15, ...: show every one
         variant = next(u["variant"] for u in units if u.get("encodings"))
         figs.append(
             (f"Hierarchical clustering of the markets' encoder representations ({variant}, seed 0)", fig)
