@@ -176,7 +176,7 @@ def register(app: typer.Typer) -> None:
         t0 = time.perf_counter()
         with progress:
             if search:
-                from quantnet.experiment.search import SearchUnavailable, run_search
+                from quantnet.experiment.search import SearchInterrupted, SearchUnavailable, run_search
 
                 train_set = runner.training_markets(markets, split)
                 for v in names:
@@ -194,7 +194,7 @@ def register(app: typer.Typer) -> None:
                             asha=asha,
                             resume=resume,
                         )
-                    except SearchUnavailable as exc:
+                    except (SearchUnavailable, SearchInterrupted) as exc:
                         fail(str(exc))
                     searches[v] = found
                     tuned[v] = found["overrides"]

@@ -24,6 +24,10 @@ class SearchUnavailable(RuntimeError):
     """Ray Tune is not installed."""
 
 
+class SearchInterrupted(RuntimeError):
+    """The search stopped before every trial finished; its state is saved for ``resume``."""
+
+
 def space(variant: str) -> dict[str, Any]:
     """Table 3: batch 16-128 (QuantNet 16-96) windows, sequence length 21-504 (QuantNet 21-252),
     learning rate 1e-4..0.1 (QuantNet ..0.5), 1-2 layers, dropout 0.1-0.9, transfer dimension
@@ -80,7 +84,7 @@ def _trial(
 
     result = train(model, markets, tcfg, callback=report)
     best = result.best_val_sharpe
-    tune.report({"val_sharpe": -math.inf if best is None else float(best), "step": result.steps, "done": 1})
+    tune.report({"val_sharpe": -math.inf if best is None else float(best), "step": result.steps, "final": 1})
 
 
 def run_search(
@@ -96,10 +100,19 @@ def run_search(
     asha: bool = False,
     resume: bool = False,
     seed: int = 0,
+    grace_steps: int | None = None,
+    points: Sequence[dict[str, Any]] = (),
+    callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Run ``trials`` random samples for ``variant`` on ``markets`` (training rows only: pass
     :func:`quantnet.experiment.runner.training_markets`). Returns the best sample, its overrides
-    and every trial's validation Sharpe."""
+    and every trial's validation Sharpe, curve (step, validation Sharpe) and whether ASHA stopped it.
+
+    ASHA (``asha``) compares trials at rungs of ``grace_steps`` × 3^k training steps (default: a
+    quarter of the steps, at most 100, at least one evaluation) up to the configured steps.
+    ``points``: samples tried first (e.g. the defaults), the rest drawn at random. ``callbacks``:
+    Ray Tune callbacks. An interrupted search (Ctrl+C) raises :class:`SearchInterrupted`; the same
+    call with ``resume`` runs only the trials that did not finish."""
     try:
         import ray
         from ray import tune
@@ -125,7 +138,12 @@ def run_search(
         if asha:
             from ray.tune.schedulers import ASHAScheduler
 
-            scheduler = ASHAScheduler(time_attr="step", grace_period=100, reduction_factor=3)
+            tcfg = settings.train_config(seed)
+            grace = grace_steps or max(tcfg.eval_every, min(100, tcfg.steps // 4))
+            # max_t one past the last step: a trial that trains to the end is never "stopped"
+            scheduler = ASHAScheduler(
+                time_attr="step", grace_period=grace, max_t=tcfg.steps + 1, reduction_factor=3
+            )
         tuner = tune.Tuner(
             trainable,
             param_space=space(variant),
@@ -134,17 +152,45 @@ def run_search(
                 metric="val_sharpe",
                 mode="max",
                 scheduler=scheduler,
-                search_alg=BasicVariantGenerator(random_state=seed),
+                reuse_actors=True,  # a new actor per trial re-imports torch: seconds per trial
+                search_alg=BasicVariantGenerator(
+                    random_state=seed, points_to_evaluate=[dict(p) for p in points] or None
+                ),
             ),
-            run_config=tune.RunConfig(name=variant, storage_path=str(root), verbose=0),
+            run_config=tune.RunConfig(
+                name=variant, storage_path=str(root), verbose=0, callbacks=list(callbacks) or None
+            ),
         )
     grid = tuner.fit()
+    # Ctrl+C ends the running trials as "terminated" in memory; the saved state keeps them unfinished
+    saved = tune.Tuner.restore(str(path), trainable).get_results()
+    finished = saved.num_terminated + saved.num_errors
+    if finished < trials:
+        raise SearchInterrupted(
+            f"search for {variant} interrupted: {finished} of {trials} trials finished; "
+            "run again with --resume to run only the rest"
+        )
     rows = []
     for r in grid:
         if r.metrics is None or r.config is None:
             continue
+        frame = r.metrics_dataframe
+        curve = []
+        if frame is not None and "val_sharpe" in frame:
+            if "final" in frame:  # the last report repeats the best validation Sharpe
+                frame = frame[frame["final"].fillna(0) != 1]
+            curve = [[int(a), float(b)] for a, b in zip(frame["step"], frame["val_sharpe"], strict=True)]
         rows.append(
-            {"config": dict(r.config), "val_sharpe": r.metrics.get("val_sharpe"), "error": bool(r.error)}
+            {
+                "trial": r.metrics.get("trial_id"),
+                "config": dict(r.config),
+                "val_sharpe": r.metrics.get("val_sharpe"),
+                "steps": r.metrics.get("step"),
+                "stopped_by_asha": not r.metrics.get("final") and not r.error,
+                "finished_at": r.metrics.get("timestamp"),
+                "curve": curve,
+                "error": bool(r.error),
+            }
         )
     best = grid.get_best_result(metric="val_sharpe", mode="max", scope="last")
     if best is None or best.config is None:
