@@ -185,6 +185,14 @@ class Journal:
                 self.inside_commit()
         self.committed_bars += 1
 
+    def commit_events(self, *, snapshots: Mapping[str, bytes], ts: int) -> None:
+        """The events buffered since the last bar and the state they leave, in one transaction
+        of their own (a daemon's start-up: fills found at the venue, an adoption)."""
+        with self._transaction() as db:
+            self._write_events(db)
+            for kind, blob in snapshots.items():
+                db.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?)", (kind, ts, blob))
+
     def save_snapshot(self, kind: str, ts: int, blob: bytes) -> None:
         """Replace one snapshot in a transaction of its own (a large one kept out of a bar's)."""
         with self._transaction() as db:

@@ -432,6 +432,7 @@ class Daemon:
             )
         if self.reconciliation:
             self._adopt(account)
+        self._commit_startup()
         log.info(
             "live: reconciled with Bybit",
             resumed_orders=len(in_flight),
@@ -556,26 +557,43 @@ class Daemon:
 
     # restore ----------------------------------------------------------------------------------
 
+    def _book(self) -> bytes:
+        """The book a restart resumes from: portfolio, orders on their way, venue, risk."""
+        node = self.node
+        assert node is not None
+        venue = node.orders.venue
+        book: dict[str, Any] = {
+            "portfolio": node.portfolio.state(),
+            "orders": node.orders.state(),
+            "venue": venue.state() if isinstance(venue, PaperBroker) else None,
+            "risk": node.risk.snapshot() if node.risk is not None else None,
+            "peak": self.peak,
+            "last_bar": self.stats.last_bar,
+        }
+        return pickle.dumps(book, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _commit_startup(self) -> None:
+        """Start-up fills and an adoption are journaled at once with the book they leave, in
+        their own transaction: a crash before the first bar must not lose them (the restart
+        would book them twice or refuse the adopted account again)."""
+        assert self.journal is not None
+        if self.journal.pending:
+            self.journal.commit_events(snapshots={"book": self._book()}, ts=self.last_ts)
+
     def _restore(self) -> None:
         journal, node = self.journal, self.node
         assert journal is not None and node is not None
         last = journal.last_bar()
+        book = journal.snapshot("book")
         if last is None:
+            if book is not None:  # adopted (or filled) at a first start that processed no bar
+                self._restore_book(pickle.loads(book[1]))
             return
         self.last_ts = last
         self.seq = journal.last_seq()
-        book = journal.snapshot("book")
         if book is None or book[0] != last:
             raise JournalError(f"{journal.path}: the last bar has no book state; the journal is damaged")
-        state = pickle.loads(book[1])
-        node.portfolio.restore(state["portfolio"])
-        node.orders.restore(state["orders"])
-        if state.get("venue") is not None and isinstance(node.orders.venue, PaperBroker):
-            node.orders.venue.restore(state["venue"])
-        if node.risk is not None and state.get("risk") is not None:
-            node.risk.restore(state["risk"])
-        self.peak = state["peak"]
-        self.stats.last_bar = dict(state.get("last_bar", {}))
+        self._restore_book(pickle.loads(book[1]))
         snap = journal.snapshot("strategy")
         if snap is None:
             raise JournalError(f"{journal.path}: no strategy snapshot; the journal is damaged")
@@ -600,6 +618,18 @@ class Daemon:
             bars_replayed=replayed,
             working_orders=len(node.orders.working()),
         )
+
+    def _restore_book(self, state: dict[str, Any]) -> None:
+        node = self.node
+        assert node is not None
+        node.portfolio.restore(state["portfolio"])
+        node.orders.restore(state["orders"])
+        if state.get("venue") is not None and isinstance(node.orders.venue, PaperBroker):
+            node.orders.venue.restore(state["venue"])
+        if node.risk is not None and state.get("risk") is not None:
+            node.risk.restore(state["risk"])
+        self.peak = state["peak"]
+        self.stats.last_bar = dict(state.get("last_bar", {}))
 
     def _apply_reset_request(self) -> None:
         """``quantnet risk reset --state-dir`` leaves its request in the journal's meta."""
@@ -802,16 +832,7 @@ class Daemon:
         pf = node.portfolio
         self.peak = max(self.peak, pf.equity)
         drawdown = 1.0 - pf.equity / self.peak if self.peak > 0 else 0.0
-        venue = node.orders.venue
-        book: dict[str, Any] = {
-            "portfolio": pf.state(),
-            "orders": node.orders.state(),
-            "venue": venue.state() if isinstance(venue, PaperBroker) else None,
-            "risk": node.risk.snapshot() if node.risk is not None else None,
-            "peak": self.peak,
-            "last_bar": self.stats.last_bar,
-        }
-        snapshots = {"book": pickle.dumps(book, protocol=pickle.HIGHEST_PROTOCOL)}
+        snapshots = {"book": self._book()}
         self._since_snapshot += 1
         periodic = False
         if not self._has_snapshot:  # the first one goes with its bar: a restart needs one

@@ -189,3 +189,22 @@ async def test_cash_tolerance_is_the_configured_share_of_equity(fake, tmp_path):
     assert fake.orders == {}
     d = live_daemon(fake, tmp_path / "a", max_bars=1)  # the default 0.5% takes it
     assert await asyncio.wait_for(d.run(), 60) == 0 and d.reconciliation == []
+
+
+async def test_an_adoption_is_journaled_before_the_first_bar(fake, tmp_path, monkeypatch):
+    fake.balance = 250_000.0
+    d = live_daemon(fake, tmp_path / "s", adopt=True)
+
+    async def crash() -> None:  # the process dies right after adopting, before any bar
+        raise RuntimeError("crashed after the adoption")
+
+    monkeypatch.setattr(d, "_catch_up", crash)
+    with pytest.raises(RuntimeError, match="crashed after the adoption"):
+        await asyncio.wait_for(d.run(), 60)
+    adoption = [e for e in events(tmp_path / "s", "RiskEvent") if e["rule"] == "adoption"]
+    assert len(adoption) == 1 and "cash: Bybit 250,000.00" in adoption[0]["message"]
+    # the restart, without --adopt, resumes the adopted book: nothing differs any more
+    d = live_daemon(fake, tmp_path / "s", max_bars=2)
+    assert await asyncio.wait_for(d.run(), 60) == 0 and d.reconciliation == []
+    equity = rows(tmp_path / "s", "SELECT equity FROM equity ORDER BY ts DESC LIMIT 1")[0][0]
+    assert equity == pytest.approx(250_000.0, rel=0.01)
