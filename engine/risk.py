@@ -452,13 +452,14 @@ class RiskManager:
                     self._refresh_state()
                     self._emit(ts, "daily_loss_reset", "new trading day: the daily loss limit is lifted")
             start = self.day_start_equity
-            if not self._reducing and start > 0 and 1.0 - equity / start > cfg.max_daily_loss:
+            if not self._reducing and _daily_loss_breached(start, equity, cfg.max_daily_loss):
                 self._reducing = True
                 self._refresh_state()
+                lost = f"{1.0 - equity / start:.2%}" if start > 0 else "a loss from non-positive equity"
                 self._emit(
                     ts,
                     "daily_loss",
-                    f"day's loss {1.0 - equity / start:.2%} (from {start:,.2f} to {equity:,.2f}) exceeds "
+                    f"day's loss {lost} (from {start:,.2f} to {equity:,.2f}) exceeds "
                     f"{cfg.max_daily_loss:.2%}: only reducing orders until the next trading day",
                     details={"equity": equity, "day_start_equity": start},
                 )
@@ -890,3 +891,11 @@ class RiskManager:
 
 def _same(order: Order, side: Side, qty: float, price: float) -> bool:
     return order.side is side and order.quantity == qty and order.price == price
+
+
+def _daily_loss_breached(start: float, equity: float, limit: float) -> bool:
+    """A fraction of a non-positive day-start equity means nothing (a loss from -2,000 to -1,000
+    would read as 50%): from there any further fall counts as over the limit."""
+    if start > 0:
+        return 1.0 - equity / start > limit
+    return equity < start

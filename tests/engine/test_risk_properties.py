@@ -267,7 +267,9 @@ def test_limits_hold_and_books_reconcile(sc: dict[str, Any]) -> None:
             if k == 0 or day[k] != day[k - 1]:
                 start = CASH if k == 0 else tape.equity[k - 1]
                 breached = False
-            breached = breached or 1.0 - tape.equity[k] / start > risk.max_daily_loss
+            eq = tape.equity[k]
+            # from a non-positive day start a ratio means nothing: any further fall breaches
+            breached = breached or (1.0 - eq / start > risk.max_daily_loss if start > 0 else eq < start)
             assert (states[k] is TradingState.REDUCING) == breached, (k, states[k], start, tape.equity[k])
         for k in range(min(halted_at, n_bars - 1)):
             if states[k] is TradingState.REDUCING:
