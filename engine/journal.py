@@ -179,8 +179,7 @@ class Journal:
                 self._write_events(db)
             if equity is not None:
                 db.execute("INSERT INTO equity VALUES (?,?,?,?,?,?)", (ts, *equity))
-            for kind, blob in (snapshots or {}).items():
-                db.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?)", (kind, ts, blob))
+            _put_snapshots(db, snapshots or {}, ts)
             if self.inside_commit is not None:
                 self.inside_commit()
         self.committed_bars += 1
@@ -190,13 +189,12 @@ class Journal:
         of their own (a daemon's start-up: fills found at the venue, an adoption)."""
         with self._transaction() as db:
             self._write_events(db)
-            for kind, blob in snapshots.items():
-                db.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?)", (kind, ts, blob))
+            _put_snapshots(db, snapshots, ts)
 
     def save_snapshot(self, kind: str, ts: int, blob: bytes) -> None:
         """Replace one snapshot in a transaction of its own (a large one kept out of a bar's)."""
         with self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?)", (kind, ts, blob))
+            _put_snapshots(db, {kind: blob}, ts)
 
     def checkpoint(self) -> None:
         """Move the WAL's pages into the database now (a daemon runs it after a bar's commit,
@@ -313,3 +311,10 @@ def export_journal(path: str | Path, fmt: str, out: IO[str]) -> int:
     for record in rows:
         writer.writerow({k: json.dumps(v) if isinstance(v, dict) else v for k, v in record.items()})
     return len(rows)
+
+
+def _put_snapshots(db: sqlite3.Connection, snapshots: Mapping[str, bytes], ts: int) -> None:
+    db.executemany(
+        "INSERT OR REPLACE INTO snapshots VALUES (?,?,?)",
+        [(kind, ts, blob) for kind, blob in snapshots.items()],
+    )

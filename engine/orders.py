@@ -210,11 +210,7 @@ class OrderManager:
             if reviewed is None:
                 return False
             order = reviewed
-        i = self.portfolio.index[order.symbol]
-        signed = order.quantity * order.side
-        self.pending[i] += signed
-        self._open_count[i] += 1
-        self._open[order.client_id] = (i, signed)
+        self._track(order)
         self.bus.publish(order)
         self.venue.submit(order)
         return True
@@ -226,6 +222,9 @@ class OrderManager:
     def adopt(self, order: Order) -> None:
         """Count an order found working at the venue (an adoption) as on its way from this book,
         without sending it: its fills and its end settle it like any other."""
+        self._track(order)
+
+    def _track(self, order: Order) -> None:
         i = self.portfolio.index[order.symbol]
         signed = order.quantity * order.side
         self.pending[i] += signed

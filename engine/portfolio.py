@@ -321,7 +321,8 @@ class Portfolio:
 
     def take(self, i: int, qty: float, avg_price: float, mark: float) -> None:
         """Set symbol ``i``'s position to what the venue holds (an adoption): quantity, average
-        price and, when given (> 0), the mark; equity follows."""
+        price and, when given (> 0), the mark; equity is re-marked by the :meth:`set_cash` that
+        follows."""
         self.qty[i] = qty
         self.avg_price[i] = avg_price if qty else 0.0
         if mark > 0:
