@@ -599,6 +599,12 @@ class RiskManager:
         self.venue.submit(order)
         return order.client_id if order.client_id in self._exits else None
 
+    def working_exits(self) -> list[Order]:
+        """The protective orders (stops, take-profits) working at the venue, as last placed or
+        amended: a live restart settles them against the venue like the order manager's orders
+        on their way, so a resting stop is neither sent twice nor left untracked."""
+        return [e.order for e in self._exits.values()]
+
     def _cancel(self, exit_: _Exit) -> None:
         self.venue.cancel(exit_.order.client_id)
 

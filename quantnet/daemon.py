@@ -405,8 +405,9 @@ class Daemon:
     # live start-up ----------------------------------------------------------------------------
 
     async def _start_live(self) -> None:
-        """Before any order: the orders the journal has on their way are settled against Bybit
-        (fills the journal lacks are booked), then Bybit's open orders, positions and cash are
+        """Before any order: the orders the journal has on their way (the order manager's, and the
+        risk manager's stops and take-profits resting at Bybit) are settled against Bybit (fills
+        the journal lacks are booked), then Bybit's open orders, positions and cash are
         compared with the book. A difference stops the daemon here, unless ``--adopt`` takes
         Bybit's state (journaled as an adoption)."""
         ex, node, journal = self.exchange, self.node, self.journal
@@ -418,6 +419,9 @@ class Daemon:
             if exec_id:
                 seen.append(exec_id)
         in_flight = self._journaled_orders(node.orders.working())
+        if node.risk is not None:  # its stops and take-profits rest at Bybit between bars
+            known = {o.client_id for o in in_flight}
+            in_flight += [o for o in node.risk.working_exits() if o.client_id not in known]
         fresh = self.live.max_trade_lag * 1e9
         await ex.resume(in_flight, seen, resend=lambda o: self.lag_ns(o.ts_event) <= fresh)
         await ex.drain()

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from connectors.bybit.execution import link_id_for
-from engine.events import Order, OrderType, Side
+from engine.config import RiskConfig
+from engine.events import BarSet, Order, OrderType, Side
 from quantnet.daemon import Daemon, DaemonError, DaemonOptions
 from strategies.registry import create
 from tests.daemon.helpers import PARAMS, STEP_MS, SYMBOLS, app_config, bybit_config, events, rows
@@ -38,11 +41,13 @@ async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeBybit]:
         await server.stop()
 
 
-def live_daemon(fake: FakeBybit, state: Path, **opts: object) -> Daemon:
+def live_daemon(fake: FakeBybit, state: Path, risk: RiskConfig | None = None, **opts: object) -> Daemon:
     options = DaemonOptions(
         mode="live", symbols=SYMBOLS, interval="1", category="linear", state_dir=state, stdout=False, **opts
     )  # type: ignore[arg-type]
     cfg = app_config(enabled=True, environment="testnet", max_trade_lag=1e9)
+    if risk is not None:
+        cfg = cfg.model_copy(update={"risk": risk})
     return Daemon(cfg, create("sma_crossover", PARAMS), options, bybit=bybit_config(fake))
 
 
@@ -208,3 +213,74 @@ async def test_an_adoption_is_journaled_before_the_first_bar(fake, tmp_path, mon
     assert await asyncio.wait_for(d.run(), 60) == 0 and d.reconciliation == []
     equity = rows(tmp_path / "s", "SELECT equity FROM equity ORDER BY ts DESC LIMIT 1")[0][0]
     assert equity == pytest.approx(250_000.0, rel=0.01)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+async def test_a_stop_loss_working_at_bybit_is_resumed_at_a_restart_not_resent_or_lost(fake, tmp_path):
+    """The risk manager's stop rests at Bybit between bars: a restart settles it like the order
+    manager's orders (before: it was not passed to the resume, so the restart refused to trade,
+    taking it for an order missing from the journal)."""
+    state = tmp_path / "state"
+    risk = RiskConfig(stop_loss=0.03)
+    d = live_daemon(fake, state, risk)
+    caught: list[int] = []
+
+    def after_commit(bars: BarSet) -> None:
+        """Right after a bar is journaled with stops working and no order on its way: the market
+        stops there, so the restart finds the account as that bar's book left it."""
+        if not caught and d.node.risk.working_exits() and not d.node.orders.working():
+            caught.append(bars.ts_event)
+            fake.stop_market()
+            d.stop()
+
+    build = d._build
+
+    def build_then_watch() -> None:
+        build()
+        d.bus.subscribe(BarSet, after_commit)  # after the daemon's own commit handler
+
+    d._build = build_then_watch  # type: ignore[method-assign]
+    assert await asyncio.wait_for(d.run(), 60) == 0
+    assert caught
+    await asyncio.sleep(0.3)  # stops still on their way land at the venue
+
+    def resting() -> list[Any]:
+        return [o for o in fake.orders.values() if o.status == "Untriggered"]
+
+    before = {o.link_id: (o.order_id, o.symbol, o.qty, o.trigger_price) for o in resting()}
+    assert before, "a stop-loss rests at Bybit"
+    assert all(v[2] == pytest.approx(abs(fake.position("linear", v[1])[0])) for v in before.values())
+    n_orders = len(fake.orders)
+
+    d = live_daemon(fake, state, risk)
+    task = asyncio.ensure_future(d.run())
+    await until(lambda: d.ws_state == "connected" or task.done())
+    assert not task.done() and d.reconciliation == []
+    assert len(fake.orders) == n_orders  # nothing sent again
+    assert all(d.exchange.tracks(link) for link in before)  # each followed again
+    assert {o.link_id for o in resting()} == set(before)
+    assert {link_id_for(o, d.instance_id) for o in d.node.risk.working_exits()} == set(before)
+    # the stop triggers: its fill is booked as the stop-loss exit, the book follows the account
+    link, (order_id, symbol, qty, trigger) = next(iter(before.items()))
+    i = SYMBOLS.index(symbol)
+    sell = fake.orders[order_id].side == "Sell"  # a long's stop sells below, a short's buys above
+    fake.set_price("linear", symbol, round(trigger * (0.99 if sell else 1.01), 2))
+    await until(lambda: fake.orders[order_id].status == "Filled")
+    await until(lambda: d.node.portfolio.qty[i] == pytest.approx(fake.position("linear", symbol)[0]))
+    assert fake.position("linear", symbol)[0] == 0.0
+    fake.start_market(fake.now_ms(), step_ms=1_000)
+    await until(lambda: d.stats.bars >= 1)  # the fill is journaled with the next bar
+    d.stop()
+    assert await asyncio.wait_for(task, 60) == 0
+    exec_ids = [e["execId"] for e in fake.executions if e["orderLinkId"] == link]
+    journaled = [f["exec_id"] for f in events(state, "Fill")]
+    assert len(exec_ids) == 1 and journaled.count(exec_ids[0]) == 1
+    exits = [e for e in events(state, "RiskEvent") if e["rule"] == "stop_loss" and e["symbol"] == symbol]
+    assert len(exits) == 1 and f"{'sell' if sell else 'buy'} {qty:.8g}" in exits[0]["message"]
