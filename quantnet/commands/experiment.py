@@ -54,6 +54,21 @@ def register(app: typer.Typer) -> None:
             float | None,
             typer.Option("--train-cost-bps", help="cost term of the training loss (default: --cost-bps)"),
         ] = None,
+        gross_trained: Annotated[
+            str | None,
+            typer.Option(
+                "--gross-trained",
+                metavar="VARIANTS",
+                help="comma-separated variants also trained with no cost term, reported beside as "
+                "<variant>-gross (default: the first QuantNet variant; 'none': off)",
+            ),
+        ] = None,
+        baseline_lookback: Annotated[
+            int,
+            typer.Option(
+                "--baseline-lookback", help="bars in the baselines' windows (risk parity, momentum)"
+            ),
+        ] = 252,
         config: Annotated[
             Path | None,
             typer.Option(
@@ -106,6 +121,24 @@ def register(app: typer.Typer) -> None:
         for flag, value in (("--seeds", seeds), ("--test-bars", test_bars), ("--val-bars", val_bars)):
             if value < 1:
                 fail(f"{flag} must be at least 1, got {value}")
+        if baseline_lookback < 2:
+            fail(f"--baseline-lookback must be at least 2, got {baseline_lookback}")
+        trained_cost = cost_bps if train_cost_bps is None else train_cost_bps
+        if gross_trained is None:
+            first = next((v for v in names if v in TRANSFER_VARIANTS), None)
+            gross_names: tuple[str, ...] = (first,) if first and trained_cost > 0 else ()
+        elif gross_trained.strip().lower() == "none":
+            gross_names = ()
+        else:
+            gross_names = tuple(dict.fromkeys(v.strip() for v in gross_trained.split(",") if v.strip()))
+            stray = [v for v in gross_names if v not in names]
+            if stray or not gross_names:
+                fail(
+                    f"--gross-trained: {', '.join(stray) or '(none given)'} not in --variants "
+                    f"({', '.join(names)}); 'none' turns it off"
+                )
+            if trained_cost == 0:
+                fail("--gross-trained: training is already gross (--train-cost-bps 0); use 'none'")
         source_names = tuple(dict.fromkeys(v.strip() for v in (sources or "").split(",") if v.strip()))
         if search < 0:
             fail(f"--search must be 0 or more, got {search}")
@@ -128,7 +161,9 @@ def register(app: typer.Typer) -> None:
             train_cost_bps=train_cost_bps,
             model=model_raw,
             train=train_raw,
+            lookback=baseline_lookback,
             sources=source_names,
+            gross_trained=gross_names,
         )
         try:
             split = runner.dated_split(markets, test_bars=test_bars, val_bars=val_bars, sources=source_names)
@@ -136,7 +171,7 @@ def register(app: typer.Typer) -> None:
             fail(str(exc))
         out.mkdir(parents=True, exist_ok=True)
         total_steps = TrainConfig.model_validate(train_raw).steps
-        units = len(names) * seeds
+        units = len(settings.strategies()) * seeds
         progress = Progress(
             TextColumn("[bold]{task.fields[stage]}[/]"),
             BarColumn(),

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from models.config import BASELINE_VARIANTS
 from quantnet.experiment.results import SHORT, label, sources_note
 from quantnet.experiment.tables import TABLE_METRICS, per_asset_mean
 
@@ -45,7 +44,9 @@ def _figures(results: dict[str, Any], units: list[dict[str, Any]], baselines: di
             series.setdefault(name, {}).setdefault(m, []).append(_arr(b["series"][m]["net"]))
     for u in units:
         for m in markets:
-            series.setdefault(u["variant"], {}).setdefault(m, []).append(_arr(u["series"][m]["net"]))
+            series.setdefault(u.get("name", u["variant"]), {}).setdefault(m, []).append(
+                _arr(u["series"][m]["net"])
+            )
     dates = {m["name"]: m.get("test_dates") for m in results["markets"]}
     rows = len(markets)
     fig = make_subplots(rows=rows, cols=1, shared_xaxes=False, subplot_titles=markets, vertical_spacing=0.06)
@@ -127,7 +128,7 @@ def _figures(results: dict[str, Any], units: list[dict[str, Any]], baselines: di
                 go.Scatter(
                     x=[c["step"] for c in curve],
                     y=[c["val_sharpe"] for c in curve],
-                    name=f"{label(u['variant'])} s{u['seed']} (kept {u.get('best_step')})",
+                    name=f"{label(u.get('name', u['variant']))} s{u['seed']} (kept {u.get('best_step')})",
                     mode="lines",
                 )
             )
@@ -149,10 +150,9 @@ def _arr(values: list[float | None]) -> np.ndarray:
 def _gains(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     pm = results["per_market_sharpe"]["net"]
     info = {m["name"]: m for m in results["markets"]}
-    variants = results["settings"]["variants"]
     out = {}
-    for q in (v for v in variants if v not in BASELINE_VARIANTS):
-        for b in (v for v in variants if v in BASELINE_VARIANTS):
+    for q, b in results["comparisons"]:
+        if q in pm and b in pm:
             pts = []
             for m, meta in info.items():
                 gain = pm[q][m] - pm[b][m]

@@ -14,7 +14,7 @@ import numpy as np
 
 from models.config import BASELINE_VARIANTS
 from quantnet.experiment.evaluate import BASELINES
-from quantnet.experiment.runner import Outcome, Settings
+from quantnet.experiment.runner import GROSS_SUFFIX, Outcome, Settings
 from quantnet.experiment.tables import ALL_METRICS, TABLE_METRICS, per_asset_mean, significance, table1
 
 LABELS = {
@@ -46,6 +46,8 @@ KINDS = ("gross", "net", "sized_gross", "sized_net")
 
 
 def label(name: str) -> str:
+    if name.endswith(GROSS_SUFFIX):
+        return label(name.removesuffix(GROSS_SUFFIX)) + ", trained gross"
     return LABELS.get(name, f"QuantNet {name}")
 
 
@@ -55,7 +57,7 @@ def summarise(outcome: Outcome, settings: Settings, extra: dict[str, Any] | None
         b = outcome.baselines[name]
         strategies[name] = {"kind": "baseline", "runs": [{k: b[k] for k in KINDS}]}
     for u in outcome.units:
-        entry = strategies.setdefault(u["variant"], {"kind": "model", "runs": []})
+        entry = strategies.setdefault(u.get("name", u["variant"]), {"kind": "model", "runs": []})
         entry["runs"].append(
             {
                 k: u[k]
@@ -79,6 +81,7 @@ def summarise(outcome: Outcome, settings: Settings, extra: dict[str, Any] | None
             "test_bars": settings.test_bars,
             "val_bars": settings.val_bars,
             "variants": list(settings.variants),
+            "gross_trained": list(settings.gross_trained),
             "seeds": settings.seeds,
             "cost_bps": settings.cost_bps,
             "train_cost_bps": settings.cost_bps
@@ -96,13 +99,14 @@ def summarise(outcome: Outcome, settings: Settings, extra: dict[str, Any] | None
         "sources": outcome.sources,
         "assets": [{"market": m, "asset": a} for m, a in assets],
         "strategies": strategies,
+        "comparisons": [list(pair) for pair in comparisons(settings.strategies())],
         "search": outcome.search,
     }
     for kind in KINDS:
         runs = {n: [r[kind] for r in s["runs"]] for n, s in strategies.items()}
         out.setdefault("table1", {})[kind] = table1(runs, ALL_METRICS)
         out.setdefault("per_market_sharpe", {})[kind] = _per_market(runs, assets)
-        out.setdefault("tests", {})[kind] = _tests(runs, settings.variants)
+        out.setdefault("tests", {})[kind] = _tests(runs, settings)
     return out
 
 
@@ -121,10 +125,22 @@ def _nanmean(x: np.ndarray) -> float:
     return float(x.mean()) if len(x) else math.nan
 
 
-def _tests(runs: dict[str, list[dict[str, list[float]]]], variants: tuple[str, ...]) -> dict:
+def comparisons(strategies: list[tuple[str, str, bool]]) -> list[tuple[str, str]]:
+    """(QuantNet, No-Transfer) pairs of strategy names, each trained the same way (with the cost
+    term, or both gross)."""
+    return [
+        (q, b)
+        for q, qv, qg in strategies
+        if qv not in BASELINE_VARIANTS
+        for b, bv, bg in strategies
+        if bv in BASELINE_VARIANTS and bg == qg
+    ]
+
+
+def _tests(runs: dict[str, list[dict[str, list[float]]]], settings: Settings) -> dict:
     out = {}
-    for q in (v for v in variants if v not in BASELINE_VARIANTS):
-        for b in (v for v in variants if v in BASELINE_VARIANTS):
+    for q, b in comparisons(settings.strategies()):
+        if q in runs and b in runs:
             out[f"{q} vs {b}"] = {
                 metric: significance(per_asset_mean(runs[q], metric), per_asset_mean(runs[b], metric))
                 for metric in ("sharpe", "calmar")
@@ -138,6 +154,11 @@ def _cell(c: dict[str, float], kind: str) -> str:
     if kind == "model" and c["seeds"] > 1:
         return f"{c['median']:.3f} ± {c['median_sd']:.3f} ({c['mad']:.3f})"
     return f"{c['median']:.3f} ({c['mad']:.3f})"
+
+
+def _gross_note(settings: dict[str, Any]) -> str:
+    names = settings.get("gross_trained") or []
+    return f"; trained gross as well: {', '.join(names)}" if names else ""
 
 
 def sources_note(results: dict[str, Any]) -> str:
@@ -158,7 +179,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"({s['test_bars']} bars of the union calendar), validation from "
         f"{results['split']['val_start'][:10]}; {len(results['assets'])} assets in "
         f"{len(results['markets'])} markets; {s['seeds']} seeds; cost {s['cost_bps']:g} bps per unit "
-        f"of position change (training at {s['train_cost_bps']:g} bps).{sources_note(results)}",
+        f"of position change (training at {s['train_cost_bps']:g} bps"
+        f"{_gross_note(s)}).{sources_note(results)}",
         "",
         "Cells: median across assets (mean absolute deviation); learned models: mean ± sd over seeds "
         "of the per-seed median (mean MAD).",

@@ -37,6 +37,7 @@ DEFAULT_VARIANTS: tuple[str, ...] = ("lstm-linear", "linear-linear", "notransfer
 Progress = Callable[[str, dict[str, Any]], None]
 SIZED_VOL_TARGET, SIZED_SPAN = 0.15, 60  # the quantnet strategy's defaults
 UNIT_FORMAT = 2  # bumped when a unit file gains fields: --resume re-runs older units
+GROSS_SUFFIX = "-gross"  # a learned variant trained with no cost term, reported beside the default
 
 
 @dataclass(frozen=True)
@@ -51,13 +52,29 @@ class Settings:
     train: dict[str, Any] = field(default_factory=dict)  # [train] overrides (seed set per unit)
     lookback: int = 252  # baselines' window
     sources: tuple[str, ...] = ()  # markets that train but are not scored (see splits.py)
+    gross_trained: tuple[str, ...] = ()  # learned variants also trained with no cost term
+
+    def strategies(self) -> list[tuple[str, str, bool]]:
+        """(name, variant, trained gross) of every learned strategy, in table order: each variant,
+        then its gross-trained twin ``<variant>-gross``."""
+        out = []
+        for v in self.variants:
+            out.append((v, v, False))
+            if v in self.gross_trained:
+                out.append((v + GROSS_SUFFIX, v, True))
+        unknown = set(self.gross_trained) - set(self.variants)
+        if unknown:
+            raise ValueError(f"gross-trained variants not among the variants: {', '.join(sorted(unknown))}")
+        return out
 
     def train_config(
-        self, seed: int, extra: dict[str, Any] | None = None, *, test_bars: int = 0
+        self, seed: int, extra: dict[str, Any] | None = None, *, test_bars: int = 0, gross: bool = False
     ) -> TrainConfig:
         """``test_bars``: the experiment's own on full markets, 0 on markets cut at the test start."""
         raw = {**self.train, **(extra or {}), "seed": seed, "val_bars": self.val_bars, "test_bars": test_bars}
         raw["cost_bps"] = self.cost_bps if self.train_cost_bps is None else self.train_cost_bps
+        if gross:
+            raw["cost_bps"] = 0.0
         return TrainConfig.model_validate(raw)
 
     def model_config(self, variant: str, extra: dict[str, Any] | None = None) -> ModelConfig:
@@ -173,13 +190,14 @@ def run_unit(
     train_extra: dict[str, Any] | None = None,
     checkpoint: Path | None = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    gross: bool = False,
 ) -> dict[str, Any]:
     """Train one (variant, seed) on the training block, keep the best validation weights, score
-    the test window."""
+    the test window. ``gross``: with no cost term in the loss, whatever the settings say."""
     from models import QuantNet, save_checkpoint, train
 
     mcfg = settings.model_config(variant, model_extra)
-    tcfg = settings.train_config(seed, train_extra, test_bars=settings.test_bars)
+    tcfg = settings.train_config(seed, train_extra, test_bars=settings.test_bars, gross=gross)
     model = QuantNet(mcfg, [(m.name, m.assets) for m in markets], seed=seed)
     t0 = time.perf_counter()
     result = train(model, markets, tcfg, callback=on_step)
@@ -206,7 +224,9 @@ def run_unit(
         if "val_sharpe" in r
     ]
     out.update(
+        name=variant + GROSS_SUFFIX if gross else variant,
         variant=variant,
+        trained_gross=gross,
         seed=seed,
         steps_run=result.steps,
         best_step=result.best_step,
@@ -275,6 +295,7 @@ def run(
     ``tuned``: per variant, the ``{"model": ..., "train": ...}`` overrides a search selected.
     """
     notify = progress or (lambda stage, info: None)
+    settings.strategies()  # refuses a gross-trained baseline before anything runs
     split = dated_split(
         markets, test_bars=settings.test_bars, val_bars=settings.val_bars, sources=settings.sources
     )
@@ -284,17 +305,17 @@ def run(
     base = baselines(scored, split, ppy, settings)
     key = settings.key()
     units = []
-    for variant in settings.variants:
+    for name, variant, gross in settings.strategies():
         extra = (tuned or {}).get(variant, {})
         for seed in range(settings.seeds):
-            path = out / "units" / f"{variant}-s{seed}.json"
+            path = out / "units" / f"{name}-s{seed}.json"
             if resume and path.is_file():
                 saved = _unjson(json.loads(path.read_text()))
                 if saved.get("key") == key and saved.get("tuned") == _unjson(_json_safe(extra)):
-                    notify("skip", {"variant": variant, "seed": seed})
+                    notify("skip", {"variant": name, "seed": seed})
                     units.append(saved)
                     continue
-            notify("train", {"variant": variant, "seed": seed})
+            notify("train", {"variant": name, "seed": seed})
             unit = run_unit(
                 variant,
                 seed,
@@ -304,8 +325,9 @@ def run(
                 settings,
                 model_extra=extra.get("model"),
                 train_extra=extra.get("train"),
-                checkpoint=out / "models" / f"{variant}-s{seed}.pt",
-                on_step=lambda rec, v=variant, s=seed: notify("step", {"variant": v, "seed": s, **rec}),
+                checkpoint=out / "models" / f"{name}-s{seed}.pt",
+                on_step=lambda rec, v=name, s=seed: notify("step", {"variant": v, "seed": s, **rec}),
+                gross=gross,
             )
             unit["key"] = key
             unit["tuned"] = extra

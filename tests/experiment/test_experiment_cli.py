@@ -18,6 +18,7 @@ from models import load_checkpoint
 from models.data import markets_from_frame
 from quantnet.commands import experiment as experiment_cmd
 from quantnet.experiment import runner
+from quantnet.experiment.evaluate import BASELINES
 
 SMALL = """
 [model]
@@ -133,9 +134,9 @@ def test_tables_match_values_computed_from_the_files(finished):
             v = (0.15 / sigma).reindex(range(len(m))).to_numpy()[t0:]
             dv = np.abs(np.diff(np.r_[0.0, v]))
             assert got[a] == pytest.approx(_sharpe(v * m.returns[t0:, j] - 10e-4 * dv), rel=1e-9)
-    # a learned model: its checkpoint's signals, replayed here over the test window
-    for seed in (0, 1):
-        ckpt = load_checkpoint(out / "models" / f"lstm-linear-s{seed}.pt")
+    # a learned model and its gross-trained twin: checkpoint signals, replayed over the test window
+    for strategy, seed in [(n, s) for n in ("lstm-linear", "lstm-linear-gross") for s in (0, 1)]:
+        ckpt = load_checkpoint(out / "models" / f"{strategy}-s{seed}.pt")
         per_asset = []
         for name, df in _frames().items():
             (m,) = markets_from_frame(df.assign(market=name))
@@ -146,8 +147,13 @@ def test_tables_match_values_computed_from_the_files(finished):
             for j in range(m.n_assets):
                 ok = np.isfinite(r[:, j])
                 per_asset.append(_sharpe(s[ok, j] * r[ok, j]))
-        unit = json.loads((out / "units" / f"lstm-linear-s{seed}.json").read_text())
+        unit = json.loads((out / "units" / f"{strategy}-s{seed}.json").read_text())
         np.testing.assert_allclose(unit["gross"]["sharpe"], per_asset, rtol=1e-6)
+        assert (
+            ckpt.meta["train"]["cost_bps"]
+            == unit["train_config"]["cost_bps"]
+            == (0 if "gross" in strategy else 10)
+        )
     med = [np.median(json.loads((out / "units" / f"lstm-linear-s{s}.json").read_text())["gross"]["sharpe"])
            for s in (0, 1)]  # fmt: skip
     cell = results["table1"]["gross"]["lstm-linear"]["sharpe"]
@@ -156,6 +162,8 @@ def test_tables_match_values_computed_from_the_files(finished):
     )
     assert set(results["tests"]["net"]["lstm-linear vs notransfer-linear"]) == {"sharpe", "calmar"}
     assert "Table 1, net of 10 bps" in text and "QuantNet lstm-linear" in text
+    assert "| QuantNet lstm-linear, trained gross |" in text and "trained gross as well: lstm-linear" in text
+    assert set(results["strategies"]) == {*BASELINES, "lstm-linear", "lstm-linear-gross", "notransfer-linear"}
     html = (out / "report.html").read_text()
     assert "Plotly.newPlot" in html and 'src="http' not in html
     assert all(f'id="fig{i}"' in html for i in range(5)), "histogram, returns, gains, dendrogram, curves"
@@ -184,6 +192,9 @@ def test_resume_skips_finished_units(data_dir, finished):
         (["--variants", "lstm,notransfer-linear"], "--variants: unknown lstm"),
         (["--test-bars", "700"], "leave none for training"),
         (["--seeds", "0"], "--seeds must be at least 1"),
+        (["--gross-trained", "lstm-lstm"], "--gross-trained: lstm-lstm not in --variants"),
+        (["--train-cost-bps", "0", "--gross-trained", "lstm-linear"], "training is already gross"),
+        (["--baseline-lookback", "1"], "--baseline-lookback must be at least 2"),
     ],
 )
 def test_bad_input_is_one_line(data_dir, tmp_path, extra, message):
