@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
                 "--gross-trained",
                 metavar="VARIANTS",
                 help="comma-separated variants also trained with no cost term, reported beside as "
-                "<variant>-gross (default: the first QuantNet variant; 'none': off)",
+                "VARIANT-gross (default: the first QuantNet variant; 'none': off)",
             ),
         ] = None,
         baseline_lookback: Annotated[
