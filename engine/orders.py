@@ -63,6 +63,7 @@ class OrderManager:
         rebalance_band: float = 0.0,
         min_trade_notional: float = 0.0,
         instance_id: str = "",
+        long_only: bool = False,
     ) -> None:
         self.bus = bus
         self.clock = clock
@@ -73,7 +74,10 @@ class OrderManager:
         self.rebalance_band = rebalance_band
         self.min_trade_notional = min_trade_notional
         self.instance_id = instance_id
+        self.long_only = long_only
+        """A market that cannot be sold short (spot): a negative target is held as flat."""
         n = len(portfolio.symbols)
+        self._clipped = np.zeros(n, dtype=bool)  # symbols whose negative target was logged
         self.targets = np.full(n, np.nan)
         self.units = np.zeros(n, dtype=bool)  # targets held in units of the instrument, not weights
         self.pending = np.zeros(n)
@@ -91,6 +95,8 @@ class OrderManager:
 
     def on_signal(self, signal: Signal) -> None:
         new = signal.targets
+        if self.long_only:
+            new = self._no_shorts(new)
         old = self.targets
         given = ~np.isnan(new)
         self._strategy = signal.strategy
@@ -105,6 +111,21 @@ class OrderManager:
         np.copyto(old, new, where=given)
         idx = np.flatnonzero(changed)
         self._rebalance_all(idx, new[idx], signal.strategy, signal.ts_event)
+
+    def _no_shorts(self, targets: np.ndarray) -> np.ndarray:
+        """Negative targets as 0 (flat), logged once per symbol: the position is sold down to
+        nothing, never below (a spot sell beyond the coins held is refused by the venue)."""
+        short = targets < 0.0  # NaN (no target) compares false and stays NaN
+        if not short.any():
+            return targets
+        for i in np.flatnonzero(short & ~self._clipped).tolist():
+            self._clipped[i] = True
+            log.warning(
+                "long-only market: a negative target is held as flat (logged once per symbol)",
+                symbol=self.portfolio.symbols[i],
+                target=float(targets[i]),
+            )
+        return np.where(short, 0.0, targets)
 
     def rebalance(self, bars: BarSet) -> None:
         """``every_bar``: trade every asset with a target and a bar back to its target weight.

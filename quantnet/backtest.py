@@ -67,6 +67,7 @@ def assemble(
     persist_risk: bool = True,
     instance_id: str = "",
     record_positions: bool = True,
+    long_only: bool = False,
 ) -> TradingNode:
     """Subscription order is execution order for each bar: the venue fills what was ordered on
     earlier bars at this bar's prices, the portfolio books and marks, the risk manager (when
@@ -77,7 +78,8 @@ def assemble(
     ``persist_risk`` keeps a halt in ``[risk] state_file`` across restarts (paper and live); a
     backtest passes False so that no run inherits another's halt. ``instance_id`` goes into every
     order id (a daemon's, persisted in its state directory); ``record_positions=False`` keeps no
-    per-bar position history (a process that runs for weeks)."""
+    per-bar position history (a process that runs for weeks); ``long_only`` holds negative targets
+    as flat (spot, which cannot be sold short)."""
     venue = venue_factory(bus, clock)
     portfolio = Portfolio(
         symbols,
@@ -97,6 +99,7 @@ def assemble(
         rebalance_band=cfg.portfolio.rebalance_band,
         min_trade_notional=cfg.portfolio.min_trade_notional,
         instance_id=instance_id,
+        long_only=long_only,
     )
     risk = RiskManager(orders, cfg.risk, persist=persist_risk) if cfg.risk.active else None
     host = StrategyHost(
