@@ -21,8 +21,13 @@ order with what the stream delivers meanwhile. An order update that reports more
 quantity than the fills published so far is held back until those fills are out, so the bus
 always sees a fill before the PARTIALLY_FILLED or FILLED it explains (as the paper broker does).
 
-Fees are booked in the quote coin: a spot buy's fee, charged in the base coin (``feeCurrency``),
-is converted at the execution price.
+Fees are booked in the quote coin. A spot buy's fee is charged in the base coin it receives
+(``feeCurrency``; the real spot frame omits it): the fill's quantity is what reaches the wallet
+(``execQty`` less that fee) and its fee that coin's value at the execution price, so the book holds
+exactly the wallet's coins and pays exactly the USDT the trade cost.
+
+Spot accounts (:meth:`BybitExecution.account`) are the unified wallet's coins: each traded
+symbol's base coin balance is its position, the USDT balance its cash.
 
 STOP orders become Bybit conditional market orders (``triggerPrice``; ``triggerDirection`` on
 derivatives, ``orderFilter=StopOrder`` on spot). A stop whose trigger the price has already passed
@@ -49,6 +54,7 @@ from connectors.bybit.config import BybitConfig
 from connectors.bybit.errors import (
     BybitError,
     DuplicateOrder,
+    InsufficientBalance,
     IpBanned,
     OrderNotFound,
     OrderRejected,
@@ -231,6 +237,8 @@ class BybitExecution:
         self.instance_id = instance_id
         self.market_limits: dict[str, float] = dict(market_limits or {})
         """Largest market order per symbol (``maxMktOrderQty``; spot ``maxMarketOrderQty``)."""
+        self.coins: dict[str, tuple[str, str]] = {}
+        """(base coin, quote coin) per symbol, from the instruments (spot balances are per coin)."""
         self.orders: dict[str, _Tracked] = {}
         self._resend: Callable[[Order], bool] | None = None
         self._finished: OrderedDict[str, tuple[str, str]] = OrderedDict()
@@ -291,6 +299,8 @@ class BybitExecution:
                 limit = market_limit(item)
                 if limit > 0:
                     self.market_limits.setdefault(s, limit)
+                if item.get("baseCoin") and item.get("quoteCoin"):
+                    self.coins[s] = (str(item["baseCoin"]), str(item["quoteCoin"]))
         if self.use_private_stream:
             self.stream = PrivateStream(
                 self.config,
@@ -431,6 +441,15 @@ class BybitExecution:
             tracked.append(t)
         await asyncio.gather(*(self._resume_one(t) for t in tracked))
 
+    def pair(self, symbol: str) -> tuple[str, str]:
+        """(base coin, quote coin) of a symbol: the venue's, else read off a ``...USDT`` name."""
+        known = self.coins.get(symbol)
+        if known is not None:
+            return known
+        if symbol.endswith("USDT"):
+            return symbol.removesuffix("USDT"), "USDT"
+        return symbol, ""
+
     def tracks(self, link: str) -> bool:
         """Whether an order under this orderLinkId is being followed (sent, resumed or adopted)."""
         return link in self._by_link
@@ -485,6 +504,8 @@ class BybitExecution:
             cursor = str(result.get("nextPageCursor") or "")
             if not cursor or not result.get("list"):
                 break
+        if self.category == "spot":
+            return {"orders": orders, **(await self._spot_wallet())}
         positions: dict[str, tuple[float, float, float]] = {}
         if self.category != "spot":
             result = await self.rest.request(
@@ -507,6 +528,44 @@ class BybitExecution:
                 if coin.get("coin") == "USDT":
                     equity += as_float(coin.get("equity"))
         return {"orders": orders, "positions": positions, "equity": equity}
+
+    async def _spot_wallet(self) -> dict[str, Any]:
+        """The unified wallet as spot positions: the base coin balance of each USDT pair (its
+        whole ``walletBalance``, coins locked in orders included) at the last price, and the
+        USDT balance as cash; ``equity`` is their sum. Coins without a USDT pair here are left
+        out (nothing to trade them against)."""
+        wallet = await self.rest.request(
+            "GET", "/v5/account/wallet-balance", {"accountType": "UNIFIED"}, signed=True
+        )
+        by_coin: dict[str, str] = {}
+        for symbol in sorted(self.rules):
+            base, quote = self.pair(symbol)
+            if quote == "USDT":
+                by_coin.setdefault(base, symbol)
+        cash = 0.0
+        held: dict[str, tuple[float, float]] = {}
+        for account in wallet.get("list") or []:
+            for coin in account.get("coin") or []:
+                name = str(coin.get("coin") or "")
+                balance = as_float(coin.get("walletBalance"))
+                if name == "USDT":
+                    cash += balance
+                elif balance and name in by_coin:
+                    held[by_coin[name]] = (balance, as_float(coin.get("usdValue")))
+        marks: dict[str, float] = {}
+        if held:
+            try:
+                result = await self.rest.request("GET", "/v5/market/tickers", {"category": "spot"})
+                marks = {str(t.get("symbol")): as_float(t.get("lastPrice")) for t in result.get("list") or []}
+            except BybitError as exc:
+                log.warning("spot tickers unavailable; coins valued at their usdValue", error=str(exc))
+        positions: dict[str, tuple[float, float, float]] = {}
+        equity = cash
+        for symbol, (balance, usd) in held.items():
+            mark = marks.get(symbol) or (usd / balance if balance else 0.0)
+            positions[symbol] = (balance, mark, mark)  # a wallet has no entry price: the mark stands in
+            equity += balance * mark
+        return {"positions": positions, "equity": equity, "cash": cash}
 
     def open_orders(self) -> Iterable[Order]:
         return [t.order for t in self.orders.values() if t.status not in _TERMINAL]
@@ -624,6 +683,9 @@ class BybitExecution:
                 if await self._reconcile(t):
                     return
                 continue
+            except InsufficientBalance as exc:
+                self._set(t, OrderStatus.REJECTED, self._short_of_funds(t, exc))
+                return
             except OrderRejected as exc:
                 if t.conditional and exc.ret_code in _TRIGGER_PASSED:
                     self._as_market(t, str(exc))  # refused before acting: same orderLinkId is free
@@ -639,6 +701,27 @@ class BybitExecution:
             self._set(t, OrderStatus.ACCEPTED, t.note)
             return
         self._unknown(t, f"outcome unknown after {self.max_attempts} attempts: {last_error}", False)
+
+    def _short_of_funds(self, t: _Tracked, exc: InsufficientBalance) -> str:
+        """The rejection reason for an order the account cannot pay for: what it needed."""
+        symbol, qty = t.order.symbol, format_step(t.qty, self.rules[t.order.symbol].qty_step)
+        buy = t.order.side is Side.BUY
+        if self.category == "spot":
+            base, quote = self.pair(symbol)
+            price = t.price or self._last_price.get(symbol, 0.0)
+            need = (
+                (f"about {qty} x {price:g} = {t.qty * price:,.2f} {quote}" if price else quote)
+                if buy
+                else f"{qty} {base}"
+            )
+            why = (
+                f"insufficient balance: a spot {'buy' if buy else 'sell'} of {qty} {symbol} needs "
+                f"{need}, more than the unified wallet holds free"
+            )
+        else:
+            why = f"insufficient balance: not enough margin for {'buy' if buy else 'sell'} {qty} {symbol}"
+        log.error("order rejected for insufficient balance", order_link_id=t.link_id, reason=why)
+        return f"{why} (Bybit: {exc})"
 
     def _unknown(self, t: _Tracked, why: str, exists: bool) -> None:
         """Neither placed nor refused for sure: UNKNOWN (the order manager sends nothing more for
@@ -1048,7 +1131,7 @@ class BybitExecution:
             return True
         if kind != "Trade":
             return False  # delivery, ADL and other bookkeeping: not fills of our orders
-        fee = self._fee_in_quote(item, fee, price)
+        fee, in_base = self._fees(item, fee, price)
         side = Side.BUY if item.get("side") == "Buy" else Side.SELL
         if t is None and finished is None:
             # not an order of this engine: the account moved under it; report, never book
@@ -1085,7 +1168,7 @@ class BybitExecution:
             client_id,
             str(item.get("symbol")),
             side,
-            qty,
+            qty - in_base if side is Side.BUY else qty + in_base,  # the wallet's change in the coin
             price,
             fee,
             "maker" if item.get("isMaker") else "taker",
@@ -1107,21 +1190,26 @@ class BybitExecution:
                 self._set(t, OrderStatus.PARTIALLY_FILLED)
         return True
 
-    def _fee_in_quote(self, item: Mapping[str, Any], fee: float, price: float) -> float:
-        """The execution's fee in the quote coin, which the portfolio books it in.
+    def _fees(self, item: Mapping[str, Any], fee: float, price: float) -> tuple[float, float]:
+        """(the execution's fee in the quote coin, which the portfolio books it in; the part of
+        the executed quantity it took, when charged in the base coin).
 
         Spot charges a buy's fee in the base coin it receives (``feeCurrency``), worth
-        ``fee · execPrice`` in quote. A fee in a third coin (a fee-deduction token) has no price
-        here: it is booked as reported, with a warning and a count, rather than guessed."""
+        ``fee · execPrice`` in quote: the wallet receives ``execQty - fee``. A fee in a third coin
+        (a fee-deduction token) has no price here: it is booked as reported, with a warning and a
+        count, rather than guessed."""
         currency = str(item.get("feeCurrency") or "")
         symbol = str(item.get("symbol") or "")
-        if self.category == "spot" and not currency:
+        if self.category != "spot" or not fee:
+            return fee, 0.0
+        base, quote = self.pair(symbol)
+        if not currency:
             # the real spot execution frame has no feeCurrency: a buy pays in the coin it receives
-            return fee * price if item.get("side") == "Buy" else fee
-        if self.category != "spot" or not currency or not fee or symbol.endswith(currency):
-            return fee
-        if symbol.startswith(currency):
-            return fee * price
+            currency = base if item.get("side") == "Buy" else quote
+        if currency == quote or (not quote and symbol.endswith(currency)):
+            return fee, 0.0
+        if currency == base or (not quote and symbol.startswith(currency)):
+            return fee * price, fee
         self.foreign_fees += 1
         log.warning(
             "execution fee in a coin that is neither base nor quote; booked as reported",
@@ -1130,7 +1218,7 @@ class BybitExecution:
             fee=fee,
             fee_currency=currency,
         )
-        return fee
+        return fee, 0.0
 
     def _tolerance(self, t: _Tracked) -> float:
         rules = self.rules.get(t.order.symbol)

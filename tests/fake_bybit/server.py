@@ -70,6 +70,11 @@ def _unit(*parts: object) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+def base_coin(symbol: str) -> str:
+    """The fake lists USDT pairs only: the base coin is the symbol less its quote."""
+    return symbol.removesuffix("USDT")
+
+
 def _fmt(x: float, step: float) -> str:
     decimals = max(0, -math.floor(math.log10(step) + 1e-9))
     return f"{round(x / step) * step:.{decimals}f}"
@@ -260,12 +265,18 @@ class FakeBybit:
         keys: dict[str, str] | None = None,
         skew_ms: int = 0,
         balance: float = 1_000_000.0,
+        coins: dict[str, float] | None = None,
     ) -> None:
         self.port = port
         self.instruments = {(i.category, i.symbol): i for i in instruments or default_instruments()}
         self.keys = dict(keys or {})
         self.skew_ms = skew_ms
         self.balance = balance
+        """USDT at the start (the unified wallet's, shared by spot and derivatives)."""
+        self.coins: dict[str, float] = dict(coins or {})
+        """Spot coins other than USDT at the start (BTC, ETH, ...); trades move them from there."""
+        self.fee_coins: dict[str, str] = {}
+        """execId -> the coin its fee was charged in (kept when the frame omits feeCurrency)."""
         self.faults = Faults()
         self.requests: list[tuple[str, str]] = []
         self.public: list[PublicConn] = []
@@ -701,12 +712,10 @@ class FakeBybit:
                 if spot
                 else self._error(110094, "Order does not meet minimum order value 5USDT")
             )
-        if qty * ref > self.balance:
-            return (
-                self._error(170131, "Insufficient balance.")
-                if spot
-                else self._error(110007, "ab not enough for new order")
-            )
+        if spot and not trigger and self._spot_short(str(symbol), str(side), qty, ref):
+            return self._error(170131, "Insufficient balance.")
+        if not spot and qty * ref > self.balance:
+            return self._error(110007, "ab not enough for new order")
         now = self.clock_ms()
         order = FakeOrder(
             order_id=str(uuid.uuid4()) if not spot else str(1_321_003_749_386_327_552 + len(self.orders)),
@@ -732,6 +741,14 @@ class FakeBybit:
         if crosses and not trigger:
             self._fill(order, last, maker=False)
         return self._envelope({"orderId": order.order_id, "orderLinkId": link})
+
+    def _spot_short(self, symbol: str, side: str, qty: float, price: float) -> bool:
+        """Whether the unified wallet lacks what a spot order spends: a buy's USDT (its fee is
+        taken from the coin it receives), a sell's base coin. A conditional (StopOrder) order
+        holds nothing while it waits: it is checked when it triggers."""
+        if side == "Buy":
+            return qty * price > self.wallet_cash() + 1e-9
+        return qty > self.coin_balance(base_coin(symbol)) + 1e-12
 
     def _trigger_problem(
         self,
@@ -808,6 +825,7 @@ class FakeBybit:
             closedSize="0",
             feeCurrency=fee_currency,
         )
+        self.fee_coins[execution["execId"]] = fee_currency
         if self.faults.no_fee_currency:
             del execution["feeCurrency"]
         self.executions.append(execution)
@@ -842,8 +860,14 @@ class FakeBybit:
                 continue
             rises = order.trigger_direction == 1
             if (rises and price >= order.trigger_price) or (not rises and price <= order.trigger_price):
-                order.status = "Triggered"
                 order.updated = self.clock_ms()
+                if order.category == "spot" and self._spot_short(
+                    order.symbol, order.side, order.qty - order.cum_qty, price
+                ):
+                    order.status, order.reject_reason = "Rejected", "EC_InsufficientBalance"
+                    self._push_order(order)
+                    continue
+                order.status = "Triggered"
                 self._push_order(order)
                 if order.order_type == "Limit":
                     order.status = "New"  # rests; set_price matches it next
@@ -971,15 +995,30 @@ class FakeBybit:
         return size, (cost / size if size else 0.0)
 
     def wallet_cash(self) -> float:
-        """The starting balance less what trades paid (notional both ways, fees in USDT)."""
+        """USDT: the starting balance less what trades paid (notional both ways, fees charged in
+        USDT; a spot buy's fee comes out of the coin it receives instead)."""
         cash = self.balance
         for ex in self.executions:
             q = float(ex["execQty"]) * (1 if ex["side"] == "Buy" else -1)
-            fee = float(ex["execFee"])
-            if ex.get("feeCurrency", "USDT") != "USDT":
-                fee *= float(ex["execPrice"])
+            fee = float(ex["execFee"]) if self._fee_coin(ex) == "USDT" else 0.0
             cash -= q * float(ex["execPrice"]) + fee
         return cash
+
+    def coin_balance(self, coin: str) -> float:
+        """A spot coin's wallet balance: the start plus what spot buys brought in (net of a fee
+        charged in it) less what spot sells took out."""
+        held = self.coins.get(coin, 0.0)
+        for ex in self.executions:
+            if ex["category"] != "spot" or base_coin(ex["symbol"]) != coin:
+                continue
+            q = float(ex["execQty"])
+            held += q if ex["side"] == "Buy" else -q
+            if self._fee_coin(ex) == coin:
+                held -= float(ex["execFee"])
+        return held
+
+    def _fee_coin(self, ex: dict[str, Any]) -> str:
+        return self.fee_coins.get(str(ex.get("execId")), str(ex.get("feeCurrency") or "USDT"))
 
     async def _positions(self, request: web.Request) -> web.StreamResponse:
         q, early = await self._checked(request)
@@ -1012,23 +1051,58 @@ class FakeBybit:
         q, early = await self._checked(request)
         if early is not None:
             return early
+        # linear positions are booked at their notional in wallet_cash: equity adds their value
+        # back; the wallet balance is the equity less their unrealised P&L
         equity = self.wallet_cash()
+        upl = 0.0
         for cat, symbol in self.instruments:
             if cat == "linear":
-                size, _ = self.position(cat, symbol)
-                equity += size * self.last_price(cat, symbol)
-        coin = {"coin": "USDT", "equity": str(round(equity, 8)), "walletBalance": str(round(equity, 8))}
+                size, avg = self.position(cat, symbol)
+                mark = self.last_price(cat, symbol)
+                equity += size * mark
+                upl += size * (mark - avg)
+        coins = [self._coin("USDT", equity - upl, equity, 1.0, upl)]
+        total = equity
+        wanted = set(filter(None, q.get("coin", "").split(",")))
+        for coin in sorted({*self.coins, *(base_coin(s) for c, s in self.instruments if c == "spot")}):
+            held = self.coin_balance(coin)
+            if abs(held) < 1e-12 or (wanted and coin not in wanted):
+                continue  # Bybit lists only non-zero coins unless asked for one
+            pair = ("spot", f"{coin}USDT")
+            price = self.last_price(*pair) if pair in self.instruments else 0.0
+            coins.append(self._coin(coin, held, held, price, 0.0))
+            total += held * price
+        if wanted:
+            coins = [c for c in coins if c["coin"] in wanted]
         return self._envelope(
             {
                 "list": [
                     {
                         "accountType": q.get("accountType", "UNIFIED"),
-                        "totalEquity": coin["equity"],
-                        "coin": [coin],
+                        "totalEquity": str(round(total, 8)),
+                        "totalWalletBalance": str(round(total - upl, 8)),
+                        "coin": coins,
                     }
                 ]
             }
         )
+
+    @staticmethod
+    def _coin(coin: str, balance: float, equity: float, usd_price: float, upl: float) -> dict[str, Any]:
+        """One coin of the unified wallet, in the v5 shape (numbers as strings)."""
+        return {
+            "coin": coin,
+            "equity": f"{equity:.10f}".rstrip("0").rstrip("."),
+            "walletBalance": f"{balance:.10f}".rstrip("0").rstrip("."),
+            "usdValue": str(round(equity * usd_price, 8)),
+            "locked": "0",
+            "spotBorrow": "0",
+            "borrowAmount": "",
+            "unrealisedPnl": str(round(upl, 8)),
+            "cumRealisedPnl": "0",
+            "marginCollateral": True,
+            "collateralSwitch": True,
+        }
 
     @staticmethod
     def _order_keys(order: FakeOrder) -> dict[str, str]:
@@ -1103,18 +1177,25 @@ class FakeBybit:
             return reply
         category = request.query.get("category", "")
         symbol = request.query.get("symbol", "")
-        inst = self.instruments.get((category, symbol))
-        if inst is None:
-            return self._error(10001, "Not supported symbols")
-        item = sample("rest_tickers_spot.json")["result"]["list"][0]
-        last = self.last_price(category, symbol)
-        item.update(
-            symbol=symbol,
-            lastPrice=_fmt(last, inst.tick),
-            bid1Price=_fmt(last - inst.tick, inst.tick),
-            ask1Price=_fmt(last + inst.tick, inst.tick),
-        )
-        return self._envelope({"category": category, "list": [item]})
+        if symbol:
+            inst = self.instruments.get((category, symbol))
+            if inst is None:
+                return self._error(10001, "Not supported symbols")
+            chosen = [inst]
+        else:  # every symbol of the category, as Bybit answers without one
+            chosen = [i for (c, _), i in self.instruments.items() if c == category]
+        items = []
+        for inst in chosen:
+            item = sample("rest_tickers_spot.json")["result"]["list"][0]
+            last = self.last_price(category, inst.symbol)
+            item.update(
+                symbol=inst.symbol,
+                lastPrice=_fmt(last, inst.tick),
+                bid1Price=_fmt(last - inst.tick, inst.tick),
+                ask1Price=_fmt(last + inst.tick, inst.tick),
+            )
+            items.append(item)
+        return self._envelope({"category": category, "list": items})
 
     # private websocket ---------------------------------------------------------------------
 

@@ -21,11 +21,13 @@ from tests.fake_bybit import FakeBybit
 
 KEY = "test-key-0001"
 SECRET = "test-secret-do-not-use"
+COINS = {"BTC": 1.0, "ETH": 10.0, "SOL": 100.0}
+"""Spot coins the account holds at the start: the adapter tests sell spot without buying first."""
 
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeBybit]:
-    server = FakeBybit(keys={KEY: SECRET})
+    server = FakeBybit(keys={KEY: SECRET}, coins=COINS)
     await server.start()
     try:
         yield server

@@ -194,12 +194,13 @@ async def test_spot_order_filled_while_its_reply_was_lost_is_found_in_history(
         assert h.venue.resends == 0
         assert ("GET", "/v5/order/history") in fake.requests
         assert h.statuses("spot-lost-1")[-1] is OrderStatus.FILLED
-        assert [f.quantity for f in h.fills] == [0.01]
+        assert [f.quantity for f in h.fills] == [pytest.approx(0.01 - 0.01 * 0.00055)]  # net of the ETH fee
 
 
 async def test_spot_fees_are_booked_in_the_quote_coin(fake: FakeBybit) -> None:
-    """A spot buy pays its fee in the base coin (``feeCurrency``): the fill's fee is its value in
-    the quote coin, as for a sell; a fee in a third coin is booked as reported and counted."""
+    """A spot buy pays its fee in the base coin (``feeCurrency``): the fill's quantity is what
+    reached the wallet and its fee that coin's value in the quote coin, as for a sell; a fee in a
+    third coin is booked as reported and counted."""
     async with running_venue(fake, category="spot") as h:
         last = fake.last_price("spot", "ETHUSDT")
         h.venue.submit(order("spot-buy-1", qty=0.5, symbol="ETHUSDT"))
@@ -209,6 +210,12 @@ async def test_spot_fees_are_booked_in_the_quote_coin(fake: FakeBybit) -> None:
         buy, sell = sorted(h.fills, key=lambda f: f.side is Side.SELL)
         assert [e["feeCurrency"] for e in fake.executions] == ["ETH", "USDT"]
         assert buy.fee == pytest.approx(0.5 * last * 0.00055) and sell.fee == pytest.approx(buy.fee)
+        assert buy.quantity == pytest.approx(0.5 - 0.5 * 0.00055, abs=1e-12) and sell.quantity == 0.5
+        # the book's coins and cash move exactly as the wallet's: 10 ETH at the start
+        held = 10.0 + buy.quantity - sell.quantity
+        assert fake.coin_balance("ETH") == pytest.approx(held, abs=1e-12)
+        paid = buy.quantity * buy.price + buy.fee - (sell.quantity * sell.price - sell.fee)
+        assert fake.wallet_cash() == pytest.approx(fake.balance - paid, abs=1e-6)
         item = {**fake.executions[0], "execId": "mnt-fee-1", "feeCurrency": "MNT", "execFee": "0.3"}
         h.venue.on_private_message({"topic": "execution", "data": [item]})
         await h.settle()
