@@ -212,10 +212,6 @@ class Daemon:
     ) -> None:
         if opts.mode not in MODES:
             raise DaemonError(f"unknown mode {opts.mode!r}: use signal, paper or live")
-        if opts.mode == "live" and opts.category != "linear":
-            raise DaemonError(
-                "live mode trades linear (USDT perpetual) markets only so far; use --category linear"
-            )
         if cfg.execution.fill_at == "close":
             raise DaemonError(
                 '[execution] fill_at = "close" is for backtests: a running daemon cannot trade at a close '
@@ -380,6 +376,7 @@ class Daemon:
             gates=(self.gate,),
             instance_id=self.instance_id,
             record_positions=False,
+            long_only=self.opts.category == "spot",  # spot cannot be sold short
         )
         bus.subscribe(BarSet, self._after_bar)
         bus.subscribe(RiskEvent, self._on_risk)
@@ -413,6 +410,11 @@ class Daemon:
         ex, node, journal = self.exchange, self.node, self.journal
         assert ex is not None and node is not None and journal is not None
         await ex.start()
+        if self.opts.category == "spot":
+            other = [s for s in self.symbols if ex.pair(s)[1] != "USDT"]
+            if other:
+                names = ", ".join(other)
+                raise DaemonError(f"live spot trades USDT pairs only (the book's cash is USDT): {names}")
         seen = []
         for (record,) in journal.db.execute("SELECT record FROM events WHERE event = 'Fill'"):
             exec_id = json.loads(record).get("exec_id")
@@ -477,7 +479,10 @@ class Daemon:
                 self._handle(item)
 
     def _bybit_cash(self, account: dict[str, Any]) -> float:
-        """Bybit's equity less its positions' value: the same quantity as the book's cash."""
+        """Bybit's equity less its positions' value: the same quantity as the book's cash (on
+        spot, the USDT balance itself)."""
+        if "cash" in account:
+            return float(account["cash"])
         cash = float(account["equity"])
         for size, _avg, mark in account["positions"].values():
             cash -= size * mark
@@ -485,6 +490,7 @@ class Daemon:
 
     def _differences(self, account: dict[str, Any]) -> list[str]:
         ex, pf = self.exchange, self.node.portfolio  # type: ignore[union-attr]
+        spot = self.opts.category == "spot"
         mine = {t.link_id for t in ex.orders.values()}
         prefix = f"{self.instance_id}-"
         out = []
@@ -506,7 +512,8 @@ class Daemon:
             step = rules.qty_step if rules is not None else 0.0
             tol = step / 2 if step > 0 else 1e-9 * max(1.0, abs(book))
             if abs(size - book) > tol:
-                out.append(f"{symbol} position: Bybit {size:g}, journal {book:g}")
+                what = f" ({ex.pair(symbol)[0]} balance)" if spot else ""
+                out.append(f"{symbol} position{what}: Bybit {size:.10g}, journal {book:.10g}")
         outside = sorted(s for s in positions if s not in self.symbols)
         if outside:
             log.warning("live: the account holds positions outside the universe", symbols=outside)
@@ -514,8 +521,9 @@ class Daemon:
         share = self.live.cash_tolerance
         tolerance = max(share * abs(pf.equity), 1.0)
         if abs(cash - pf.cash) > tolerance:
+            whose = "the USDT balance" if spot else "equity less positions"
             out.append(
-                f"cash: Bybit {cash:,.2f} USDT (equity less positions), journal {pf.cash:,.2f}, "
+                f"cash: Bybit {cash:,.2f} USDT ({whose}), journal {pf.cash:,.2f}, "
                 f"{abs(cash - pf.cash):,.2f} apart, more than the {tolerance:,.2f} allowed "
                 f"([live] cash_tolerance {share:g} of equity {pf.equity:,.2f})"
             )

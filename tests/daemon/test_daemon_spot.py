@@ -1,0 +1,176 @@
+"""Live mode on spot against the fake exchange's per-coin unified wallet: the base coin balance of
+each symbol is its position and USDT its cash. The strategy goes short on a crossover down; spot
+holds that as flat (one log line per symbol), so it buys and sells its coins and never sells what
+it does not hold. Buy fees are taken in the coin bought: the book holds exactly the wallet's coins
+and cash, a restart finds them again and trades on, and a wallet moved while it was down is
+refused with what differs (``--adopt`` takes it)."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import re
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engine import orders as orders_module
+from engine.events import BarSet, Signal
+from quantnet.daemon import Daemon, DaemonError, DaemonOptions
+from strategies.registry import create
+from tests.daemon.helpers import STEP_MS, SYMBOLS, app_config, bybit_config, events, rows
+from tests.fake_bybit import FakeBybit
+from tests.fake_bybit.server import real_ms
+
+KEY, SECRET = "spot-key", "spot-secret"
+CASH = 100_000.0
+PARAMS = {"fast": 3, "slow": 8, "target": 0.1, "short": True}  # -0.1 below the crossover
+
+
+@pytest.fixture
+async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeBybit]:
+    monkeypatch.setenv("BYBIT_API_KEY", KEY)
+    monkeypatch.setenv("BYBIT_API_SECRET", SECRET)
+    server = FakeBybit(keys={KEY: SECRET}, balance=CASH)  # USDT only: no coin held at the start
+    await server.start()
+    now = real_ms()
+    server.start_market(now - now % STEP_MS, step_ms=15_000, tick=0.005)
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def logged(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, dict[str, Any]]]:
+    out: list[tuple[str, str, dict[str, Any]]] = []
+
+    class Recorder:
+        def __getattr__(self, level: str) -> Callable[..., None]:
+            return lambda event, **kw: out.append((level, event, kw))
+
+    monkeypatch.setattr(orders_module, "log", Recorder())
+    return out
+
+
+def spot_daemon(fake: FakeBybit, state: Path, **opts: Any) -> Daemon:
+    options = DaemonOptions(
+        mode="live", symbols=SYMBOLS, interval="1", category="spot", state_dir=state, stdout=False, **opts
+    )
+    cfg = app_config(enabled=True, environment="testnet", max_trade_lag=1e9, category="spot")
+    return Daemon(cfg, create("sma_crossover", PARAMS), options, bybit=bybit_config(fake))
+
+
+async def run_until(d: Daemon, done: Callable[[], bool]) -> None:
+    """Run until ``done`` holds right after a bar's commit with no order on its way: the journal's
+    book is then everything the account did."""
+    met: list[bool] = []
+
+    def watch(bars: BarSet) -> None:
+        if not met and not d.node.orders.working() and done():
+            met.append(True)
+            d.stop()
+
+    build = d._build
+
+    def build_then_watch() -> None:
+        build()
+        d.bus.subscribe(BarSet, watch)  # after the daemon's own commit
+
+    d._build = build_then_watch  # type: ignore[method-assign]
+    assert await asyncio.wait_for(d.run(), 90) == 0
+    assert met, "the condition was not met within max_bars"
+
+
+def book(state: Path) -> tuple[dict[str, float], float]:
+    pf = pickle.loads(rows(state, "SELECT blob FROM snapshots WHERE kind = 'book'")[0][0])["portfolio"]
+    return {s: float(pf["qty"][i]) for i, s in enumerate(SYMBOLS)}, float(pf["cash"])
+
+
+def wallet_from_executions(fake: FakeBybit) -> tuple[dict[str, float], float]:
+    """Coins and USDT from the executions' own strings: a buy brings execQty less its fee (in the
+    coin), a sell takes execQty and pays its fee in USDT."""
+    coins = dict.fromkeys(SYMBOLS, 0.0)
+    cash = CASH
+    for e in fake.executions:
+        qty, price, fee = float(e["execQty"]), float(e["execPrice"]), float(e["execFee"])
+        if e["side"] == "Buy":
+            coins[e["symbol"]] += qty - fee
+            cash -= qty * price
+        else:
+            coins[e["symbol"]] -= qty
+            cash += qty * price - fee
+    return coins, cash
+
+
+def assert_book_is_the_wallet(fake: FakeBybit, state: Path) -> None:
+    held, cash = book(state)
+    coins, usdt = wallet_from_executions(fake)
+    for symbol in SYMBOLS:
+        wallet = fake.coin_balance(symbol.removesuffix("USDT"))
+        assert wallet == pytest.approx(coins[symbol], abs=1e-10)
+        assert held[symbol] == pytest.approx(wallet, abs=1e-10), symbol  # the fee string's precision
+        assert held[symbol] >= 0.0
+    assert cash == pytest.approx(usdt, abs=1e-6) and fake.wallet_cash() == pytest.approx(usdt, abs=1e-6)
+
+
+async def test_spot_live_trades_long_only_its_book_is_the_wallet_and_a_restart_trades_on(
+    fake, tmp_path, logged
+):
+    state = tmp_path / "state"
+    # 1. buys and sells until both happened, the account then as the journal has it
+    d = spot_daemon(fake, state, max_bars=600)
+    raw = np.zeros(len(SYMBOLS))  # the strategy's own targets, before spot holds them flat
+    short_bars = np.zeros(len(SYMBOLS), dtype=int)
+    d.bus.subscribe(Signal, lambda s: np.copyto(raw, s.targets, where=s.targets == s.targets))
+    d.bus.subscribe(BarSet, lambda b: np.add(short_bars, raw < 0, out=short_bars))
+    sides = lambda: {e["side"] for e in fake.executions}  # noqa: E731
+    await run_until(d, lambda: sides() == {"Buy", "Sell"})
+    assert all(e["category"] == "spot" for e in fake.executions)
+    assert {o.status for o in fake.orders.values()} == {"Filled"}
+    updates = events(state, "OrderUpdate")
+    assert not [u for u in updates if u["status"] == "rejected"]  # never a sell of coins not held
+    assert_book_is_the_wallet(fake, state)
+    # each buy booked net of its fee: what reached the wallet
+    by_exec = {e["execId"]: e for e in fake.executions}
+    for f in events(state, "Fill"):
+        e = by_exec[f["exec_id"]]
+        fee = float(e["execFee"]) if e["side"] == "Buy" else 0.0
+        assert f["quantity"] == pytest.approx(float(e["execQty"]) - fee, abs=1e-12)
+        if e["side"] == "Buy":
+            assert f["fee"] == pytest.approx(fee * float(e["execPrice"]), rel=1e-12) and fee > 0
+    # the strategy wanted shorts for many bars; each symbol's was logged once
+    clipped = [kw["symbol"] for _, event, kw in logged if "long-only" in event]
+    assert short_bars.sum() > len(clipped) > 0
+    wanted_short = sorted(s for s, n in zip(SYMBOLS, short_bars, strict=True) if n)
+    assert sorted(clipped) == sorted(set(clipped)) == wanted_short
+    assert all(p["quantity"] >= 0 for p in events(state, "PositionUpdate"))
+
+    # 2. a restart finds the same balances and trades on from them
+    n_exec = len(fake.executions)
+    d = spot_daemon(fake, state, max_bars=600)
+    await run_until(d, lambda: len(fake.executions) >= n_exec + 2)
+    assert d.reconciliation == []
+    assert_book_is_the_wallet(fake, state)
+
+    # 3. coins bought by hand while it is down: refused, saying what differs
+    fake._place({"category": "spot", "symbol": "ETHUSDT", "side": "Buy", "orderType": "Market", "qty": "0.5"})
+    with pytest.raises(DaemonError) as refused:
+        await asyncio.wait_for(spot_daemon(fake, state, max_bars=1).run(), 60)
+    text = str(refused.value)
+    found = re.search(r"ETHUSDT position \(ETH balance\): Bybit (\S+), journal (\S+?);", text)
+    assert found, text
+    assert float(found[1]) - float(found[2]) == pytest.approx(0.5 * (1 - 0.00055), abs=1e-9)  # less its fee
+    assert "(the USDT balance)" in text and "--adopt" in text
+    assert "BTCUSDT position" not in text and "SOLUSDT position" not in text
+
+    # 4. --adopt takes the wallet, journaled; the next start finds nothing different
+    d = spot_daemon(fake, state, max_bars=1, adopt=True)
+    assert await asyncio.wait_for(d.run(), 60) == 0
+    adoption = [e for e in events(state, "RiskEvent") if e["rule"] == "adoption"]
+    assert len(adoption) == 1 and "ETHUSDT position (ETH balance)" in adoption[0]["message"]
+    d = spot_daemon(fake, state, max_bars=1)
+    assert await asyncio.wait_for(d.run(), 60) == 0 and d.reconciliation == []
