@@ -149,6 +149,8 @@ async def test_spot_buy_fee_without_fee_currency_is_in_the_base_coin(fake: FakeB
         # the fake charges 0.055% of the quantity (BTC) on a buy, of the notional (USDT) on a sell
         assert abs(by["fee-b"].fee - 0.01 * 0.00055 * by["fee-b"].price) < 1e-9
         assert abs(by["fee-s"].fee - 0.01 * by["fee-s"].price * 0.00055) < 1e-9
+        assert abs(by["fee-b"].quantity - 0.01 * (1 - 0.00055)) < 1e-12  # the BTC that reached the wallet
+        assert by["fee-s"].quantity == 0.01
 
 
 async def test_market_orders_respect_max_market_qty(fake: FakeBybit) -> None:
