@@ -40,7 +40,7 @@ def at_venue(h: Harness, client_id: str) -> FakeOrder:
 
 
 def on_tick(price: float, tick: float, *, up: bool) -> float:
-    ticks = price / tick
+    ticks = round(price / tick, 9)  # 60010.2 / 0.1 is 600101.99999...: already on the tick
     return round((math.ceil(ticks) if up else math.floor(ticks)) * tick, 6)
 
 
