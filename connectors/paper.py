@@ -297,6 +297,23 @@ class PaperBroker:
         below = (order.side is Side.BUY) is (order.type is OrderType.LIMIT)
         return low <= order.price if below else high >= order.price
 
+    def price_market_fills(
+        self, idx: np.ndarray, side: np.ndarray, qty: np.ndarray, base: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """What :meth:`_fill` does for market orders of distinct symbols ``idx`` (``side`` +1/-1,
+        whole quantities ``qty``) at the prices ``base``, in that order, at once: the prices after
+        slippage and the taker fees, the broker's book moved, sequence numbers taken. Returns the
+        prices, the fees and the sequence number before the first fill (fill k is ``paper-{seq + k
+        + 1}``); the caller publishes (or books) the fills."""
+        price = base * (1.0 + self.slippage * side)
+        fee = qty * price * self.taker
+        held = self.position[idx] + qty * side
+        held[np.abs(held) <= 1e-12 * np.maximum(1.0, qty)] = 0.0
+        self.position[idx] = held
+        seq = self._seq
+        self._seq += len(idx)
+        return price, fee, seq
+
     def _fill(self, order: Order, price: float, ts: int, qty: float, back: int = 0) -> None:
         """``back``: how far before ``ts`` (the bar's close stamp) the price traded, in the data's labels."""
         side = order.side

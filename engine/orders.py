@@ -160,6 +160,33 @@ class OrderManager:
             for i, target in zip(idx.tolist(), targets.tolist(), strict=True):
                 self._rebalance(i, target, strategy, ts)
             return
+        sized = self.sizes(idx, targets)
+        if sized is not None:
+            self.send_sized(*sized, strategy, ts)
+
+    def send_sized(
+        self, send: np.ndarray, delta: np.ndarray, size: np.ndarray, strategy: str, ts: int
+    ) -> None:
+        """Submit the market orders :meth:`sizes` worked out, one per asset, in asset order."""
+        symbols, instance, now = self.portfolio.symbols, self.instance_id, self.clock.now_ns()
+        for i, d, q in zip(send.tolist(), delta.tolist(), size.tolist(), strict=True):
+            symbol = symbols[i]
+            order = Order(
+                client_order_id(strategy, symbol, ts, instance=instance),
+                ts,
+                now,
+                symbol,
+                _BUY if d > 0 else _SELL,
+                q,
+                _MARKET,
+                strategy=strategy,
+            )
+            self.submit(order)
+
+    def sizes(self, idx: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The orders :meth:`_rebalance_all` sends for assets ``idx`` at ``targets``, without
+        sending them: (assets, signed quantities, sizes), or None when the equity allows none.
+        Marks the symbols without a price as waiting, as sending would."""
         pf = self.portfolio
         price = pf.last_price[idx]
         self.unpriced[idx] = False
@@ -170,26 +197,14 @@ class OrderManager:
                 self.unpriced[idx[waits]] = self._any_unpriced = True
         equity = pf.equity
         if not math.isfinite(equity) or equity <= 0.0:
-            return
+            return None
         with np.errstate(divide="ignore", invalid="ignore"):
             wanted = np.where(self.units[idx], targets, targets * equity / price)
             delta = wanted - pf.qty[idx] - self.pending[idx]
             size = np.abs(delta)
             send = ~unpriced & ~(size * price <= max(self.min_trade_notional, 1e-9 * equity))
-        symbols, instance, now = pf.symbols, self.instance_id, self.clock.now_ns()
-        for k in np.flatnonzero(send).tolist():
-            symbol = symbols[idx[k]]
-            order = Order(
-                client_order_id(strategy, symbol, ts, instance=instance),
-                ts,
-                now,
-                symbol,
-                _BUY if delta[k] > 0 else _SELL,
-                float(size[k]),
-                _MARKET,
-                strategy=strategy,
-            )
-            self.submit(order)
+        k = np.flatnonzero(send)
+        return idx[k], delta[k], size[k]
 
     def _rebalance(self, i: int, target: float, strategy: str, ts: int) -> None:
         pf = self.portfolio

@@ -274,6 +274,65 @@ class Portfolio:
         if bus is not None and bus.wants(PositionUpdate):
             bus.publish(PositionUpdate(fill.ts_event, fill.ts_init, fill.symbol, new, avg, float(pnl[i])))
 
+    def book_fills(
+        self, idx: np.ndarray, quantity: np.ndarray, signed: np.ndarray, price: np.ndarray, fee: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`on_fill` for fills of distinct symbols ``idx``, in that order, at once: the same
+        arithmetic elementwise (each symbol's book sees only its own fill) and the same sums in
+        the same order for cash, fees and turnover. The caller has checked what ``on_fill``
+        refuses (positive quantities, positive finite prices, symbols of the universe). Returns
+        each symbol's new quantity and average price (what its PositionUpdate carries)."""
+        if self._positions is not None and not self._all_recorded:
+            for i in idx.tolist():
+                if not self._recorded[i]:
+                    self._record(i)
+        qty, avg_price = self.qty, self.avg_price
+        old = qty[idx]
+        avg = avg_price[idx]
+        new = old + signed
+        size = np.abs(old)
+        new[np.abs(new) <= _EPS * np.maximum(1.0, size)] = 0.0
+        was_long, now_long = old > 0, new > 0
+        held = old != 0.0
+        closing = held & (was_long != (signed > 0))
+        traded = np.abs(signed)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            realized = np.where(
+                closing, np.minimum(traded, size) * (price - avg) * np.where(was_long, 1.0, -1.0), 0.0
+            )
+            added = (avg * size + price * traded) / np.abs(new)
+        flat = new == 0.0
+        avg = np.where(
+            closing,
+            np.where(flat, 0.0, np.where(now_long != was_long, price, avg)),
+            np.where(flat, 0.0, added),
+        )
+        qty[idx] = new
+        self._held += int(np.count_nonzero(new)) - int(np.count_nonzero(old))
+        avg_price[idx] = avg
+        self.realized_pnl[idx] += realized
+        cash, fees, turnover = self.cash, self.fees, self.turnover_notional
+        for cost, f, notional in zip(
+            (signed * price + fee).tolist(), fee.tolist(), (quantity * price).tolist(), strict=True
+        ):
+            cash -= cost
+            fees += f
+            turnover += notional
+        self.cash, self.fees, self.turnover_notional = cash, fees, turnover
+        self.n_fills += len(idx)
+        last = self.last_price
+        unmarked = last[idx] == 0.0
+        if unmarked.any():
+            last[idx[unmarked]] = price[unmarked]
+        acc = self._trade_acc
+        acc[idx] += realized - fee
+        ended = held & (flat | (now_long != was_long))
+        if ended.any():
+            for i in idx[ended].tolist():
+                self.trade_pnls.append(float(acc[i]))
+                acc[i] = 0.0
+        return new, avg
+
     def on_funding(self, funding: Funding) -> None:
         i = self.index.get(funding.symbol)
         if i is None or not math.isfinite(funding.amount):

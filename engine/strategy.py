@@ -151,6 +151,11 @@ class Strategy(ABC):
         others (the strategy's own state then does not advance)."""
         return None
 
+    def replay_times(self, times: np.ndarray) -> None:
+        """Called with the bar stamps (``ts_event``) of a replay before its precomputed decisions
+        are served: what ``on_bars`` would check of the bars' times (and raise or warn about), a
+        strategy that precomputes does here. Default: nothing."""
+
     @abstractmethod
     def on_bars(self, bars: BarSet, ctx: StrategyContext) -> np.ndarray | None:
         """Return target weights per symbol (NaN: no change) or None for no change at all."""
@@ -188,6 +193,7 @@ class StrategyHost:
         bar's ``ts_event``) instead of calling the strategy. The answers are checked as if given
         bar by bar: invalid ones here, at once (an error in a backtest, naming the first), the
         standing gross target as each is served."""
+        self.strategy.replay_times(times)
         targets = np.array(decisions.targets, dtype=float, copy=True)
         index = np.asarray(decisions.index, dtype=np.int64)
         n = len(self.ctx.symbols)
@@ -236,15 +242,22 @@ class StrategyHost:
         self.strategy.restore(strategy)
 
     def on_bars(self, bars: BarSet) -> None:
+        targets = self.decide(bars)
+        if targets is not None:
+            self.bus.publish(
+                Signal(bars.ts_event, self.clock.now_ns(), self.strategy.name, targets, self.strategy.units)
+            )
+
+    def decide(self, bars: BarSet) -> np.ndarray | None:
+        """The targets :meth:`on_bars` publishes for this bar (None: no signal), for a replay that
+        hands them to the order manager itself."""
         targets = self._decide(bars)
         if self._standing is not None:
             standing, self._standing = self._standing, None
             targets = standing if targets is None else np.where(np.isnan(targets), standing, targets)
         if targets is None or np.isnan(targets).all():
-            return
-        self.bus.publish(
-            Signal(bars.ts_event, self.clock.now_ns(), self.strategy.name, targets, self.strategy.units)
-        )
+            return None
+        return targets
 
     def _decide(self, bars: BarSet) -> np.ndarray | None:
         """The strategy's answer for this bar, with invalid targets turned into "no change"."""

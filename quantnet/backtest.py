@@ -35,6 +35,7 @@ from engine.roundtrips import Prices, round_trips
 from engine.strategy import Strategy, StrategyHost
 from engine.summary import state_name
 from quantnet.config import AppConfig
+from quantnet.every_bar import replay_every_bar
 from quantnet.quiet import replay_quiet
 from strategies.registry import create
 
@@ -365,6 +366,8 @@ def run_backtest(
         scheduled = ((delisting.on_bars, delisting.bars_due()),)
         if not replay_quiet(
             bus, clock, matrix, warm, node.host, node.orders, scheduled=scheduled, progress=progress
+        ) and not replay_every_bar(
+            bus, clock, matrix, warm, node, journal=journal, scheduled=scheduled, progress=progress
         ):
             events: Iterable[Any] = bar_sets
             if progress is not None:

@@ -1,0 +1,306 @@
+"""Every-bar rebalancing replayed with one vector pass per bar instead of one event per order.
+
+With ``[portfolio] rebalance = "every_bar"`` each bar sends a market order for every asset with a
+target, and each order is about five events (order, acceptance, fill, position change, filled)
+through Python handlers: at 20 assets the order path, not the strategy, sets the speed. When the
+bus holds only the components this module knows, wired as :func:`quantnet.backtest.assemble` wires
+them (paper broker, portfolio, order manager, the strategy's host, a journal, a risk manager with
+only the drawdown and daily-loss limits, the fill and risk-event lists), a bar is done as the
+bus would do it with the orders handled all at once: :meth:`OrderManager.sizes` sizes them,
+:meth:`PaperBroker.price_market_fills` prices them and :meth:`Portfolio.book_fills` books them,
+each the same arithmetic as the per-order handler, elementwise, because every order of a bar is
+for a different asset. The journal gets the same records in the same order, the fill list the
+same fills, the risk manager its bar checks.
+
+A bar on which anything else can happen goes through the bus as before: an order of another kind
+is working (a flatten after a halt), the trading state is not active, a symbol is delisted on it,
+a target stands from the warm-up, an order could be refused (a non-finite size, a delisted
+symbol), or (filling at the next open) a symbol with an order has no bar. Orders still working at
+the end are handed to the broker and the order manager as :meth:`OrderManager.submit` leaves them.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from connectors.paper import PaperBroker
+from connectors.replay import BarMatrix
+from engine.bus import EventBus, HandlerError
+from engine.clock import Clock
+from engine.events import (
+    BarSet,
+    Fill,
+    Funding,
+    Order,
+    OrderStatus,
+    OrderType,
+    OrderUpdate,
+    PositionUpdate,
+    RiskEvent,
+    Side,
+    Signal,
+    TradingState,
+)
+from quantnet.quiet import _precomputes
+
+_BUY, _SELL, _MARKET = Side.BUY, Side.SELL, OrderType.MARKET
+_ACCEPTED, _FILLED, _ACTIVE = OrderStatus.ACCEPTED, OrderStatus.FILLED, TradingState.ACTIVE
+
+
+def _risk_is_bar_checks_only(risk: Any) -> bool:
+    """Whether the risk manager's review passes every order unchanged while trading is active and
+    its only bus work is the per-bar limits: no exits, no pre-trade limits, no instrument rules,
+    no state file."""
+    cfg = risk.config
+    limits = (cfg.max_order_notional, cfg.max_position, cfg.max_gross_exposure, cfg.max_net_exposure)
+    return (
+        not risk._exits_on
+        and all(limit is None for limit in limits)
+        and all(rule is None for rule in risk._rules)
+        and risk._state_path is None
+    )
+
+
+def _wiring(bus: EventBus, node: Any, journal: Any, scheduled: Sequence[Callable[[BarSet], None]]) -> bool:
+    """Whether every subscriber of the events a bar causes is one this module does the work of,
+    in the order :func:`quantnet.backtest.assemble` subscribes them."""
+    host, orders, portfolio, risk = node.host, node.orders, node.portfolio, node.risk
+    broker = orders.venue
+    rec = (journal.record,) if journal is not None else ()
+    risk_bars: tuple[Callable[..., None], ...] = ()
+    flat_update: tuple[Callable[..., None], ...] = ()
+    flat_fill: tuple[Callable[..., None], ...] = ()
+    if risk is not None:
+        if orders.gates != (risk,) or not _risk_is_bar_checks_only(risk):
+            return False
+        if risk.on_bars in bus.subscribers(BarSet):
+            risk_bars = (risk.on_bars,)
+        if risk._flatten_on_fill in bus.subscribers(Fill):
+            flat_fill, flat_update = (risk._flatten_on_fill,), (risk._flatten_on_update,)
+    elif orders.gates:
+        return False
+    closing = (broker.on_close,) if broker.at_close else ()
+    expected = {
+        BarSet: (
+            *scheduled,
+            broker.on_bars,
+            portfolio.on_bars,
+            *risk_bars,
+            host.on_bars,
+            orders.rebalance,
+            *closing,
+        ),
+        Signal: (orders.on_signal,),
+        Order: rec,
+        OrderUpdate: (*rec, orders.on_order_update, *flat_update),
+        Fill: (*rec, portfolio.on_fill, orders.on_fill, *flat_fill, node.fills.append),
+        PositionUpdate: rec,
+        RiskEvent: (*rec, node.risk_events.append),
+        Funding: (*rec, portfolio.on_funding),
+    }
+    return all(bus.subscribers(kind) == handlers for kind, handlers in expected.items())
+
+
+class _Batch:
+    """A bar's market orders, one per asset (``idx`` ascending), sent but not yet filled."""
+
+    __slots__ = ("ids", "idx", "orders", "side", "sides", "signed", "size", "ts")
+
+    def __init__(self, ts: int, idx: np.ndarray, side: np.ndarray, size: np.ndarray, ids: list[str]) -> None:
+        self.ts = ts
+        self.idx = idx
+        self.side = side
+        self.size = size
+        self.signed = size * side
+        self.ids = ids
+        self.sides = [_BUY if s > 0 else _SELL for s in side.tolist()]
+        self.orders: list[Order] | None = None
+
+
+def replay_every_bar(
+    bus: EventBus,
+    clock: Clock,
+    matrix: BarMatrix,
+    first: int,
+    node: Any,
+    *,
+    journal: Any = None,
+    scheduled: Sequence[tuple[Callable[[BarSet], None], Iterable[int]]] = (),
+    progress: Callable[[Iterable[Any], int], Iterator[Any]] | None = None,
+) -> bool:
+    """Replay bars ``first:`` of an every-bar rebalancing backtest; False (nothing done) when the
+    wiring is not the one this module knows. ``node`` is the backtest's TradingNode."""
+    host, orders, portfolio, risk = node.host, node.orders, node.portfolio, node.risk
+    broker = orders.venue
+    if matrix.grid is None or not orders.every_bar or not isinstance(broker, PaperBroker):
+        return False
+    if not _wiring(bus, node, journal, [handler for handler, _ in scheduled]):
+        return False
+    o, h, low, c, v = matrix.grid
+    at_close = broker.at_close
+    base_prices = c if at_close else o
+    with np.errstate(invalid="ignore"):
+        if not (0.0 <= broker.slippage < 1.0) or (base_prices <= 0.0).any() or (c <= 0.0).any():
+            return False  # prices the portfolio would refuse: the bus reports them
+    if host._plan is None and _precomputes(host.strategy):
+        decisions = host.strategy.precompute(matrix.close)
+        if decisions is not None:
+            host.use(decisions, matrix.ts_event)
+    n = len(matrix)
+    due: set[int] = set()
+    for _, bars_due in scheduled:
+        due.update(bars_due)
+    ts_list = matrix.ts_event.tolist()
+    symbols = matrix.symbols
+    publish, advance = bus.publish, clock.advance
+    record = journal.record if journal is not None else None
+    positions = bool(bus.subscribers(PositionUpdate))
+    risk_bars = risk is not None and risk.on_bars in bus.subscribers(BarSet)
+    strategy, units = host.strategy.name, host.strategy.units
+    open_back, close_back = broker._open_back, broker._close_back
+    instance = orders.instance_id
+    prefixes: dict[str, list[str]] = {}
+    delisted_seen = 0
+    delisted = np.zeros(len(symbols), dtype=bool)
+    pending, fills = orders.pending, node.fills
+    ticks = iter(progress(range(first, n), n - first)) if progress is not None else None
+    held: _Batch | None = None  # next open: the orders of the bar before, to fill at this one's open
+
+    def make_orders(batch: _Batch) -> list[Order]:
+        ts = batch.ts
+        batch.orders = [
+            Order(cid, ts, ts, symbols[i], side, q, _MARKET, strategy=batch_strategy)
+            for cid, i, side, q in zip(
+                batch.ids, batch.idx.tolist(), batch.sides, batch.size.tolist(), strict=True
+            )
+        ]
+        return batch.orders
+
+    def hand_over(batch: _Batch) -> None:
+        """Leave the batch's orders working at the broker and on their way at the order manager,
+        as :meth:`OrderManager.submit` leaves them."""
+        made = batch.orders if batch.orders is not None else make_orders(batch)
+        working, on_way, count = broker._working, orders._open, orders._open_count
+        for order, i, signed in zip(made, batch.idx.tolist(), batch.signed.tolist(), strict=True):
+            working[order.client_id] = order
+            on_way[order.client_id] = (i, signed)
+            count[i] += 1
+
+    def fill(batch: _Batch, ts: int, base: np.ndarray, back: int) -> None:
+        """Fill the batch at ``base`` (one price per order): the broker's fills, the portfolio's
+        bookings and the order manager's settlement, journaled as the bus would deliver them."""
+        idx, side, size = batch.idx, batch.side, batch.size
+        price, fee, seq = broker.price_market_fills(idx, side, size, base)
+        new, avg = portfolio.book_fills(idx, size, batch.signed, price, fee)
+        pending[idx] = 0.0
+        made = [
+            Fill(ts, ts, cid, symbols[i], s, q, p, f, "taker", f"paper-{k}", "", ts - back)
+            for cid, i, s, q, p, f, k in zip(
+                batch.ids,
+                idx.tolist(),
+                batch.sides,
+                size.tolist(),
+                price.tolist(),
+                fee.tolist(),
+                range(seq + 1, seq + 1 + len(idx)),
+                strict=True,
+            )
+        ]
+        fills.extend(made)
+        if record is not None:
+            pnl = portfolio.realized_pnl[idx].tolist()
+            for f, q, a, r in zip(made, new.tolist(), avg.tolist(), pnl, strict=True):
+                record(f)
+                if positions:
+                    record(PositionUpdate(ts, ts, f.symbol, q, a, r))
+                record(OrderUpdate(ts, ts, f.client_id, f.symbol, _FILLED))
+
+    batch_strategy = strategy
+    t = first
+    while t < n:
+        if ticks is not None:
+            next(ticks, None)
+        ts = ts_list[t]
+        if held is not None and (t in due or not (o[t][held.idx] == o[t][held.idx]).all()):
+            hand_over(held)
+            held = None
+        if t in due or broker._working or orders._open or orders.unknown or host._standing is not None:
+            advance(ts)
+            publish(BarSet(ts, ts, symbols, o[t], h[t], low[t], c[t], v[t], t))
+            t += 1
+            continue
+        advance(ts)
+        bars = BarSet(ts, ts, symbols, o[t], h[t], low[t], c[t], v[t], t)
+        if held is not None:
+            fill(held, ts, o[t][held.idx], open_back)
+            held = None
+        portfolio.on_bars(bars)
+        if risk_bars:
+            try:
+                risk.on_bars(bars)
+            except HandlerError:
+                raise
+            except Exception as exc:
+                raise HandlerError(risk.on_bars, bars, exc) from exc
+            if risk.state is not _ACTIVE or risk.halted or broker._working or orders._open:
+                for handler in (host.on_bars, orders.rebalance, *((broker.on_close,) if at_close else ())):
+                    try:
+                        handler(bars)
+                    except HandlerError:
+                        raise
+                    except Exception as exc:
+                        raise HandlerError(handler, bars, exc) from exc
+                t += 1
+                continue
+        try:
+            targets = host.decide(bars)
+        except HandlerError:
+            raise
+        except Exception as exc:
+            raise HandlerError(host.on_bars, bars, exc) from exc
+        if targets is not None:
+            orders.on_signal(Signal(ts, ts, strategy, targets, units))
+        batch_strategy = orders._strategy
+        t += 1
+        if not batch_strategy:
+            continue
+        goal = orders.targets
+        close = c[t - 1]
+        live = np.flatnonzero((goal == goal) & (close == close))
+        sized = orders.sizes(live, goal[live])
+        if sized is None or not len(sized[0]):
+            continue
+        idx, delta, size = sized
+        if len(broker._delisted) != delisted_seen:
+            delisted_seen = len(broker._delisted)
+            delisted[:] = [s in broker._delisted for s in symbols]
+        if not np.isfinite(size).all() or (delisted_seen and delisted[idx].any()):
+            orders.send_sized(idx, delta, size, batch_strategy, ts)  # refusals: as the bus has them
+            if at_close:
+                broker.on_close(bars)
+            continue
+        names = prefixes.get(batch_strategy)
+        if names is None:
+            lead = f"{instance}-" if instance else ""
+            names = prefixes[batch_strategy] = [f"{lead}{batch_strategy}-{s}-" for s in symbols]
+        stamp = str(ts // 1_000_000)
+        side = np.where(delta > 0, 1.0, -1.0)
+        batch = _Batch(ts, idx, side, size, [names[i] + stamp for i in idx.tolist()])
+        if record is not None:  # as submit() and the broker's acceptance journal them
+            for order in make_orders(batch):
+                record(order)
+                record(OrderUpdate(ts, ts, order.client_id, order.symbol, _ACCEPTED, ""))
+        pending[idx] += batch.signed
+        if at_close:
+            fill(batch, ts, close[idx], close_back)
+        else:
+            held = batch
+    if held is not None:
+        hand_over(held)
+    if ticks is not None:
+        collections.deque(ticks, maxlen=0)
+    return True
