@@ -337,6 +337,42 @@ class SignalStepper:
             result[self.markets[i]] = out[i, : n[i]]
         return result
 
+    def step_many(self, returns: Mapping[str, np.ndarray], active: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`step` for each of T bars in turn, without its per-call cost: ``returns`` maps every
+        market to its (T, n) returns (NaN: missing), ``active`` (T × markets, in ``markets``
+        order) says which markets each bar feeds (the others keep their state, as markets left
+        out of ``step`` do). Returns each market's (T, n) signals after each bar: the same numbers
+        ``step`` gives (a bar that does not feed a market: its signals as they stood)."""
+        active = np.asarray(active, dtype=bool)
+        n_bars, m = active.shape[0], len(self.markets)
+        if active.shape != (n_bars, m):
+            raise ValueError(f"active must be (T, {m}), got {active.shape}")
+        x = np.zeros((n_bars, m, self._n_max), dtype=self._in.dtype)
+        for name, r in returns.items():
+            i = self._market_pos(name)
+            x[:, i, : self._n[i]] = r  # cast as step() casts into its input buffer
+        x[~np.isfinite(x)] = 0.0
+        x[~active] = 0.0
+        out = np.empty_like(x)
+        buf, state, owner, last = self._in, self._state, self._owner, self._out
+        everyone = active.all(axis=1)
+        idle = np.ones(m + 1, dtype=bool)  # last entry: owner -1, the constant
+        for t in range(n_bars):
+            np.copyto(buf, x[t])
+            if everyone[t]:
+                self._advance()
+            else:
+                idle[:m] = ~active[t]
+                saved = state.copy()
+                self._advance()
+                np.copyto(state, saved, where=idle[owner])
+            out[t] = last
+        fed = active.sum(axis=0)
+        for i in range(m):
+            self._bars[i] += int(fed[i])
+        signals = out.astype(np.float64)
+        return {name: signals[:, i, : self._n[i]] for i, name in enumerate(self.markets)}
+
     def step_market(self, market: str, returns: ReturnsLike) -> np.ndarray:
         """``step`` for one market."""
         return self.step({market: returns})[market]

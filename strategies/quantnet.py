@@ -36,7 +36,7 @@ import structlog
 from pydantic import Field
 
 from engine.events import BarSet
-from engine.strategy import Params, Strategy, StrategyContext, StrategyError
+from engine.strategy import Decisions, Params, Strategy, StrategyContext, StrategyError
 from models.checkpoint import load_checkpoint
 from models.data import returns_from_closes
 from models.stepper import SignalStepper
@@ -167,6 +167,99 @@ class QuantNetStrategy(Strategy):
             self._window_checked = True
             self._warn_in_sample(bars.ts_event)
         return self._targets(seen)
+
+    def precompute(self, closes: np.ndarray) -> Decisions | None:
+        """Every bar's answer of :meth:`on_bars` from a fresh start, at once: the same arithmetic
+        (returns, volatility estimates and sizing elementwise over the bars, the model stepped bar
+        by bar through :meth:`SignalStepper.step_many`), so the same targets to the last bit. The
+        strategy's own state is left as it was. None with ``portfolio_vol`` (its covariance
+        estimate is stepped per bar by ``on_bars``). The bar-time checks of ``on_bars`` are
+        :meth:`replay_times`'s."""
+        p = self.params
+        if self._cov is not None or self._refusal is not None:
+            return None
+        closes = np.asarray(closes, dtype=float)
+        n_bars, n = closes.shape
+        if n_bars == 0:
+            return Decisions(np.zeros(0, dtype=np.int64), np.zeros((0, n)))
+        seen = closes == closes
+        rows = np.where(seen, np.arange(n_bars)[:, None], -1)
+        np.maximum.accumulate(rows, axis=0, out=rows)
+        last = np.where(rows >= 0, closes[np.maximum(rows, 0), np.arange(n)], np.nan)
+        prev = np.vstack([np.full((1, n), np.nan), last[:-1]])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = closes / prev - 1.0
+        var = self._variances(r)
+        markets = self.stepper.markets
+        active = np.column_stack([seen[:, self.market_index[m]].any(axis=1) for m in markets])
+        saved = self.stepper.snapshot()
+        try:
+            self.stepper.reset()
+            out = self.stepper.step_many({m: r[:, self.market_index[m]] for m in markets}, active)
+        finally:
+            self.stepper.restore(saved)
+        signal = np.zeros((n_bars, n))
+        for m in markets:
+            signal[:, self.market_index[m]] = out[m]
+        start = min(p.warmup, n_bars)
+        s, seen, var = signal[start:], seen[start:], var[start:]
+        if p.threshold > 0:
+            s = np.where(np.abs(s) < p.threshold, 0.0, s)
+        w = s * self._budget
+        if p.vol_target is not None:
+            vol = np.sqrt(var * self.ppy)
+            w = np.divide(w * p.vol_target, vol, out=np.full_like(s, np.nan), where=vol > 0)
+        tradable = self.covered & seen & (w == w)
+        w = np.where(tradable, w, 0.0)
+        np.clip(w, -p.max_position, p.max_position, out=w)
+        gross = np.abs(w).sum(axis=1)  # row by row, the same sums as one row's
+        everywhere = tradable.all(axis=1)
+        held = np.zeros(n)
+        index: list[int] = []
+        targets: list[np.ndarray] = []
+        for k in range(len(w)):
+            row, ok = w[k], tradable[k]
+            standing = 0.0 if everywhere[k] else float(np.abs(held[~ok]).sum())
+            room = max(p.max_gross - standing, 0.0)
+            if gross[k] > room:
+                row = row * (room / gross[k])
+            change = ok & (np.abs(row - held) > p.min_change)
+            if not change.any():
+                continue
+            np.copyto(held, row, where=change)
+            index.append(start + k)
+            targets.append(np.where(change, row, np.nan))
+        return Decisions(np.asarray(index, dtype=np.int64), np.array(targets).reshape(len(targets), n))
+
+    def replay_times(self, times: np.ndarray) -> None:
+        """What :meth:`on_bars` checks of the bar times, for a replay served from
+        :meth:`precompute`: bars of another length are refused, an in-sample run is warned about
+        (at its first traded bar)."""
+        times = np.asarray(times, dtype=np.int64)
+        if self._refusal is None and len(self._first_ts) < _SPACING_BARS:
+            for ts in times[len(self._first_ts) : _SPACING_BARS].tolist():  # the warm-up's were seen
+                self._check_interval(ts)
+        elif self._refusal is not None:
+            raise StrategyError(self._refusal)
+        if not self._window_checked and len(times) > self.params.warmup:
+            self._window_checked = True
+            self._warn_in_sample(int(times[self.params.warmup]))
+
+    def _variances(self, r: np.ndarray) -> np.ndarray:
+        """The EWM variance after each bar of returns ``r`` (T × universe) from a fresh start, as
+        :meth:`_update_vol` moves it bar by bar."""
+        var = np.full(r.shape[1], np.nan)
+        out = np.empty_like(r)
+        sq = r * r
+        fresh = r == r
+        alpha = self._alpha
+        for t in range(len(r)):
+            f, q = fresh[t], sq[t]
+            first = f & (var != var)
+            np.copyto(var, q, where=first)
+            np.copyto(var, var + alpha * (q - var), where=f & ~first)
+            out[t] = var
+        return out
 
     def _check_interval(self, ts: int) -> None:
         """Refuse bars of another length than the training data's (a daily model on hourly bars
