@@ -376,7 +376,8 @@ class Daemon:
             gates=(self.gate,),
             instance_id=self.instance_id,
             record_positions=False,
-            long_only=self.opts.category == "spot",  # spot cannot be sold short
+            # spot cannot be sold short; signal mode, which trades nothing, shows what the strategy wants
+            long_only=self.opts.category == "spot" and self.opts.mode != "signal",
         )
         bus.subscribe(BarSet, self._after_bar)
         bus.subscribe(RiskEvent, self._on_risk)
