@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from quantnet.experiment.results import SHORT, label, sources_note
+from quantnet.experiment.results import SHORT, gross_note, label, sources_note
 from quantnet.experiment.tables import TABLE_METRICS, per_asset_mean
 
 VOL_TARGET = 0.10
@@ -50,7 +50,9 @@ def _figures(results: dict[str, Any], units: list[dict[str, Any]], baselines: di
     dates = {m["name"]: m.get("test_dates") for m in results["markets"]}
     rows = len(markets)
     fig = make_subplots(rows=rows, cols=1, shared_xaxes=False, subplot_titles=markets, vertical_spacing=0.06)
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    import plotly.express as px
+
+    palette = px.colors.qualitative.Dark24  # one colour per strategy: up to 24 before any repeats
     for k, (name, by_market) in enumerate(series.items()):
         for i, m in enumerate(markets):
             y = np.nanmean(np.vstack(by_market[m]), axis=0) if by_market[m] else np.array([])
@@ -199,7 +201,8 @@ def write_report(
         f"<p>Test window {split['test_start'][:10]} .. {split['last'][:10]} ({s['test_bars']} bars of "
         f"the union calendar, one start date for every market); validation from {split['val_start'][:10]}; "
         f"{len(results['assets'])} assets in {len(results['markets'])} markets; {s['seeds']} seeds; cost "
-        f"{s['cost_bps']:g} bps per unit of position change; training cost {s['train_cost_bps']:g} bps."
+        f"{s['cost_bps']:g} bps per unit of position change; training cost {s['train_cost_bps']:g} bps"
+        f"{gross_note(s)}."
         f"{html.escape(sources_note(results))}</p>",
         "<p>Cells: median across assets <small>(mean absolute deviation)</small>; learned models: mean ± sd "
         "over seeds of the per-seed median. Timing Sharpe: the position demeaned per asset, so a model "

@@ -156,7 +156,7 @@ def _cell(c: dict[str, float], kind: str) -> str:
     return f"{c['median']:.3f} ({c['mad']:.3f})"
 
 
-def _gross_note(settings: dict[str, Any]) -> str:
+def gross_note(settings: dict[str, Any]) -> str:
     names = settings.get("gross_trained") or []
     return f"; trained gross as well: {', '.join(names)}" if names else ""
 
@@ -180,7 +180,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['split']['val_start'][:10]}; {len(results['assets'])} assets in "
         f"{len(results['markets'])} markets; {s['seeds']} seeds; cost {s['cost_bps']:g} bps per unit "
         f"of position change (training at {s['train_cost_bps']:g} bps"
-        f"{_gross_note(s)}).{sources_note(results)}",
+        f"{gross_note(s)}).{sources_note(results)}",
         "",
         "Cells: median across assets (mean absolute deviation); learned models: mean ± sd over seeds "
         "of the per-seed median (mean MAD).",
