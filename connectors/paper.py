@@ -308,7 +308,9 @@ class PaperBroker:
         price = base * (1.0 + self.slippage * side)
         fee = qty * price * self.taker
         held = self.position[idx] + qty * side
-        held[np.abs(held) <= 1e-12 * np.maximum(1.0, qty)] = 0.0
+        tiny = np.abs(held) <= 1e-12 * np.maximum(qty, 1.0)
+        if np.count_nonzero(tiny):
+            held[tiny] = 0.0
         self.position[idx] = held
         seq = self._seq
         self._seq += len(idx)

@@ -13,6 +13,7 @@ a vectorised backtest that multiplies weights by returns.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Protocol
 
@@ -30,6 +31,7 @@ log = structlog.get_logger("engine.orders")
 
 _DONE = (OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.FILLED)
 _BUY, _SELL, _MARKET = Side.BUY, Side.SELL, OrderType.MARKET
+_NO_CONTEXT = contextlib.nullcontext()  # every price positive: nothing to silence
 
 
 class OrderGate(Protocol):
@@ -191,19 +193,29 @@ class OrderManager:
         price = pf.last_price[idx]
         self.unpriced[idx] = False
         unpriced = price <= 0.0
-        if unpriced.any():  # symbols without a price yet: keep their targets for their first bar
+        waiting = np.count_nonzero(unpriced)
+        if waiting:  # symbols without a price yet: keep their targets for their first bar
             waits = unpriced & (targets != 0.0)
             if waits.any():
                 self.unpriced[idx[waits]] = self._any_unpriced = True
         equity = pf.equity
         if not math.isfinite(equity) or equity <= 0.0:
             return None
-        with np.errstate(divide="ignore", invalid="ignore"):
-            wanted = np.where(self.units[idx], targets, targets * equity / price)
+        units = self.units[idx]
+        with np.errstate(divide="ignore", invalid="ignore") if waiting else _NO_CONTEXT:
+            if np.count_nonzero(units) == len(idx):
+                wanted = targets.copy()
+            else:
+                wanted = targets * equity / price
+                np.copyto(wanted, targets, where=units)
             delta = wanted - pf.qty[idx] - self.pending[idx]
             size = np.abs(delta)
-            send = ~unpriced & ~(size * price <= max(self.min_trade_notional, 1e-9 * equity))
-        k = np.flatnonzero(send)
+            send = ~(size * price <= max(self.min_trade_notional, 1e-9 * equity))
+        if waiting:
+            send &= ~unpriced
+        k = send.nonzero()[0]
+        if len(k) == len(idx):
+            return idx, delta, size
         return idx[k], delta[k], size[k]
 
     def _rebalance(self, i: int, target: float, strategy: str, ts: int) -> None:

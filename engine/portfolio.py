@@ -286,52 +286,57 @@ class Portfolio:
             for i in idx.tolist():
                 if not self._recorded[i]:
                     self._record(i)
-        qty, avg_price = self.qty, self.avg_price
+        qty, avg_price, count = self.qty, self.avg_price, np.count_nonzero
         old = qty[idx]
         avg = avg_price[idx]
         new = old + signed
         size = np.abs(old)
-        new[np.abs(new) <= _EPS * np.maximum(1.0, size)] = 0.0
-        was_long, now_long = old > 0, new > 0
-        held = old != 0.0
+        tiny = np.abs(new) <= _EPS * np.maximum(size, 1.0)
+        if count(tiny):
+            new[tiny] = 0.0
+        was_long, now_long, held, flat = old > 0, new > 0, old != 0.0, new == 0.0
         closing = held & (was_long != (signed > 0))
         traded = np.abs(signed)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            realized = np.where(
-                closing, np.minimum(traded, size) * (price - avg) * np.where(was_long, 1.0, -1.0), 0.0
-            )
-            added = (avg * size + price * traded) / np.abs(new)
-        flat = new == 0.0
-        avg = np.where(
-            closing,
-            np.where(flat, 0.0, np.where(now_long != was_long, price, avg)),
-            np.where(flat, 0.0, added),
-        )
+        out = np.zeros(len(idx))  # the average price: 0 where flat
+        np.divide(avg * size + price * traded, np.abs(new), out=out, where=~flat)
+        closes = count(closing)
+        if closes:
+            realized = np.minimum(traded, size)
+            realized *= price - avg
+            realized *= np.sign(old)  # x 1.0 long, x -1.0 short: as on_fill's (1.0 if old > 0 else -1.0)
+            np.copyto(realized, 0.0, where=~closing)
+            np.copyto(out, avg, where=closing)  # a reduction keeps its average price
+            flip = closing & (now_long != was_long)
+            np.copyto(out, price, where=flip)
+            np.copyto(out, 0.0, where=closing & flat)
+            self.realized_pnl[idx] += realized
+            gain = realized - fee
+        else:
+            gain = -fee  # 0.0 - fee: the same number
         qty[idx] = new
-        self._held += int(np.count_nonzero(new)) - int(np.count_nonzero(old))
-        avg_price[idx] = avg
-        self.realized_pnl[idx] += realized
+        self._held += count(new) - count(held)
+        avg_price[idx] = out
+        cost = signed * price
+        cost += fee
         cash, fees, turnover = self.cash, self.fees, self.turnover_notional
-        for cost, f, notional in zip(
-            (signed * price + fee).tolist(), fee.tolist(), (quantity * price).tolist(), strict=True
-        ):
-            cash -= cost
+        for c, f, notional in zip(cost.tolist(), fee.tolist(), (quantity * price).tolist(), strict=True):
+            cash -= c
             fees += f
             turnover += notional
         self.cash, self.fees, self.turnover_notional = cash, fees, turnover
         self.n_fills += len(idx)
         last = self.last_price
         unmarked = last[idx] == 0.0
-        if unmarked.any():
+        if count(unmarked):
             last[idx[unmarked]] = price[unmarked]
         acc = self._trade_acc
-        acc[idx] += realized - fee
-        ended = held & (flat | (now_long != was_long))
-        if ended.any():
+        acc[idx] += gain
+        if closes:
+            ended = closing & (flat | (now_long != was_long))
             for i in idx[ended].tolist():
                 self.trade_pnls.append(float(acc[i]))
                 acc[i] = 0.0
-        return new, avg
+        return new, out
 
     def on_funding(self, funding: Funding) -> None:
         i = self.index.get(funding.symbol)

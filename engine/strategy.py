@@ -255,7 +255,7 @@ class StrategyHost:
         if self._standing is not None:
             standing, self._standing = self._standing, None
             targets = standing if targets is None else np.where(np.isnan(targets), standing, targets)
-        if targets is None or np.isnan(targets).all():
+        if targets is None or np.count_nonzero(targets == targets) == 0:
             return None
         return targets
 
@@ -321,9 +321,8 @@ class StrategyHost:
         """Warn once when the standing targets add up to more than the equity (leverage: cash goes
         negative and is charged ``[costs] borrow_rate``); per-asset targets that look small sum
         past 1 quickly over a universe."""
-        known = ~np.isnan(targets)
-        self._targets[known] = targets[known]
-        gross = float(np.abs(self._targets).sum())
+        np.copyto(self._targets, targets, where=targets == targets)
+        gross = float(np.add.reduce(np.abs(self._targets)))
         if gross > self.max_gross_target:
             if gross > 1.0 + 1e-9 and self.max_gross_target <= 1.0 + 1e-9:
                 log.warning(

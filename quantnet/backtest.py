@@ -35,7 +35,7 @@ from engine.roundtrips import Prices, round_trips
 from engine.strategy import Strategy, StrategyHost
 from engine.summary import state_name
 from quantnet.config import AppConfig
-from quantnet.every_bar import replay_every_bar
+from quantnet.every_bar import fill_columns, replay_every_bar
 from quantnet.quiet import replay_quiet
 from strategies.registry import create
 
@@ -51,6 +51,8 @@ class TradingNode:
     orders: OrderManager
     host: StrategyHost
     fills: list[Fill] = field(default_factory=list)
+    fill_batches: list[Any] = field(default_factory=list)
+    """Fills of a batched replay kept as arrays, after every one in ``fills`` (see quantnet.every_bar)."""
     risk_events: list[RiskEvent] = field(default_factory=list)
     risk: RiskManager | None = None
 
@@ -412,15 +414,18 @@ def _result(
     values, held = pf.positions()
     positions = pd.DataFrame(values, index=stamp, columns=list(held), copy=False)
     fills = node.fills
+    more = fill_columns(node.fill_batches, matrix.symbols)
     trades = pd.DataFrame(
         {
-            "timestamp": pd.to_datetime([f.ts_price or f.ts_event for f in fills], utc=True),
-            "symbol": [f.symbol for f in fills],
-            "side": [f.side.name.lower() for f in fills],
-            "quantity": [f.quantity for f in fills],
-            "price": [f.price for f in fills],
-            "fee": [f.fee for f in fills],
-            "bar_close": pd.to_datetime([f.ts_event for f in fills], utc=True),
+            "timestamp": pd.to_datetime(
+                [f.ts_price or f.ts_event for f in fills] + more["ts_price"], utc=True
+            ),
+            "symbol": [f.symbol for f in fills] + more["symbol"],
+            "side": [f.side.name.lower() for f in fills] + more["side"],
+            "quantity": [f.quantity for f in fills] + more["quantity"],
+            "price": [f.price for f in fills] + more["price"],
+            "fee": [f.fee for f in fills] + more["fee"],
+            "bar_close": pd.to_datetime([f.ts_event for f in fills] + more["ts_event"], utc=True),
         }
     )
     ppy = periods_per_year(times, cfg.data.calendar, cfg.data.periods_per_year)

@@ -106,19 +106,43 @@ def _wiring(bus: EventBus, node: Any, journal: Any, scheduled: Sequence[Callable
 
 
 class _Batch:
-    """A bar's market orders, one per asset (``idx`` ascending), sent but not yet filled."""
+    """A bar's market orders, one per asset (``idx`` ascending), sent but not yet filled (or, once
+    filled at ``at``, its fills: ``price``, ``fee``, ``seq`` the broker's sequence number before the
+    first). ``ts``: the bar it was decided on (its client ids)."""
 
-    __slots__ = ("ids", "idx", "orders", "side", "sides", "signed", "size", "ts")
+    __slots__ = (
+        "at",
+        "back",
+        "fee",
+        "idx",
+        "names",
+        "orders",
+        "price",
+        "seq",
+        "side",
+        "signed",
+        "size",
+        "ts",
+    )
 
-    def __init__(self, ts: int, idx: np.ndarray, side: np.ndarray, size: np.ndarray, ids: list[str]) -> None:
+    def __init__(
+        self, ts: int, idx: np.ndarray, side: np.ndarray, size: np.ndarray, names: list[str]
+    ) -> None:
         self.ts = ts
         self.idx = idx
         self.side = side
         self.size = size
         self.signed = size * side
-        self.ids = ids
-        self.sides = [_BUY if s > 0 else _SELL for s in side.tolist()]
+        self.names = names  # client id prefix per symbol
         self.orders: list[Order] | None = None
+
+    def ids(self) -> list[str]:
+        stamp = str(self.ts // 1_000_000)
+        names = self.names
+        return [names[i] + stamp for i in self.idx.tolist()]
+
+    def sides(self) -> list[Side]:
+        return [_BUY if s > 0 else _SELL for s in self.side.tolist()]
 
 
 def replay_every_bar(
@@ -133,7 +157,9 @@ def replay_every_bar(
     progress: Callable[[Iterable[Any], int], Iterator[Any]] | None = None,
 ) -> bool:
     """Replay bars ``first:`` of an every-bar rebalancing backtest; False (nothing done) when the
-    wiring is not the one this module knows. ``node`` is the backtest's TradingNode."""
+    wiring is not the one this module knows. ``node`` is the backtest's TradingNode: fills not
+    journaled are left in ``node.fill_batches`` as :func:`fill_columns` reads them (after every
+    Fill in ``node.fills``)."""
     host, orders, portfolio, risk = node.host, node.orders, node.portfolio, node.risk
     broker = orders.venue
     if matrix.grid is None or not orders.every_bar or not isinstance(broker, PaperBroker):
@@ -166,16 +192,18 @@ def replay_every_bar(
     prefixes: dict[str, list[str]] = {}
     delisted_seen = 0
     delisted = np.zeros(len(symbols), dtype=bool)
-    pending, fills = orders.pending, node.fills
+    pending, fills, batches = orders.pending, node.fills, node.fill_batches
+    book, price_fills = portfolio.book_fills, broker.price_market_fills
     ticks = iter(progress(range(first, n), n - first)) if progress is not None else None
     held: _Batch | None = None  # next open: the orders of the bar before, to fill at this one's open
+    count = np.count_nonzero
 
     def make_orders(batch: _Batch) -> list[Order]:
-        ts = batch.ts
+        ts, name = batch.ts, batch_strategy
         batch.orders = [
-            Order(cid, ts, ts, symbols[i], side, q, _MARKET, strategy=batch_strategy)
+            Order(cid, ts, ts, symbols[i], side, q, _MARKET, strategy=name)
             for cid, i, side, q in zip(
-                batch.ids, batch.idx.tolist(), batch.sides, batch.size.tolist(), strict=True
+                batch.ids(), batch.idx.tolist(), batch.sides(), batch.size.tolist(), strict=True
             )
         ]
         return batch.orders
@@ -184,40 +212,37 @@ def replay_every_bar(
         """Leave the batch's orders working at the broker and on their way at the order manager,
         as :meth:`OrderManager.submit` leaves them."""
         made = batch.orders if batch.orders is not None else make_orders(batch)
-        working, on_way, count = broker._working, orders._open, orders._open_count
+        working, on_way, open_count = broker._working, orders._open, orders._open_count
         for order, i, signed in zip(made, batch.idx.tolist(), batch.signed.tolist(), strict=True):
             working[order.client_id] = order
             on_way[order.client_id] = (i, signed)
-            count[i] += 1
+            open_count[i] += 1
+
+    def flush() -> None:
+        """Make the batched fills Fill objects, before the bus adds any of its own."""
+        if batches:
+            fills.extend(_fills(batches, symbols))
+            batches.clear()
 
     def fill(batch: _Batch, ts: int, base: np.ndarray, back: int) -> None:
         """Fill the batch at ``base`` (one price per order): the broker's fills, the portfolio's
         bookings and the order manager's settlement, journaled as the bus would deliver them."""
-        idx, side, size = batch.idx, batch.side, batch.size
-        price, fee, seq = broker.price_market_fills(idx, side, size, base)
-        new, avg = portfolio.book_fills(idx, size, batch.signed, price, fee)
+        idx = batch.idx
+        price, fee, seq = price_fills(idx, batch.side, batch.size, base)
+        new, avg = book(idx, batch.size, batch.signed, price, fee)
         pending[idx] = 0.0
-        made = [
-            Fill(ts, ts, cid, symbols[i], s, q, p, f, "taker", f"paper-{k}", "", ts - back)
-            for cid, i, s, q, p, f, k in zip(
-                batch.ids,
-                idx.tolist(),
-                batch.sides,
-                size.tolist(),
-                price.tolist(),
-                fee.tolist(),
-                range(seq + 1, seq + 1 + len(idx)),
-                strict=True,
-            )
-        ]
+        batch.at, batch.back, batch.price, batch.fee, batch.seq = ts, back, price, fee, seq
+        if record is None:
+            batches.append(batch)
+            return
+        made = _fills([batch], symbols)
         fills.extend(made)
-        if record is not None:
-            pnl = portfolio.realized_pnl[idx].tolist()
-            for f, q, a, r in zip(made, new.tolist(), avg.tolist(), pnl, strict=True):
-                record(f)
-                if positions:
-                    record(PositionUpdate(ts, ts, f.symbol, q, a, r))
-                record(OrderUpdate(ts, ts, f.client_id, f.symbol, _FILLED))
+        pnl = portfolio.realized_pnl[idx].tolist()
+        for f, q, a, r in zip(made, new.tolist(), avg.tolist(), pnl, strict=True):
+            record(f)
+            if positions:
+                record(PositionUpdate(ts, ts, f.symbol, q, a, r))
+            record(OrderUpdate(ts, ts, f.client_id, f.symbol, _FILLED))
 
     batch_strategy = strategy
     t = first
@@ -225,10 +250,11 @@ def replay_every_bar(
         if ticks is not None:
             next(ticks, None)
         ts = ts_list[t]
-        if held is not None and (t in due or not (o[t][held.idx] == o[t][held.idx]).all()):
+        if held is not None and (t in due or count(np.isnan(o[t][held.idx]))):
             hand_over(held)
             held = None
         if t in due or broker._working or orders._open or orders.unknown or host._standing is not None:
+            flush()
             advance(ts)
             publish(BarSet(ts, ts, symbols, o[t], h[t], low[t], c[t], v[t], t))
             t += 1
@@ -247,6 +273,7 @@ def replay_every_bar(
             except Exception as exc:
                 raise HandlerError(risk.on_bars, bars, exc) from exc
             if risk.state is not _ACTIVE or risk.halted or broker._working or orders._open:
+                flush()  # the rest of the bar (a halt's flatten, say) is the bus's
                 for handler in (host.on_bars, orders.rebalance, *((broker.on_close,) if at_close else ())):
                     try:
                         handler(bars)
@@ -270,7 +297,7 @@ def replay_every_bar(
             continue
         goal = orders.targets
         close = c[t - 1]
-        live = np.flatnonzero((goal == goal) & (close == close))
+        live = ((goal == goal) & (close == close)).nonzero()[0]
         sized = orders.sizes(live, goal[live])
         if sized is None or not len(sized[0]):
             continue
@@ -278,7 +305,8 @@ def replay_every_bar(
         if len(broker._delisted) != delisted_seen:
             delisted_seen = len(broker._delisted)
             delisted[:] = [s in broker._delisted for s in symbols]
-        if not np.isfinite(size).all() or (delisted_seen and delisted[idx].any()):
+        if count(np.isfinite(size)) < len(size) or (delisted_seen and count(delisted[idx])):
+            flush()
             orders.send_sized(idx, delta, size, batch_strategy, ts)  # refusals: as the bus has them
             if at_close:
                 broker.on_close(bars)
@@ -287,20 +315,61 @@ def replay_every_bar(
         if names is None:
             lead = f"{instance}-" if instance else ""
             names = prefixes[batch_strategy] = [f"{lead}{batch_strategy}-{s}-" for s in symbols]
-        stamp = str(ts // 1_000_000)
-        side = np.where(delta > 0, 1.0, -1.0)
-        batch = _Batch(ts, idx, side, size, [names[i] + stamp for i in idx.tolist()])
+        # +1.0 buy, -1.0 sell: a sent size is finite and above zero
+        batch = _Batch(ts, idx, np.sign(delta), size, names)
         if record is not None:  # as submit() and the broker's acceptance journal them
             for order in make_orders(batch):
                 record(order)
                 record(OrderUpdate(ts, ts, order.client_id, order.symbol, _ACCEPTED, ""))
-        pending[idx] += batch.signed
         if at_close:
             fill(batch, ts, close[idx], close_back)
         else:
+            pending[idx] += batch.signed
             held = batch
     if held is not None:
         hand_over(held)
     if ticks is not None:
         collections.deque(ticks, maxlen=0)
     return True
+
+
+def _fills(batches: Sequence[_Batch], symbols: tuple[str, ...]) -> list[Fill]:
+    """The Fill objects the broker publishes for filled batches, in order."""
+    out: list[Fill] = []
+    for b in batches:
+        ts, back, seq = b.at, b.back, b.seq
+        out.extend(
+            Fill(ts, ts, cid, symbols[i], s, q, p, f, "taker", f"paper-{k}", "", ts - back)
+            for cid, i, s, q, p, f, k in zip(
+                b.ids(),
+                b.idx.tolist(),
+                b.sides(),
+                b.size.tolist(),
+                b.price.tolist(),
+                b.fee.tolist(),
+                range(seq + 1, seq + 1 + len(b.idx)),
+                strict=True,
+            )
+        )
+    return out
+
+
+def fill_columns(batches: Sequence[_Batch], symbols: tuple[str, ...]) -> dict[str, list[Any]]:
+    """The batched fills as the columns of a backtest's trades (the values its Fill objects would
+    give: fill time in the data's labels, symbol, side, quantity, price, fee, bar stamp)."""
+    if not batches:
+        return {k: [] for k in ("ts_price", "symbol", "side", "quantity", "price", "fee", "ts_event")}
+    idx = np.concatenate([b.idx for b in batches])
+    counts = [len(b.idx) for b in batches]
+    ts_event = np.repeat(np.array([b.at for b in batches], dtype=np.int64), counts)
+    ts_price = ts_event - np.repeat(np.array([b.back for b in batches], dtype=np.int64), counts)
+    names = np.array(symbols, dtype=object)
+    return {
+        "ts_price": np.where(ts_price != 0, ts_price, ts_event).tolist(),
+        "symbol": names[idx].tolist(),
+        "side": np.where(np.concatenate([b.side for b in batches]) > 0, "buy", "sell").tolist(),
+        "quantity": np.concatenate([b.size for b in batches]).tolist(),
+        "price": np.concatenate([b.price for b in batches]).tolist(),
+        "fee": np.concatenate([b.fee for b in batches]).tolist(),
+        "ts_event": ts_event.tolist(),
+    }
