@@ -41,11 +41,13 @@ async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeBybit]:
         await server.stop()
 
 
-def live_daemon(fake: FakeBybit, state: Path, risk: RiskConfig | None = None, **opts: object) -> Daemon:
+def live_daemon(
+    fake: FakeBybit, state: Path, risk: RiskConfig | None = None, category: str = "linear", **opts: object
+) -> Daemon:
     options = DaemonOptions(
-        mode="live", symbols=SYMBOLS, interval="1", category="linear", state_dir=state, stdout=False, **opts
+        mode="live", symbols=SYMBOLS, interval="1", category=category, state_dir=state, stdout=False, **opts
     )  # type: ignore[arg-type]
-    cfg = app_config(enabled=True, environment="testnet", max_trade_lag=1e9)
+    cfg = app_config(enabled=True, environment="testnet", max_trade_lag=1e9, category=category)
     if risk is not None:
         cfg = cfg.model_copy(update={"risk": risk})
     return Daemon(cfg, create("sma_crossover", PARAMS), options, bybit=bybit_config(fake))
@@ -223,13 +225,26 @@ async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_a_stop_loss_working_at_bybit_is_resumed_at_a_restart_not_resent_or_lost(fake, tmp_path):
+@pytest.mark.parametrize("category", ["linear", "spot"])
+async def test_a_stop_loss_working_at_bybit_is_resumed_at_a_restart_not_resent_or_lost(
+    fake, tmp_path, category
+):
     """The risk manager's stop rests at Bybit between bars: a restart settles it like the order
     manager's orders (before: it was not passed to the resume, so the restart refused to trade,
-    taking it for an order missing from the journal)."""
+    taking it for an order missing from the journal). On spot the position is the coin balance,
+    net of the buys' fees: the stop sells it rounded down to the coin's step."""
     state = tmp_path / "state"
     risk = RiskConfig(stop_loss=0.03)
-    d = live_daemon(fake, state, risk)
+
+    def held(symbol: str) -> float:
+        if category == "spot":
+            return fake.coin_balance(symbol.removesuffix("USDT"))
+        return fake.position("linear", symbol)[0]
+
+    def step(symbol: str) -> float:
+        return fake.instruments[(category, symbol)].step
+
+    d = live_daemon(fake, state, risk, category)
     caught: list[int] = []
 
     def after_commit(bars: BarSet) -> None:
@@ -256,10 +271,10 @@ async def test_a_stop_loss_working_at_bybit_is_resumed_at_a_restart_not_resent_o
 
     before = {o.link_id: (o.order_id, o.symbol, o.qty, o.trigger_price) for o in resting()}
     assert before, "a stop-loss rests at Bybit"
-    assert all(v[2] == pytest.approx(abs(fake.position("linear", v[1])[0])) for v in before.values())
+    assert all(0 <= abs(held(v[1])) - v[2] < step(v[1]) for v in before.values())
     n_orders = len(fake.orders)
 
-    d = live_daemon(fake, state, risk)
+    d = live_daemon(fake, state, risk, category)
     task = asyncio.ensure_future(d.run())
     await until(lambda: d.ws_state == "connected" or task.done())
     assert not task.done() and d.reconciliation == []
@@ -271,10 +286,10 @@ async def test_a_stop_loss_working_at_bybit_is_resumed_at_a_restart_not_resent_o
     link, (order_id, symbol, qty, trigger) = next(iter(before.items()))
     i = SYMBOLS.index(symbol)
     sell = fake.orders[order_id].side == "Sell"  # a long's stop sells below, a short's buys above
-    fake.set_price("linear", symbol, round(trigger * (0.99 if sell else 1.01), 2))
+    fake.set_price(category, symbol, round(trigger * (0.99 if sell else 1.01), 2))
     await until(lambda: fake.orders[order_id].status == "Filled")
-    await until(lambda: d.node.portfolio.qty[i] == pytest.approx(fake.position("linear", symbol)[0]))
-    assert fake.position("linear", symbol)[0] == 0.0
+    await until(lambda: d.node.portfolio.qty[i] == pytest.approx(held(symbol), abs=1e-12))
+    assert abs(held(symbol)) < step(symbol)  # closed (spot: what is left is below the coin's step)
     fake.start_market(fake.now_ms(), step_ms=1_000)
     await until(lambda: d.stats.bars >= 1)  # the fill is journaled with the next bar
     d.stop()
