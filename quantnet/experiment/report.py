@@ -123,19 +123,26 @@ def _figures(results: dict[str, Any], units: list[dict[str, Any]], baselines: di
         )
 
     fig = go.Figure()
-    for u in units:
-        curve = [c for c in u.get("learning_curve", []) if c.get("val_sharpe") is not None]
-        if curve:
+    colours = px.colors.qualitative.Dark24
+    for k, u in enumerate(u for u in units if u.get("learning_curve")):
+        curve = u["learning_curve"]
+        name = f"{label(u.get('name', u['variant']))} s{u['seed']} (kept {u.get('best_step')})"
+        for key, dash, what in (("val_sharpe", "solid", "validation"), ("train_sharpe", "dot", "training")):
+            pts = [c for c in curve if c.get(key) is not None and math.isfinite(c[key])]
             fig.add_trace(
                 go.Scatter(
-                    x=[c["step"] for c in curve],
-                    y=[c["val_sharpe"] for c in curve],
-                    name=f"{label(u.get('name', u['variant']))} s{u['seed']} (kept {u.get('best_step')})",
+                    x=[c["step"] for c in pts],
+                    y=[c[key] for c in pts],
+                    name=f"{name}, {what}",
+                    legendgroup=name,
                     mode="lines",
+                    line={"color": colours[k % len(colours)], "dash": dash},
                 )
             )
-    fig.update_layout(xaxis_title="step", yaxis_title="validation Sharpe")
-    figs.append(("Learning curves: validation Sharpe by step, per seed", fig))
+    fig.update_layout(xaxis_title="step", yaxis_title="Sharpe")
+    figs.append(
+        ("Learning curves: Sharpe by step, per seed (solid: validation block, dotted: training batches)", fig)
+    )
     return figs
 
 
