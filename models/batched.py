@@ -44,13 +44,19 @@ class _ChainLSTM(torch.autograd.Function):
     (L, G, 4H, H); ``w_ih`` (L-1, G, 4H, H) and ``bias`` (L-1, G, 4H) of layers 1..L-1; ``mask``
     (T + L, (L-1)·G, H, B) or None: dropout multipliers on the input of layers 1..L-1 (row τ
     applies at iteration τ). Gate order i, f, g, o with the g rows doubled: tanh(z) =
-    2·sigmoid(2z) - 1, and torch's float32 tanh costs about four sigmoids here. The loop keeps 2c,
+    2·sigmoid(2z) - 1, and torch's float32 tanh costs about six sigmoids here. The loop keeps 2c,
     so the cell's tanh is one sigmoid and one affine operation. Returns the last layer's h,
     (G, H, T, B).
 
-    Buffers are iteration-major, (iteration, layer·market, feature, window), so every operation of
-    an iteration runs on contiguous memory; y and 2c carry a leading zero row (row τ holds
-    iteration τ - 1).
+    Every layer of every market reads one (2H + 1)-row block per iteration, [its input from the
+    layer below; its own h; 1], so one product [W_ih | W_hh | b]·block gives all pre-activations
+    (layer 0's input rows are zero; its input projection is added). Layers that have not started
+    (iteration τ < l) or have finished compute on harmless values: the former are reset to the zero
+    state, the latter feed only other finished layers. The forward pass stores the derivative
+    factors the backward needs (σ'(pre) times the gate's partner, o·(1 - tanh²c)/2), so the BPTT
+    loop is one product and five elementwise operations per iteration. The blocks and the gate
+    gradients are kept time-inner ((·, rows, time, window), padded so rows do not alias in the
+    cache), so the weight gradient is one batched product over all time steps without a copy.
     """
 
     @staticmethod
@@ -66,107 +72,111 @@ class _ChainLSTM(torch.autograd.Function):
         l_ = w_hh.shape[0]
         h_ = h4 // 4
         tw = t_ + l_ - 1
-        n_all = l_ * g_
-        acts = xw.new_empty(tw, n_all, h4, b_)
-        acts[:t_, :g_] = xw.permute(2, 0, 1, 3)
+        n = l_ * g_
+        k = 2 * h_ + 1
+        w = xw.new_zeros(n, h4, k)
+        w[:, :, h_ : 2 * h_] = w_hh.reshape(n, h4, h_)
         if l_ > 1:
-            acts[:, g_:] = bias.reshape(-1, h4, 1)
-        y = xw.new_zeros(tw + 1, n_all, h_, b_)
-        cs = xw.new_zeros(tw + 1, n_all, h_, b_)  # 2c
-        tcs = xw.new_empty(tw, n_all, h_, b_)
-        fc = xw.new_empty(n_all, h_, b_)
-        minus1 = xw.new_full((1, 1, 1), -1.0)
-        minus2 = xw.new_full((1, 1, 1), -2.0)
-        whh = w_hh.reshape(n_all, h4, h_).contiguous()
-        wih = w_ih.reshape(-1, h4, h_).contiguous()
-        a_t, y_t, c_t, tc_t = acts.unbind(0), y.unbind(0), cs.unbind(0), tcs.unbind(0)
+            w[g_:, :, :h_] = w_ih.reshape(-1, h4, h_)
+            w[g_:, :, 2 * h_] = bias.reshape(-1, h4)
+        z = xw.new_empty(n, k, tw + 2, b_)[:, :, : tw + 1]  # [below; own h; 1] per iteration
+        z[:, :, 0].zero_()
+        z[:, 2 * h_].fill_(1.0)
+        z[:g_, :h_].zero_()
+        acts = xw.new_empty(tw, n, h4, b_)
+        u = xw.new_empty(tw, n, 4, h_, b_)
+        s = xw.new_empty(tw, n, h_, b_)
+        v = xw.new_empty(2, n, 4, h_, b_)  # scratch: [2g, 2c_prev, 4i, tanh c], two in turn
+        v[0, :, 1].zero_()
+        minus1, minus2, half = xw.new_full((1,), -1.0), xw.new_full((1,), -2.0), xw.new_full((1,), 0.5)
+        own, z_t = z[:, h_ : 2 * h_].unbind(2), z.unbind(2)
+        below_dst = z[g_:, :h_].unbind(2) if l_ > 1 else ()
+        below_src = z[: n - g_, h_ : 2 * h_].unbind(2) if l_ > 1 else ()
         m_t = mask.unbind(0) if mask is not None else None
+        a_t, a0_t, x_t = acts.unbind(0), acts[:, :g_].unbind(0), xw.unbind(2)
+        u_t, s_t, vs = u.unbind(0), s.unbind(0), (v[0], v[1])
         for tau in range(tw):
-            lo, hi = max(0, tau - t_ + 1), min(l_, tau + 1)
-            r0, r1, n = lo * g_, hi * g_, (hi - lo) * g_
-            act = a_t[tau][r0:r1]  # holds the input projection or the bias
-            pre = torch.baddbmm(act, whh[r0:r1], y_t[tau][r0:r1])
-            a = max(lo, 1)
-            if a < hi:
-                src = y_t[tau][(a - 1) * g_ : (hi - 1) * g_]
+            a = a_t[tau]
+            torch.bmm(w, z_t[tau], out=a)
+            if tau < t_:
+                a0_t[tau].add_(x_t[tau])
+            a.sigmoid_()
+            av = a.view(n, 4, h_, b_)
+            i, f, g, o = av.unbind(1)
+            vc, vn = vs[tau % 2], vs[(tau + 1) % 2]
+            g2, _, i4, tc = vc.unbind(1)
+            cn = vn[:, 1]
+            torch.add(minus2, g, alpha=4.0, out=g2)
+            torch.mul(f, vc[:, 1], out=cn)
+            cn.addcmul_(i, g2)
+            torch.sigmoid(cn, out=tc)
+            torch.add(minus1, tc, alpha=2.0, out=tc)
+            torch.mul(o, tc, out=own[tau + 1])
+            torch.mul(i, 4.0, out=i4)
+            ut = u_t[tau]
+            torch.addcmul(av, av, av, value=-1.0, out=ut)
+            ut.mul_(vc)
+            st = s_t[tau]
+            torch.addcmul(half, tc, tc, value=-0.5, out=st)
+            st.mul_(o)
+            if tau < l_ - 1:  # layers above tau have not started: back to the zero state
+                r = (tau + 1) * g_
+                own[tau + 1][r:].zero_()
+                cn[r:].zero_()
+            if l_ > 1:
                 if m_t is not None:
-                    src = src * m_t[tau][(a - 1) * g_ : (hi - 1) * g_]
-                pre[(a - lo) * g_ :].baddbmm_(wih[(a - 1) * g_ : (hi - 1) * g_], src)
-            torch.sigmoid(pre, out=act)
-            i, f, g2, o = act.view(n, 4, h_, b_).unbind(1)
-            torch.add(minus2, g2, alpha=4.0, out=g2)  # 2·tanh(pre_g)
-            c = c_t[tau + 1][r0:r1]
-            torch.mul(f, c_t[tau][r0:r1], out=fc[:n])
-            torch.addcmul(fc[:n], i, g2, out=c)
-            tc = tc_t[tau][r0:r1]
-            torch.sigmoid(c, out=tc)
-            torch.add(minus1, tc, alpha=2.0, out=tc)  # tanh(c)
-            torch.mul(o, tc, out=y_t[tau + 1][r0:r1])
-        ctx.save_for_backward(acts, cs, tcs, y, w_hh, w_ih, mask)
+                    torch.mul(below_src[tau + 1], m_t[tau + 1], out=below_dst[tau + 1])
+                else:
+                    below_dst[tau + 1].copy_(below_src[tau + 1])
+        ctx.save_for_backward(acts, u, s, z, w, mask)
         ctx.shape = (g_, h_, t_, b_, l_)  # type: ignore[attr-defined]
-        return y[l_:, n_all - g_ :].permute(1, 2, 0, 3).contiguous()
+        return z[n - g_ :, h_ : 2 * h_, l_:].contiguous()
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, dy: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, None]:
-        acts, cs, tcs, y, w_hh, w_ih, mask = ctx.saved_tensors  # type: ignore[attr-defined]
+        acts, u, s, z, w, mask = ctx.saved_tensors  # type: ignore[attr-defined]
         g_, h_, t_, b_, l_ = ctx.shape  # type: ignore[attr-defined]
-        h4 = 4 * h_
-        tw = t_ + l_ - 1
-        n_all = l_ * g_
-        i, f, g2, o = acts.view(tw, n_all, 4, h_, b_).unbind(2)  # g2 = 2g
-        one, zero = acts.new_ones(1), acts.new_zeros(1)
-        # d(loss)/d(pre-activation) = dc · q for gates i, f, g and dh · r for gate o
-        s = torch.addcmul(one, tcs, tcs, value=-1.0).mul_(o)
-        r = torch.addcmul(o, o, o, value=-1.0).mul_(tcs)
-        q = acts.new_empty(tw, n_all, 3, h_, b_)
-        qi, qf, qg = q.unbind(2)
-        torch.addcmul(i, i, i, value=-1.0, out=qi)
-        torch.addcmul(zero, qi, g2, value=0.5, out=qi)
-        torch.addcmul(f, f, f, value=-1.0, out=qf)
-        torch.addcmul(zero, qf, cs[:tw], value=0.5, out=qf)
-        torch.addcmul(one, g2, g2, value=-0.25, out=qg)  # 1 - g²; d g / d(2·pre_g) = (1 - g²) / 2
-        torch.addcmul(zero, qg, i, value=0.5, out=qg)
-        dyt = dy.permute(2, 0, 1, 3).contiguous()  # (T, G, H, B)
-        dgates = acts.new_zeros(tw + 1, n_all, h4, b_)
-        dc_next = acts.new_zeros(n_all, h_, b_)
-        d_whh = acts.new_zeros(n_all, h4, h_)
-        d_wih = acts.new_zeros(max(0, n_all - g_), h4, h_)
-        whh_t = w_hh.reshape(n_all, h4, h_).transpose(1, 2).contiguous()
-        wih_t = w_ih.reshape(-1, h4, h_).transpose(1, 2).contiguous()
-        dg_t, y_t, s_t, r_t, q_t, f_t = (
-            dgates.unbind(0), y.unbind(0), s.unbind(0), r.unbind(0), q.unbind(0), f.unbind(0)
-        )  # fmt: skip
+        h4, tw, n = 4 * h_, t_ + l_ - 1, l_ * g_
+        k = 2 * h_ + 1
+        dg = acts.new_empty(n, h4, tw + 2, b_)[:, :, : tw + 1]
+        dg[:, :, tw].zero_()
+        dch = acts.new_zeros(n, h_, b_)  # dL/dc / 2 (the loop keeps 2c)
+        dz = acts.new_empty(n, k, b_)
+        wt = w.transpose(1, 2).contiguous()
+        dyo = dz[:, h_ : 2 * h_]
+        dyo_low, dyo_top, below = dyo[: n - g_], dyo[n - g_ :], dz[g_:, :h_]
+        dg_t, dy_t = dg.unbind(2), dy.unbind(2)
         m_t = mask.unbind(0) if mask is not None else None
+        f_t = acts.view(tw, n, 4, h_, b_)[:, :, 1].unbind(0)
+        u_t, s_t = u.unbind(0), s.unbind(0)
         for tau in range(tw - 1, -1, -1):
-            lo, hi = max(0, tau - t_ + 1), min(l_, tau + 1)
-            r0, r1, n = lo * g_, hi * g_, (hi - lo) * g_
-            nxt = dg_t[tau + 1]
-            dh = torch.bmm(whh_t[r0:r1], nxt[r0:r1])
-            if hi == l_ and tau >= l_ - 1:
-                dh[n - g_ :] += dyt[tau - l_ + 1]
-            e = min(hi, l_ - 1)
-            if lo < e:  # layer l's output is layer l + 1's input one iteration later
-                back = torch.bmm(wih_t[r0 : e * g_], nxt[r0 + g_ : (e + 1) * g_])
+            torch.bmm(wt, dg_t[tau + 1], out=dz)
+            if l_ > 1:
                 if m_t is not None:
-                    back.mul_(m_t[tau + 1][r0 : e * g_])
-                dh[: (e - lo) * g_] += back
-            dc = torch.addcmul(dc_next[r0:r1], dh, s_t[tau][r0:r1])
-            dv = dg_t[tau][r0:r1].view(n, 4, h_, b_)
-            torch.mul(dc.unsqueeze(1), q_t[tau][r0:r1], out=dv[:, :3])
-            torch.mul(dh, r_t[tau][r0:r1], out=dv[:, 3])
-            torch.mul(dc, f_t[tau][r0:r1], out=dc_next[r0:r1])
-            d_whh[r0:r1].baddbmm_(dg_t[tau][r0:r1], y_t[tau][r0:r1].transpose(1, 2))
-            a = max(lo, 1)
-            if a < hi:
-                src = y_t[tau][(a - 1) * g_ : (hi - 1) * g_]
-                if m_t is not None:
-                    src = src * m_t[tau][(a - 1) * g_ : (hi - 1) * g_]
-                d_wih[(a - 1) * g_ : (hi - 1) * g_].baddbmm_(dg_t[tau][a * g_ : r1], src.transpose(1, 2))
-        d_bias = dgates[:tw, g_:].sum(dim=(0, 3)).view(l_ - 1, g_, h4)
-        d_xw = dgates[:t_, :g_].permute(1, 2, 0, 3)
-        return d_xw, d_whh.view_as(w_hh), d_wih.view_as(w_ih), d_bias, None
+                    dyo_low.addcmul_(below, m_t[tau + 1])
+                else:
+                    dyo_low.add_(below)
+            t = tau - l_ + 1
+            if 0 <= t < t_:
+                dyo_top.add_(dy_t[t])
+            dch.addcmul_(dyo, s_t[tau])
+            dgv = dg_t[tau].view(n, 4, h_, b_)
+            ut = u_t[tau]
+            torch.mul(dch.unsqueeze(1), ut[:, :3], out=dgv[:, :3])
+            torch.mul(dyo, ut[:, 3], out=dgv[:, 3])
+            if tau < l_ - 1:
+                r = (tau + 1) * g_
+                dgv[r:].zero_()
+                dch[r:].zero_()
+            dch.mul_(f_t[tau])
+        zs = z[:, :, :tw].reshape(n, k, tw * b_)
+        dw = torch.bmm(dg[:, :, :tw].reshape(n, h4, tw * b_), zs.transpose(1, 2))
+        d_whh = dw[:, :, h_ : 2 * h_].reshape(l_, g_, h4, h_)
+        d_wih = dw[g_:, :, :h_].reshape(l_ - 1, g_, h4, h_)
+        d_bias = dw[g_:, :, 2 * h_].reshape(l_ - 1, g_, h4)
+        return dg[:g_, :, :t_], d_whh, d_wih, d_bias, None
 
 
 # -- building the pass from the model ----------------------------------------------------------------
@@ -333,10 +343,15 @@ def _run_chain(h: Hidden, first: _Lstm, links: list[tuple[list[_Affine], float, 
         wih_t, bias_t = xw.new_zeros(0, g_, 4 * hid, hid), xw.new_zeros(0, g_, 4 * hid)
     mask = None
     if any(masks):
-        keep = xw.new_tensor([1.0 - p for p in masks]).view(1, -1, 1, 1, 1)
-        keep = keep.view(1, -1, 1, 1, 1)
-        shape = (t_ + len(layers), len(masks), g_, hid, b_)
-        mask = (torch.bernoulli(keep.expand(shape)) / keep).view(t_ + len(layers), -1, hid, b_)
+        # multipliers only for the links that drop and the units that exist (padded units are zero)
+        rows = t_ + len(layers)
+        mask = xw.new_ones(rows, len(masks), g_, hid, b_)
+        for j, p in enumerate(masks):
+            if p:
+                width = layers[j].hidden
+                draw = torch.rand(rows, g_, width, b_, dtype=xw.dtype, device=xw.device) < 1.0 - p
+                mask[:, j, :, :width] = draw * (1.0 / (1.0 - p))
+        mask = mask.view(rows, -1, hid, b_)
     out = _ChainLSTM.apply(xw, w_hh, wih_t, bias_t, mask)
     return out[:, : layers[-1].hidden]
 
@@ -371,15 +386,10 @@ def _execute(h: Hidden, ops: list[Op], g_: int) -> Hidden:
     return h
 
 
-def forward_batched(model: QuantNet, items: Sequence[tuple[int, Tensor]]) -> list[Tensor]:
-    """Signals for several markets from zero state in one pass.
-
-    ``items`` holds (market index, inputs) pairs with inputs **time-major** (T, B, n_i), all with
-    the same T and B; returns the (T, B, n_i) signals in the same order (views into one tensor).
-    Equals ``model(i, x)`` per market (batch-first there) to rounding.
-    """
-    if not items:
-        return []
+def signals_batched(model: QuantNet, items: Sequence[tuple[int, Tensor]]) -> Tensor:
+    """Signals for several markets from zero state in one pass, side by side: (T, B, Σ n_i), the
+    markets' assets in the order of ``items`` ((market index, time-major (T, B, n_i) inputs), all
+    with the same T and B). Equals ``model(i, x)`` per market (batch-first there) to rounding."""
     t_, b_ = items[0][1].shape[:2]
     if any(x.dim() != 3 or x.shape[:2] != (t_, b_) for _, x in items):
         raise ValueError("forward_batched: every market's windows need the same (T, B)")
@@ -407,10 +417,17 @@ def forward_batched(model: QuantNet, items: Sequence[tuple[int, Tensor]]) -> lis
     out = [
         torch.addmm(net.head.bias * 2.0, x, (w * 2.0).t()) for x, w, net in zip(xs, head_w, nets, strict=True)
     ]
-    widths = [o.shape[1] for o in out]
     sig = torch.sigmoid(torch.cat(out, dim=1))
-    sig = torch.add(sig.new_full((1, 1), -1.0), sig, alpha=2.0).view(t_, b_, -1)
-    return list(sig.split(widths, dim=2))
+    return torch.add(sig.new_full((1, 1), -1.0), sig, alpha=2.0).view(t_, b_, -1)
+
+
+def forward_batched(model: QuantNet, items: Sequence[tuple[int, Tensor]]) -> list[Tensor]:
+    """:func:`signals_batched` split per market: the (T, B, n_i) signals in the order of ``items``
+    (views into one tensor)."""
+    if not items:
+        return []
+    sig = signals_batched(model, items)
+    return list(sig.split([x.shape[2] for _, x in items], dim=2))
 
 
 def forward_many_batched(model: QuantNet, items: Sequence[tuple[int, Tensor]]) -> list[Tensor]:

@@ -30,11 +30,11 @@ import torch
 from torch import Tensor
 
 from models._threads import torch_threads
-from models.batched import forward_many_batched
+from models.batched import forward_many_batched, signals_batched
 from models.checkpoint import check_assets
 from models.config import TrainConfig
 from models.data import Market, Splits, dated_splits, infer_periods_per_year, model_arrays, vol_scale
-from models.loss import market_sharpe, quantnet_loss
+from models.loss import carried_returns, carry_arrays, loss_from_sums, market_sharpe, quantnet_loss
 from models.network import QuantNet
 
 Callback = Callable[[dict[str, Any]], None]
@@ -63,6 +63,11 @@ class _Series:
     k: int
     v: Tensor | None = None  # (T, n) position scale vol_target/σ_t of the vol_scaled objective
     last: Tensor | None = None  # (T, n) int64: the last row <= t where the target exists, -1: none
+    # models.loss.carried_returns' series arrays, for the batched step
+    carry: Tensor | None = None
+    next_return: Tensor | None = None
+    next_row: Tensor | None = None
+    cum: Tensor | None = None
 
     def previous_rows(self, rows: Tensor) -> Tensor:
         """:func:`models.loss.previous_rows` of ``m[rows]`` for windows of consecutive ``rows``
@@ -147,11 +152,12 @@ def _series(
             )
             m = m & np.isfinite(vs)
             v = t(np.nan_to_num(vs, nan=0.0))
-        last = np.maximum.accumulate(np.where(m, np.arange(len(m))[:, None], -1), axis=0)
+        carry, nxt_r, nxt, last, cum = carry_arrays(r, m)
         out.append(
             _Series(
                 model.index(mk.name), t(x), t(r), t(m, torch.bool), v0, t0, max(k, 1), v,
-                t(last, torch.int64),
+                t(last, torch.int64), t(carry), t(nxt_r), t(nxt, torch.int64),
+                t(cum, torch.int64),
             )
         )  # fmt: skip
     return out
@@ -231,6 +237,78 @@ def _evaluate(
     return out
 
 
+def _loss(
+    model: QuantNet,
+    picked: list[_Series],
+    rng: np.random.Generator,
+    config: TrainConfig,
+    ppy: float,
+    min_bars: int,
+    batched: bool,
+) -> Tensor:
+    """One step's loss, per market: its windows, signals and eq. 7 Sharpe, then eq. 8."""
+    items, targets, scales = [], [], []
+    for s in picked:
+        ends = rng.integers(s.k + 1, s.val_start + 1, size=config.windows_per_market)
+        rows = torch.as_tensor(ends[:, None] - s.k + np.arange(s.k)[None, :], device=s.x.device)
+        items.append((s.model_index, s.x[rows]))
+        targets.append((s.r[rows], s.m[rows], s.previous_rows(rows)))
+        scales.append(None if s.v is None else s.v[rows])
+    signals = forward_many_batched(model, items) if batched else model.forward_many(items)
+    signals = [sg if v is None else sg * v for sg, v in zip(signals, scales, strict=True)]
+    return quantnet_loss(
+        [(sg, *target) for sg, target in zip(signals, targets, strict=True)],
+        periods_per_year=ppy,
+        cost_bps=config.cost_bps,
+        min_bars=min_bars,
+    )
+
+
+# markets per batched pass: more share the per-iteration overhead, but past about this many the
+# pass's buffers outgrow the cache and each market costs more (measured on 6 and 20 markets)
+_CHAIN_MARKETS = 8
+
+
+def _batched_loss(
+    model: QuantNet,
+    picked: list[_Series],
+    rng: np.random.Generator,
+    config: TrainConfig,
+    ppy: float,
+    min_bars: int,
+) -> Tensor:
+    """:func:`_loss` (the same windows, drawn in the same order) without turnover cost, with the
+    markets of equal window length in one :func:`models.batched.signals_batched` pass and the loss
+    in one pass over all of them: the Sharpe sums come from each window's carried returns
+    (:func:`models.loss.carried_returns`) instead of gathering held positions per market."""
+    groups: dict[int, list[tuple[int, Tensor, Tensor, Tensor]]] = {}
+    for s in picked:
+        assert s.carry is not None and s.next_return is not None and s.next_row is not None
+        assert s.last is not None and s.cum is not None
+        ends = rng.integers(s.k + 1, s.val_start + 1, size=config.windows_per_market)
+        rows = torch.as_tensor(np.arange(s.k)[:, None] + (ends - s.k)[None, :], device=s.x.device)
+        w, count = carried_returns(s.carry, s.next_return, s.next_row, s.last, s.cum, rows)
+        if s.v is not None:
+            w = w * s.v[rows]
+        groups.setdefault(s.k, []).append((s.model_index, s.x[rows], w, count))
+    a, s2, counts, markets = [], [], [], []
+    size = _CHAIN_MARKETS
+    chunks = [grp[c : c + size] for grp in groups.values() for c in range(0, len(grp), size)]
+    for grp in chunks:
+        sig = signals_batched(model, [(i, x) for i, x, _, _ in grp])
+        sw = sig * torch.cat([w for _, _, w, _ in grp], dim=2)
+        a.append(sw.sum(dim=0))
+        s2.append(sw.pow(2).sum(dim=0))
+        for _, _, _, count in grp:
+            counts.append(count)
+            g = len(markets)
+            markets.append(torch.full((count.shape[1],), g, dtype=torch.int64, device=count.device))
+    return loss_from_sums(
+        torch.cat(a, dim=1), torch.cat(s2, dim=1), torch.cat(counts, dim=1), torch.cat(markets),
+        len(picked), periods_per_year=ppy, min_bars=min_bars,
+    )  # fmt: skip
+
+
 def train(
     model: QuantNet,
     markets: Sequence[Market],
@@ -239,7 +317,7 @@ def train(
     callback: Callback | None = None,
     log_path: str | Path | None = None,
     splits: Splits | None = None,
-    batched: bool = False,
+    batched: bool | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``markets`` (all must be in the model with the same assets).
 
@@ -249,9 +327,10 @@ def train(
     weights with the best validation Sharpe (the final ones without a validation block) and is in
     eval mode; nothing of the test block has been read.
     Each step's record (step, loss, train_sharpe, val_sharpe on evaluation steps, ...) goes to
-    ``callback`` and, as one JSON line, to ``log_path``. ``batched`` runs every step's markets in
-    one pass (:mod:`models.batched`; same losses and gradients; measured slower than one ``nn.LSTM``
-    per market on CPU: README, Training speed).
+    ``callback`` and, as one JSON line, to ``log_path``. ``batched`` (default: on CPU) runs every
+    step's markets in one pass (:mod:`models.batched`) and, without a turnover cost, the loss in one
+    pass over all of them; the same losses and gradients as one ``nn.LSTM`` per market
+    (``batched=False``), faster on CPU (README, Training speed).
     """
     if not markets:
         raise ValueError("no markets to train on")
@@ -260,6 +339,8 @@ def train(
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     model.to(device)
+    if batched is None:
+        batched = device.type == "cpu"
     if splits is None:
         splits = dated_splits(markets, config.test_bars, config.val_bars)
     ppy = config.periods_per_year or infer_periods_per_year(markets)
@@ -297,6 +378,7 @@ def train(
         groups.append({"params": shared, "lr": lr * scale})
     opt = torch.optim.Adam(groups, lr=lr, amsgrad=True, weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed)
+    fast = batched and not config.cost_bps
     frozen = [(p, p.requires_grad) for p in shared] if config.shared == "frozen" else []
 
     history: list[dict[str, Any]] = []
@@ -329,22 +411,11 @@ def train(
         model.train()
         for step in range(1, config.steps + 1):
             pick = rng.choice(len(series), size=min(config.batch_markets, len(series)), replace=False)
-            items, targets, scales = [], [], []
-            for j in sorted(pick.tolist()):
-                s = series[j]
-                ends = rng.integers(s.k + 1, s.val_start + 1, size=config.windows_per_market)
-                rows = torch.as_tensor(ends[:, None] - s.k + np.arange(s.k)[None, :], device=device)
-                items.append((s.model_index, s.x[rows]))
-                targets.append((s.r[rows], s.m[rows], s.previous_rows(rows)))
-                scales.append(None if s.v is None else s.v[rows])
-            signals = forward_many_batched(model, items) if batched else model.forward_many(items)
-            signals = [sg if v is None else sg * v for sg, v in zip(signals, scales, strict=True)]
-            loss = quantnet_loss(
-                [(sg, *target) for sg, target in zip(signals, targets, strict=True)],
-                periods_per_year=ppy,
-                cost_bps=config.cost_bps,
-                min_bars=min_bars,
-            )
+            picked = [series[j] for j in sorted(pick.tolist())]
+            if fast:
+                loss = _batched_loss(model, picked, rng, config, ppy, min_bars)
+            else:
+                loss = _loss(model, picked, rng, config, ppy, min_bars, batched)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:

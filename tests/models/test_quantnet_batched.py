@@ -116,10 +116,16 @@ def test_dropout_only_in_training() -> None:
     assert not all(torch.allclose(a, e) for a, e in zip(one, ev, strict=True))
 
 
-def test_training_batched_equals_default(make_markets: Callable[..., list[Market]]) -> None:
+@pytest.mark.parametrize(("objective", "cost_bps"), [("sharpe", 0.0), ("vol_scaled", 0.0), ("sharpe", 5.0)])
+def test_training_batched_equals_per_market(
+    make_markets: Callable[..., list[Market]], objective: str, cost_bps: float
+) -> None:
     markets = make_markets(rows=300)
     cfg = ModelConfig(variant="lstm-linear", transfer_dim=4, decoder_dim=4, dropout=0.0)
-    tc = TrainConfig(steps=6, batch_markets=3, windows_per_market=3, seq_len=32, val_bars=0, seed=3)
+    tc = TrainConfig(
+        steps=6, batch_markets=3, windows_per_market=3, seq_len=32, val_bars=0, seed=3,
+        objective=objective, cost_bps=cost_bps, vol_span=10,
+    )  # fmt: skip
     runs = []
     for batched in (False, True):
         model = QuantNet(cfg, {m.name: m.assets for m in markets}, seed=3).double()
