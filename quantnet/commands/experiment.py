@@ -184,17 +184,26 @@ def register(app: typer.Typer) -> None:
         inner = progress.add_task("step", total=total_steps, stage="", detail="", visible=False)
         done = {"n": 0}
 
+        plain = not err_console.is_terminal  # no live display (a log file, nohup): a line per stage
+
+        def say(text: str) -> None:
+            if plain:
+                err_console.print(f"experiment {time.perf_counter() - t0:7.0f} s  {text}", highlight=False)
+
         def notify(stage: str, info: dict[str, Any]) -> None:
             if stage == "baselines":
+                say("baselines")
                 progress.update(overall, stage="baselines", detail="buy-and-hold, risk parity, momentum")
             elif stage in ("train", "skip"):
                 label = f"{info['variant']} seed {info['seed']}"
                 if stage == "skip":
                     done["n"] += 1
+                    say(f"unit {done['n']}/{units} {label}: done before")
                     progress.update(
                         overall, completed=done["n"], stage="resume", detail=f"{label}: done before"
                     )
                     return
+                say(f"unit {done['n'] + 1}/{units} {label}: training")
                 progress.update(overall, completed=done["n"], stage="train", detail=label)
                 progress.update(inner, completed=0, visible=True, stage="  step", detail="")
                 done["n"] += 1
@@ -216,6 +225,7 @@ def register(app: typer.Typer) -> None:
                 train_set = runner.training_markets(markets, split)
                 for v in names:
                     progress.update(overall, stage="search", detail=f"{v}: {search} trials on Ray Tune")
+                    say(f"search {v}: {search} trials on Ray Tune")
                     try:
                         found = run_search(
                             v,

@@ -162,6 +162,7 @@ def test_tables_match_values_computed_from_the_files(finished):
     )
     assert set(results["tests"]["net"]["lstm-linear vs notransfer-linear"]) == {"sharpe", "calmar"}
     assert "Table 1, net of 10 bps" in text and "QuantNet lstm-linear" in text
+    assert "unit 3/6 lstm-linear-gross seed 0: training" in text
     assert "| QuantNet lstm-linear, trained gross |" in text and "trained gross as well: lstm-linear" in text
     assert set(results["strategies"]) == {*BASELINES, "lstm-linear", "lstm-linear-gross", "notransfer-linear"}
     html = (out / "report.html").read_text()
@@ -182,6 +183,8 @@ def test_resume_skips_finished_units(data_dir, finished):
     res = CliRunner().invoke(_app(), args)
     assert res.exit_code == 0, res.output
     assert [p.stat().st_mtime_ns for p in units] == stamps
+    # no terminal here: a plain line per unit instead of the live display
+    assert "unit 6/6 notransfer-linear seed 1: done before" in res.output
     again = json.loads((out / "results.json").read_text())
     assert again["table1"] == results["table1"]
 
