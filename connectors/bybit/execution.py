@@ -491,7 +491,8 @@ class BybitExecution:
 
     async def account(self) -> dict[str, Any]:
         """Bybit's view of the account for start-up reconciliation: open orders, positions
-        (signed size, average and mark price, by symbol) and the USDT equity."""
+        (signed size, average and mark price, by symbol) and the USDT equity; on spot, the
+        wallet's coins as positions and its USDT balance as ``cash`` (:meth:`_spot_wallet`)."""
         query: dict[str, Any] = {"category": self.category, "limit": 50}
         if self.category != "spot":
             query["settleCoin"] = "USDT"
@@ -507,18 +508,17 @@ class BybitExecution:
         if self.category == "spot":
             return {"orders": orders, **(await self._spot_wallet())}
         positions: dict[str, tuple[float, float, float]] = {}
-        if self.category != "spot":
-            result = await self.rest.request(
-                "GET", "/v5/position/list", {"category": self.category, "settleCoin": "USDT"}, signed=True
-            )
-            for item in result.get("list") or []:
-                size = as_float(item.get("size")) * (-1.0 if item.get("side") == "Sell" else 1.0)
-                if size:
-                    positions[str(item.get("symbol"))] = (
-                        size,
-                        as_float(item.get("avgPrice")),
-                        as_float(item.get("markPrice")),
-                    )
+        result = await self.rest.request(
+            "GET", "/v5/position/list", {"category": self.category, "settleCoin": "USDT"}, signed=True
+        )
+        for item in result.get("list") or []:
+            size = as_float(item.get("size")) * (-1.0 if item.get("side") == "Sell" else 1.0)
+            if size:
+                positions[str(item.get("symbol"))] = (
+                    size,
+                    as_float(item.get("avgPrice")),
+                    as_float(item.get("markPrice")),
+                )
         wallet = await self.rest.request(
             "GET", "/v5/account/wallet-balance", {"accountType": "UNIFIED"}, signed=True
         )
