@@ -373,19 +373,23 @@ class BybitExecution:
             self._update(order.client_id, order.symbol, OrderStatus.REJECTED, problem)
             return
         tracked = _Tracked(order, link, qty, price, conditional=order.type is OrderType.STOP)
-        limit = self.market_limits.get(order.symbol, 0.0)
-        if limit > 0 and order.type is not OrderType.LIMIT and qty > limit:
-            # Bybit refuses a larger market order outright; the rest is traded on a later decision
-            rules = self.rules[order.symbol]
-            tracked.qty = rules.round_qty(limit)
-            asked = format_step(qty, rules.qty_step)
-            tracked.note = f"market order clipped from {asked} to Bybit's maximum {limit:g}"
-            self.clipped += 1
-            log.warning(tracked.note, client_id=order.client_id, symbol=order.symbol)
+        self._clip_market(tracked)
         self.orders[order.client_id] = tracked
         self._by_link[link] = tracked
         self._symbols.add(order.symbol)
         self._spawn(self._place(tracked), request=True)
+
+    def _clip_market(self, t: _Tracked) -> None:
+        """Bybit refuses a market order above the instrument's maximum outright: send the
+        maximum (the rest is traded on a later decision)."""
+        limit = self.market_limits.get(t.order.symbol, 0.0)
+        if limit > 0 and t.order.type is not OrderType.LIMIT and t.qty > limit:
+            rules = self.rules[t.order.symbol]
+            asked = format_step(t.qty, rules.qty_step)
+            t.qty = rules.round_qty(limit)
+            t.note = f"market order clipped from {asked} to Bybit's maximum {limit:g}"
+            self.clipped += 1
+            log.warning(t.note, client_id=t.order.client_id, symbol=t.order.symbol)
 
     def cancel(self, client_id: str) -> None:
         """Cancel now if Bybit is known to have the order; otherwise remember it: a cancel that
@@ -477,6 +481,13 @@ class BybitExecution:
         if item is None:
             if self._resend is not None and self._resend(t.order):
                 log.warning("order not at Bybit after the restart; sending it", order_link_id=t.link_id)
+                # the journal has the order as decided: rounded and checked as on a first submit
+                # (unrounded, the decimal string would round half up: a spot sell of more coin than held)
+                problem, t.qty, t.price = self._prepare(t.order)
+                if problem:
+                    self._set(t, OrderStatus.REJECTED, f"not sent again after the restart: {problem}")
+                    return
+                self._clip_market(t)
                 t.placing = True
                 self._spawn(self._place(t), request=True)
                 return

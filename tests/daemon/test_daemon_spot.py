@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from connectors.bybit.execution import link_id_for
 from engine import orders as orders_module
-from engine.events import BarSet, Signal
+from engine.events import BarSet, Order, Side, Signal
 from quantnet.daemon import Daemon, DaemonError, DaemonOptions
 from strategies.registry import create
 from tests.daemon.helpers import STEP_MS, SYMBOLS, app_config, bybit_config, events, rows
@@ -65,13 +66,13 @@ def spot_daemon(fake: FakeBybit, state: Path, **opts: Any) -> Daemon:
     return Daemon(cfg, create("sma_crossover", PARAMS), options, bybit=bybit_config(fake))
 
 
-async def run_until(d: Daemon, done: Callable[[], bool]) -> None:
-    """Run until ``done`` holds right after a bar's commit with no order on its way: the journal's
-    book is then everything the account did."""
+async def run_until(d: Daemon, done: Callable[[], bool], *, quiet: bool = True) -> None:
+    """Run until ``done`` holds right after a bar's commit; ``quiet``: with no order on its way,
+    so that the journal's book is everything the account did."""
     met: list[bool] = []
 
     def watch(bars: BarSet) -> None:
-        if not met and not d.node.orders.working() and done():
+        if not met and (not quiet or not d.node.orders.working()) and done():
             met.append(True)
             d.stop()
 
@@ -84,6 +85,11 @@ async def run_until(d: Daemon, done: Callable[[], bool]) -> None:
     d._build = build_then_watch  # type: ignore[method-assign]
     assert await asyncio.wait_for(d.run(), 90) == 0
     assert met, "the condition was not met within max_bars"
+
+
+def order_from(record: dict[str, Any]) -> Order:
+    r = record
+    return Order(r["client_id"], r["ts_event"], r["ts_init"], r["symbol"], Side(r["side"]), r["quantity"])
 
 
 def book(state: Path) -> tuple[dict[str, float], float]:
@@ -155,25 +161,39 @@ async def test_spot_live_trades_long_only_its_book_is_the_wallet_and_a_restart_t
     assert sorted(clipped) == sorted(set(clipped)) == sorted(ever_short)
     assert all(p["quantity"] >= 0 for p in events(state, "PositionUpdate"))
 
-    # 2. a restart finds the same balances and trades on from them
+    # 2. stopped right after a bar that sent orders: they fill at Bybit after the stop (or, cut
+    # off by it, never left), and the journal has them on their way
+    d = spot_daemon(fake, state, max_bars=600)
+    await run_until(d, lambda: bool(d.node.orders.working()), quiet=False)
+    instance = rows(state, "SELECT value FROM meta WHERE key = 'instance_id'")[0][0]
+    on_their_way = pickle.loads(rows(state, "SELECT blob FROM snapshots WHERE kind = 'book'")[0][0])
+    in_flight = set(on_their_way["orders"]["_open"])
+    assert in_flight
+    await asyncio.sleep(0.3)
+
+    # 3. the restart settles them (fills booked net of their fees, or sent again), finds the same
+    # balances as the book and trades on from them
     n_exec = len(fake.executions)
     d = spot_daemon(fake, state, max_bars=600)
     await run_until(d, lambda: len(fake.executions) >= n_exec + 2)
     assert d.reconciliation == []
+    links = {o.link_id for o in fake.orders.values()}
+    sent = [o for o in events(state, "Order") if o["client_id"] in in_flight]
+    assert sent and all(link_id_for(order_from(o), instance) in links for o in sent)
     assert_book_is_the_wallet(fake, state)
 
-    # 3. coins bought by hand while it is down: refused, saying what differs
+    # 4. coins bought by hand while it is down: refused, saying what differs
     fake._place({"category": "spot", "symbol": "ETHUSDT", "side": "Buy", "orderType": "Market", "qty": "0.5"})
     with pytest.raises(DaemonError) as refused:
         await asyncio.wait_for(spot_daemon(fake, state, max_bars=1).run(), 60)
     text = str(refused.value)
     found = re.search(r"ETHUSDT position \(ETH balance\): Bybit (\S+), journal (\S+?);", text)
     assert found, text
-    assert float(found[1]) - float(found[2]) == pytest.approx(0.5 * (1 - 0.00055), abs=1e-9)  # less its fee
+    assert float(found[1]) - float(found[2]) == pytest.approx(0.5 * (1 - 0.00055), abs=1e-8)  # less its fee
     assert "(the USDT balance)" in text and "--adopt" in text
     assert "BTCUSDT position" not in text and "SOLUSDT position" not in text
 
-    # 4. --adopt takes the wallet, journaled; the next start finds nothing different
+    # 5. --adopt takes the wallet, journaled; the next start finds nothing different
     d = spot_daemon(fake, state, max_bars=1, adopt=True)
     assert await asyncio.wait_for(d.run(), 60) == 0
     adoption = [e for e in events(state, "RiskEvent") if e["rule"] == "adoption"]

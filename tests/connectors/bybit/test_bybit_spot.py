@@ -52,3 +52,19 @@ async def test_the_spot_account_is_the_wallets_coins(fake: FakeBybit) -> None:
     cash = 5_000.0 - 0.4 * eth
     assert account["cash"] == pytest.approx(cash, abs=1e-6)
     assert account["equity"] == pytest.approx(cash + 0.25 * btc + got * eth, abs=1e-6)
+
+
+async def test_an_order_resent_after_a_restart_is_rounded_down_like_a_first_submit(fake: FakeBybit) -> None:
+    """The journal holds the order as decided (0.1234567 ETH, off the 0.00001 step). Resent
+    unrounded, its decimal string rounded half up: a spot sell of more coin than the wallet held,
+    refused 170131 (found by the spot restart test)."""
+    fake.coins = {"ETH": 0.1234567}  # what a buy net of its fee left: more decimals than the step
+    async with running_venue(fake, category="spot") as h:
+        h.venue.config = h.venue.config.model_copy(update={"recv_window": 100})
+        sell = order("resent-1", qty=0.1234567, symbol="ETHUSDT", side=Side.SELL)
+        await h.venue.resume([sell], resend=lambda o: True)  # never reached Bybit before the restart
+        await h.settle()
+        assert h.statuses("resent-1") == [OrderStatus.ACCEPTED, OrderStatus.FILLED]
+        (placed,) = fake.orders.values()
+        assert placed.qty == 0.12345  # down to the step, as submit() rounds
+        assert fake.coin_balance("ETH") == pytest.approx(0.0000067, abs=1e-12)
