@@ -132,16 +132,17 @@ def quantnet_loss(
 def carry_arrays(
     returns: np.ndarray, mask: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A series' (T_all, n) arrays for :func:`carried_returns` from its returns (missing as 0) and
-    mask: carry, next_return, next_row, last, cum."""
+    """A series' arrays for :func:`carried_returns` from its (T_all, n) returns (missing as 0) and
+    mask, each (n, T_all): carry, next_return, next_row, last, cum."""
     idx = np.arange(len(mask))[:, None]
     last = np.maximum.accumulate(np.where(mask, idx, -1), axis=0)
-    nxt = np.ascontiguousarray(np.minimum.accumulate(np.where(mask, idx, len(mask))[::-1], axis=0)[::-1])
+    nxt = np.minimum.accumulate(np.where(mask, idx, len(mask))[::-1], axis=0)[::-1]
     at = np.minimum(nxt, len(mask) - 1)
     nxt_r = np.where(nxt < len(mask), np.take_along_axis(returns, at, axis=0), 0.0)
     carry = np.zeros_like(nxt_r)
     carry[1:] = mask[:-1] * nxt_r[1:]
-    return carry, nxt_r, nxt, last, np.cumsum(mask, axis=0)
+    out = (carry, nxt_r, nxt, last, np.cumsum(mask, axis=0))
+    return tuple(np.ascontiguousarray(a.T) for a in out)  # type: ignore[return-value]
 
 
 def carried_returns(
@@ -153,24 +154,24 @@ def carried_returns(
     rows: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """(w, count) for :func:`loss_from_sums`: windows of one series' rows ``rows`` (T, B)
-    (consecutive, starting at row 1 or later), time-major.
+    (consecutive, starting at row 1 or later), assets first: w (n, T, B), count (n, B).
 
     With held positions (:func:`held_positions`) every unmasked return r_t is earned by the signal
     of one row j = p_t + 1 (t itself when the asset has no earlier bar in the window), so
     Σ_t h_t·r_t = Σ_j s_j·w_j and Σ_t (h_t·r_t)² = Σ_j (s_j·w_j)², with w_j = r_t for that t and 0
-    at rows no return is held from. Series arrays (T_all, n): ``carry`` m_{j-1}·r_{u(j)}, u(j) the
-    first unmasked row ≥ j; ``next_return`` r_{u(j)}; ``next_row`` u(j) (T_all where none); ``last``
-    the last unmasked row ≤ j (-1: none); ``cum`` the running count of unmasked rows. ``count``
-    (B, n) is each asset's number of unmasked rows in the window.
+    at rows no return is held from. Series arrays (n, T_all), from :func:`carry_arrays`: ``carry``
+    m_{j-1}·r_{u(j)}, u(j) the first unmasked row ≥ j; ``next_return`` r_{u(j)}; ``next_row`` u(j)
+    (T_all where none); ``last`` the last unmasked row ≤ j (-1: none); ``cum`` the running count of
+    unmasked rows. ``count`` is each asset's number of unmasked rows in the window.
     """
     start, end = rows[0], rows[-1] + 1
-    w = carry[rows]
-    w[0] = 0.0  # row start's carry reads row start - 1, outside the window
-    w.mul_(rows.unsqueeze(-1) <= last[end - 1].unsqueeze(0))  # returns after the window
-    first = next_row[start]  # the first unmasked row: it earns its own return
-    at = (first - start.unsqueeze(-1)).clamp_(max=rows.shape[0] - 1)
-    w.scatter_(0, at.unsqueeze(0), (next_return[start] * (first < end.unsqueeze(-1))).unsqueeze(0))
-    count = cum[end - 1] - cum[start - 1]
+    w = carry[:, rows]
+    w[:, 0] = 0.0  # row start's carry reads row start - 1, outside the window
+    w.mul_(rows <= last[:, end - 1].unsqueeze(1))  # returns after the window
+    first = next_row[:, start]  # the first unmasked row: it earns its own return
+    at = (first - start).clamp_(max=rows.shape[0] - 1)
+    w.scatter_(1, at.unsqueeze(1), (next_return[:, start] * (first < end)).unsqueeze(1))
+    count = cum[:, end - 1] - cum[:, start - 1]
     return w, count
 
 
@@ -184,8 +185,8 @@ def loss_from_sums(
     periods_per_year: float = 252.0,
     min_bars: int = 2,
 ) -> Tensor:
-    """:func:`quantnet_loss` without turnover cost from per-(window, asset) sums, all markets'
-    assets side by side (B, N): ``a`` = Σ_t h_t·r_t·m_t, ``s2`` = Σ_t (h_t·r_t)²·m_t, ``count`` =
+    """:func:`quantnet_loss` without turnover cost from per-(asset, window) sums, all markets'
+    assets one after another (N, B): ``a`` = Σ_t h_t·r_t·m_t, ``s2`` = Σ_t (h_t·r_t)²·m_t, ``count`` =
     Σ_t m_t; ``market`` (N,) each asset's market in 0..n_markets-1. The variance is
     (s2 - a²/count)/(count - 1), equal to the two-pass form of :func:`sharpe_ratios`."""
     cnt = count.to(a.dtype)
@@ -193,15 +194,15 @@ def loss_from_sums(
     var = (s2 - mean * a).clamp(min=0.0) / (cnt - 1.0).clamp(min=1.0)
     ratio = mean / torch.sqrt(var + VAR_EPS) * math.sqrt(periods_per_year)
     valid = (count >= max(2, min_bars)).to(a.dtype)
-    onehot = torch.nn.functional.one_hot(market, n_markets).to(a.dtype)
-    n_valid = valid @ onehot  # (B, G)
-    per_window = ((ratio * valid) @ onehot) / n_valid.clamp(min=1.0)
+    onehot = torch.nn.functional.one_hot(market, n_markets).to(a.dtype).t()
+    n_valid = onehot @ valid  # (G, B)
+    per_window = (onehot @ (ratio * valid)) / n_valid.clamp(min=1.0)
     has = (n_valid > 0).to(a.dtype)
-    windows = has.sum(dim=0)
+    windows = has.sum(dim=1)
     scored = windows > 0
     if not bool(scored.any()):
         raise ValueError(
             f"no market in the batch has {max(2, min_bars)} unmasked returns for any asset in any window"
         )
-    value = (per_window * has).sum(dim=0)[scored] / windows[scored]
+    value = (per_window * has).sum(dim=1)[scored] / windows[scored]
     return -value.mean()

@@ -63,7 +63,7 @@ class _Series:
     k: int
     v: Tensor | None = None  # (T, n) position scale vol_target/σ_t of the vol_scaled objective
     last: Tensor | None = None  # (T, n) int64: the last row <= t where the target exists, -1: none
-    # models.loss.carried_returns' series arrays, for the batched step
+    # models.loss.carried_returns' series arrays (n, T), for the batched step
     carry: Tensor | None = None
     next_return: Tensor | None = None
     next_row: Tensor | None = None
@@ -156,7 +156,7 @@ def _series(
         out.append(
             _Series(
                 model.index(mk.name), t(x), t(r), t(m, torch.bool), v0, t0, max(k, 1), v,
-                t(last, torch.int64), t(carry), t(nxt_r), t(nxt, torch.int64),
+                t(np.ascontiguousarray(last.T), torch.int64), t(carry), t(nxt_r), t(nxt, torch.int64),
                 t(cum, torch.int64),
             )
         )  # fmt: skip
@@ -287,25 +287,25 @@ def _batched_loss(
         assert s.last is not None and s.cum is not None
         ends = rng.integers(s.k + 1, s.val_start + 1, size=config.windows_per_market)
         rows = torch.as_tensor(np.arange(s.k)[:, None] + (ends - s.k)[None, :], device=s.x.device)
-        w, count = carried_returns(s.carry, s.next_return, s.next_row, s.last, s.cum, rows)
+        w, count = carried_returns(s.carry, s.next_return, s.next_row, s.last.t(), s.cum, rows)
         if s.v is not None:
-            w = w * s.v[rows]
+            w = w * s.v[rows].permute(2, 0, 1)
         groups.setdefault(s.k, []).append((s.model_index, s.x[rows], w, count))
     a, s2, counts, markets = [], [], [], []
     size = _CHAIN_MARKETS
     chunks = [grp[c : c + size] for grp in groups.values() for c in range(0, len(grp), size)]
     for grp in chunks:
-        sig = signals_batched(model, [(i, x) for i, x, _, _ in grp])
-        sw = sig * torch.cat([w for _, _, w, _ in grp], dim=2)
-        a.append(sw.sum(dim=0))
-        s2.append(sw.pow(2).sum(dim=0))
+        sig = signals_batched(model, [(i, x) for i, x, _, _ in grp], assets_first=True)
+        sw = sig * torch.cat([w for _, _, w, _ in grp])
+        a.append(sw.sum(dim=1))
+        s2.append(sw.pow(2).sum(dim=1))
         for _, _, _, count in grp:
             counts.append(count)
             g = len(markets)
-            markets.append(torch.full((count.shape[1],), g, dtype=torch.int64, device=count.device))
+            markets.append(torch.full((count.shape[0],), g, dtype=torch.int64, device=count.device))
     return loss_from_sums(
-        torch.cat(a, dim=1), torch.cat(s2, dim=1), torch.cat(counts, dim=1), torch.cat(markets),
-        len(picked), periods_per_year=ppy, min_bars=min_bars,
+        torch.cat(a), torch.cat(s2), torch.cat(counts), torch.cat(markets), len(picked),
+        periods_per_year=ppy, min_bars=min_bars,
     )  # fmt: skip
 
 

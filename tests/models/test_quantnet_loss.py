@@ -166,11 +166,12 @@ def test_loss_from_carried_returns_equals_the_held_position_loss(a: float, min_b
     ref = quantnet_loss(torch_batch, periods_per_year=a, min_bars=min_bars)
     ref_grads = torch.autograd.grad(ref, [s for s, _, _ in series])
     for s, w, _ in series:
-        sums.append(((s * w).sum(dim=0), (s * w).pow(2).sum(dim=0)))
+        sw = s.permute(2, 0, 1) * w
+        sums.append((sw.sum(dim=1), sw.pow(2).sum(dim=1)))
     market = torch.cat([torch.full((s.shape[2],), g) for g, (s, _, _) in enumerate(series)])
     got = loss_from_sums(
-        torch.cat([x for x, _ in sums], dim=1), torch.cat([y for _, y in sums], dim=1),
-        torch.cat([c for _, _, c in series], dim=1), market, len(series),
+        torch.cat([x for x, _ in sums]), torch.cat([y for _, y in sums]),
+        torch.cat([c for _, _, c in series]), market, len(series),
         periods_per_year=a, min_bars=min_bars,
     )  # fmt: skip
     grads = torch.autograd.grad(got, [s for s, _, _ in series])
