@@ -128,6 +128,26 @@ def test_drawdown_halt_and_daily_loss_limits_give_the_same_run(fill_at, tmp_path
     assert_same(fast, slow, fj, sj)
 
 
+@pytest.mark.parametrize("fill_at", ["next_open", "close"])
+def test_warm_up_targets_and_a_delisting_go_through_the_bus_the_same_way(fill_at, tmp_path, monkeypatch):
+    """Targets decided during the warm-up before ``start`` stand for the first bar; a symbol whose
+    data ends early is delisted with its position (later orders for it would be refused)."""
+
+    class Windowed(Dense):
+        window = 6  # warm-up bars before the start
+
+    data = make_bars(("A", "B", "C", "D"), 200, seed=12)
+    ends = data["timestamp"] > data["timestamp"].iloc[0] + pd.Timedelta(days=150)
+    data = data.drop(data[(data["symbol"] == "C") & ends].index).reset_index(drop=True)
+    over = {"execution": {"fill_at": fill_at}, "data": {"start": "2020-01-20"}}
+    taken, fast, slow, fj, sj = run_both(over, lambda: Windowed(200, 4, seed=6), data, tmp_path, monkeypatch)
+    assert taken == [True]
+    assert fast.settings["warmup_bars"] == 6
+    assert [c["symbol"] for c in fast.settings["force_closed"]] == ["C"]
+    assert fast.settings["force_closed"] == slow.settings["force_closed"]
+    assert_same(fast, slow, fj, sj)
+
+
 def test_units_targets_and_leverage_with_borrowing(tmp_path, monkeypatch):
     """Targets in units, and weights summing past 1 (negative cash paying interest)."""
 

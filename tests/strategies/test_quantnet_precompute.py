@@ -108,3 +108,16 @@ def test_bars_of_another_length_are_refused_when_precomputed(model_path):
     cfg = load_config(None, {"portfolio": {"rebalance": "every_bar"}})
     with pytest.raises(StrategyError, match="trained on 1-day bars, this data has 1-hour bars"):
         backtest.run_backtest(cfg, strategy=create("quantnet", {"model": str(model_path)}), data=hourly)
+
+
+def test_precomputed_decisions_see_no_future_bar(model_path):
+    """The look-ahead check (later bars scrambled after each cut) finds no decision that changed:
+    the precompute reads each bar's past only, as on_bars does."""
+    from quantnet.lookahead import check_lookahead
+
+    cfg = load_config(None, {"portfolio": {"rebalance": "on_change"}})
+    report = check_lookahead(
+        cfg, lambda: create("quantnet", {"model": str(model_path), "min_change": 0.0}), holed(160), cuts=3
+    )
+    assert report.decisions > 80
+    assert report.change is None
