@@ -203,11 +203,13 @@ class OrderManager:
             return None
         units = self.units[idx]
         with np.errstate(divide="ignore", invalid="ignore") if waiting else _NO_CONTEXT:
-            if np.count_nonzero(units) == len(idx):
+            in_units = np.count_nonzero(units)
+            if in_units == len(idx):
                 wanted = targets.copy()
             else:
                 wanted = targets * equity / price
-                np.copyto(wanted, targets, where=units)
+                if in_units:
+                    np.copyto(wanted, targets, where=units)
             delta = wanted - pf.qty[idx] - self.pending[idx]
             size = np.abs(delta)
             send = ~(size * price <= max(self.min_trade_notional, 1e-9 * equity))

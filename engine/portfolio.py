@@ -280,59 +280,64 @@ class Portfolio:
         """:meth:`on_fill` for fills of distinct symbols ``idx``, in that order, at once: the same
         arithmetic elementwise (each symbol's book sees only its own fill) and the same sums in
         the same order for cash, fees and turnover. The caller has checked what ``on_fill``
-        refuses (positive quantities, positive finite prices, symbols of the universe). Returns
+        refuses (positive quantities, positive finite prices, symbols of the universe) and that
+        every symbol has a mark (a last price above 0: the order manager sizes no other). Returns
         each symbol's new quantity and average price (what its PositionUpdate carries)."""
         if self._positions is not None and not self._all_recorded:
             for i in idx.tolist():
                 if not self._recorded[i]:
                     self._record(i)
         qty, avg_price, count = self.qty, self.avg_price, np.count_nonzero
+        k = len(idx)
         old = qty[idx]
         avg = avg_price[idx]
         new = old + signed
         size = np.abs(old)
-        tiny = np.abs(new) <= _EPS * np.maximum(size, 1.0)
-        if count(tiny):
+        den = np.abs(new)
+        tiny = den <= _EPS * np.maximum(size, 1.0)
+        flats = count(tiny)
+        if flats:
             new[tiny] = 0.0
-        was_long, now_long, held, flat = old > 0, new > 0, old != 0.0, new == 0.0
+            den[tiny] = 1.0  # divided by, then replaced: a flat book's average price is 0
+        was_long, held = old > 0, old != 0.0
         closing = held & (was_long != (signed > 0))
         traded = np.abs(signed)
-        out = np.zeros(len(idx))  # the average price: 0 where flat
-        np.divide(avg * size + price * traded, np.abs(new), out=out, where=~flat)
+        out = avg * size
+        out += price * traded
+        out /= den
         closes = count(closing)
         if closes:
+            now_long = new > 0
+            turned = now_long != was_long
             realized = np.minimum(traded, size)
             realized *= price - avg
             realized *= np.sign(old)  # x 1.0 long, x -1.0 short: as on_fill's (1.0 if old > 0 else -1.0)
             np.copyto(realized, 0.0, where=~closing)
             np.copyto(out, avg, where=closing)  # a reduction keeps its average price
-            flip = closing & (now_long != was_long)
-            np.copyto(out, price, where=flip)
-            np.copyto(out, 0.0, where=closing & flat)
+            np.copyto(out, price, where=closing & turned)  # a flip opens at the fill's price
             self.realized_pnl[idx] += realized
             gain = realized - fee
         else:
             gain = -fee  # 0.0 - fee: the same number
+        if flats:
+            out[tiny] = 0.0
         qty[idx] = new
         self._held += count(new) - count(held)
         avg_price[idx] = out
-        cost = signed * price
-        cost += fee
-        cash, fees, turnover = self.cash, self.fees, self.turnover_notional
-        for c, f, notional in zip(cost.tolist(), fee.tolist(), (quantity * price).tolist(), strict=True):
-            cash -= c
-            fees += f
-            turnover += notional
-        self.cash, self.fees, self.turnover_notional = cash, fees, turnover
-        self.n_fills += len(idx)
-        last = self.last_price
-        unmarked = last[idx] == 0.0
-        if count(unmarked):
-            last[idx[unmarked]] = price[unmarked]
+        sums = np.empty((k + 1, 3))  # cash, fees, turnover, then each fill's change, accumulated in order
+        sums[0] = (self.cash, self.fees, self.turnover_notional)
+        np.multiply(signed, price, out=sums[1:, 0])
+        sums[1:, 0] += fee
+        np.negative(sums[1:, 0], out=sums[1:, 0])  # cash - cost, written cash + (-cost): the same number
+        sums[1:, 1] = fee
+        np.multiply(quantity, price, out=sums[1:, 2])
+        np.add.accumulate(sums, axis=0, out=sums)
+        self.cash, self.fees, self.turnover_notional = sums[k].tolist()
+        self.n_fills += k
         acc = self._trade_acc
         acc[idx] += gain
         if closes:
-            ended = closing & (flat | (now_long != was_long))
+            ended = closing & (tiny | turned)
             for i in idx[ended].tolist():
                 self.trade_pnls.append(float(acc[i]))
                 acc[i] = 0.0
