@@ -122,27 +122,47 @@ def _figures(results: dict[str, Any], units: list[dict[str, Any]], baselines: di
             (f"Hierarchical clustering of the markets' encoder representations ({variant}, seed 0)", fig)
         )
 
-    fig = go.Figure()
-    colours = px.colors.qualitative.Dark24
-    for k, u in enumerate(u for u in units if u.get("learning_curve")):
-        curve = u["learning_curve"]
-        name = f"{label(u.get('name', u['variant']))} s{u['seed']} (kept {u.get('best_step')})"
-        for key, dash, what in (("val_sharpe", "solid", "validation"), ("train_sharpe", "dot", "training")):
-            pts = [c for c in curve if c.get(key) is not None and math.isfinite(c[key])]
-            fig.add_trace(
-                go.Scatter(
-                    x=[c["step"] for c in pts],
-                    y=[c[key] for c in pts],
-                    name=f"{name}, {what}",
-                    legendgroup=name,
-                    mode="lines",
-                    line={"color": colours[k % len(colours)], "dash": dash},
+    curves = [u for u in units if u.get("learning_curve")]
+    groups = list(dict.fromkeys(u.get("name", u["variant"]) for u in curves))
+    if groups:
+        fig = make_subplots(
+            rows=len(groups),
+            cols=1,
+            subplot_titles=[label(g) for g in groups],
+            vertical_spacing=0.25 / len(groups),
+        )
+        colours = px.colors.qualitative.Dark24
+        for u in curves:
+            row = groups.index(u.get("name", u["variant"])) + 1
+            name = f"{label(u.get('name', u['variant']))} s{u['seed']} (kept {u.get('best_step')})"
+            for key, dash, what in (
+                ("val_sharpe", "solid", "validation"),
+                ("train_sharpe", "dot", "training"),
+            ):
+                pts = [c for c in u["learning_curve"] if c.get(key) is not None and math.isfinite(c[key])]
+                fig.add_trace(
+                    go.Scatter(
+                        x=[c["step"] for c in pts],
+                        y=[c[key] for c in pts],
+                        name=f"{name}, {what}",
+                        legendgroup=name,
+                        mode="lines",
+                        line={"color": colours[u["seed"] % len(colours)], "dash": dash},
+                    ),
+                    row=row,
+                    col=1,
                 )
+            fig.add_vline(x=u.get("best_step") or 0, line={"color": "#bbb", "width": 1}, row=row, col=1)
+        fig.update_layout(height=300 * len(groups) + 80, showlegend=False)
+        fig.update_yaxes(title_text="Sharpe")
+        fig.update_xaxes(title_text="step", row=len(groups), col=1)
+        figs.append(
+            (
+                "Learning curves per seed (colour): Sharpe on the validation block (solid) and on the "
+                "training batches (dotted); grey lines at the kept steps",
+                fig,
             )
-    fig.update_layout(xaxis_title="step", yaxis_title="Sharpe")
-    figs.append(
-        ("Learning curves: Sharpe by step, per seed (solid: validation block, dotted: training batches)", fig)
-    )
+        )
     return figs
 
 
