@@ -56,9 +56,10 @@ class _ChainLSTM(torch.autograd.Function):
     (iteration τ < l) or have finished compute on harmless values: the former are reset to the zero
     state, the latter feed only other finished layers. The forward pass stores the derivative
     factors the backward needs (σ'(pre) times the gate's partner, o·(1 - tanh²c)/2), so the BPTT
-    loop is one product and five elementwise operations per iteration. The blocks and the gate
-    gradients are kept time-inner ((·, rows, time, window), padded so rows do not alias in the
-    cache), so the weight gradient is one batched product over all time steps without a copy.
+    loop is two products (the weight gradient accumulates per iteration) and five elementwise
+    operations. Every buffer is iteration-major, so each operation of an iteration runs on
+    contiguous memory (a time-inner layout, for one weight-gradient product at the end, made the
+    scattered per-iteration writes slower than the products they saved).
     """
 
     @staticmethod
@@ -81,10 +82,10 @@ class _ChainLSTM(torch.autograd.Function):
         if l_ > 1:
             w[g_:, :, :h_] = w_ih.reshape(-1, h4, h_)
             w[g_:, :, 2 * h_] = bias.reshape(-1, h4)
-        z = xw.new_empty(n, k, tw + 2, b_)[:, :, : tw + 1]  # [below; own h; 1] per iteration
-        z[:, :, 0].zero_()
-        z[:, 2 * h_].fill_(1.0)
-        z[:g_, :h_].zero_()
+        z = xw.new_empty(tw + 1, n, k, b_)  # [below; own h; 1] per iteration
+        z[0].zero_()
+        z[:, :, 2 * h_].fill_(1.0)
+        z[:, :g_, :h_].zero_()
         acts = xw.new_empty(tw, n, h4, b_)
         u = xw.new_empty(tw, n, 4, h_, b_)
         s = xw.new_empty(tw, n, h_, b_)
@@ -93,7 +94,7 @@ class _ChainLSTM(torch.autograd.Function):
         _loops()[0](w, z, acts, xw, u, s, v, mask, g_, h_, t_, l_)
         ctx.save_for_backward(acts, u, s, z, w, mask)
         ctx.shape = (g_, h_, t_, b_, l_)  # type: ignore[attr-defined]
-        return z[n - g_ :, h_ : 2 * h_, l_:].contiguous()
+        return z[l_:, n - g_ :, h_ : 2 * h_].permute(1, 2, 0, 3).contiguous()
 
     @staticmethod
     def backward(  # type: ignore[override]
@@ -103,17 +104,16 @@ class _ChainLSTM(torch.autograd.Function):
         g_, h_, t_, b_, l_ = ctx.shape  # type: ignore[attr-defined]
         h4, tw, n = 4 * h_, t_ + l_ - 1, l_ * g_
         k = 2 * h_ + 1
-        dg = acts.new_empty(n, h4, tw + 2, b_)[:, :, : tw + 1]
-        dg[:, :, tw].zero_()
+        dg = acts.new_empty(tw + 1, n, h4, b_)
+        dg[tw].zero_()
+        dw = acts.new_zeros(n, h4, k)
         dch = acts.new_zeros(n, h_, b_)  # dL/dc / 2 (the loop keeps 2c)
         dz = acts.new_empty(n, k, b_)
-        _loops()[1](w.transpose(1, 2).contiguous(), dg, dch, dz, dy, acts, u, s, mask, g_, h_, t_, l_)
-        zs = z[:, :, :tw].reshape(n, k, tw * b_)
-        dw = torch.bmm(dg[:, :, :tw].reshape(n, h4, tw * b_), zs.transpose(1, 2))
+        _loops()[1](w.transpose(1, 2).contiguous(), dg, dch, dz, dw, dy, acts, u, s, z, mask, g_, h_, t_, l_)
         d_whh = dw[:, :, h_ : 2 * h_].reshape(l_, g_, h4, h_)
         d_wih = dw[g_:, :, :h_].reshape(l_ - 1, g_, h4, h_)
         d_bias = dw[g_:, :, 2 * h_].reshape(l_ - 1, g_, h4)
-        return dg[:g_, :, :t_], d_whh, d_wih, d_bias, None
+        return dg[:t_, :g_].permute(1, 2, 0, 3), d_whh, d_wih, d_bias, None
 
 
 def _forward_loop(
@@ -135,8 +135,8 @@ def _forward_loop(
     minus1 = torch.full([1], -1.0, dtype=xw.dtype, device=xw.device)
     minus2 = torch.full([1], -2.0, dtype=xw.dtype, device=xw.device)
     half = torch.full([1], 0.5, dtype=xw.dtype, device=xw.device)
-    own, z_t = z[:, h_ : 2 * h_].unbind(2), z.unbind(2)
-    below_dst, below_src = z[g_:, :h_].unbind(2), z[: n - g_, h_ : 2 * h_].unbind(2)
+    own, z_t = z[:, :, h_ : 2 * h_].unbind(0), z.unbind(0)
+    below_dst, below_src = z[:, g_:, :h_].unbind(0), z[:, : n - g_, h_ : 2 * h_].unbind(0)
     a_t, a0_t, x_t = acts.unbind(0), acts[:, :g_].unbind(0), xw.unbind(2)
     u_t, s_t, vs = u.unbind(0), s.unbind(0), v.unbind(0)
     for tau in range(tw):
@@ -181,10 +181,12 @@ def _backward_loop(
     dg: Tensor,
     dch: Tensor,
     dz: Tensor,
+    dw: Tensor,
     dy: Tensor,
     acts: Tensor,
     u: Tensor,
     s: Tensor,
+    z: Tensor,
     mask: Optional[Tensor],  # noqa: UP045 (TorchScript)
     g_: int,
     h_: int,
@@ -195,7 +197,7 @@ def _backward_loop(
     n, tw, b_ = l_ * g_, t_ + l_ - 1, dy.shape[3]
     dyo = dz[:, h_ : 2 * h_]
     dyo_low, dyo_top, below = dyo[: n - g_], dyo[n - g_ :], dz[g_:, :h_]
-    dg_t, dy_t = dg.unbind(2), dy.unbind(2)
+    dg_t, dy_t, z_t = dg.unbind(0), dy.unbind(2), z.unbind(0)
     f_t = acts.view([tw, n, 4, h_, b_]).select(2, 1).unbind(0)
     u_t, s_t = u.unbind(0), s.unbind(0)
     for tau in range(tw - 1, -1, -1):
@@ -218,6 +220,7 @@ def _backward_loop(
             dgv[r:].zero_()
             dch[r:].zero_()
         dch.mul_(f_t[tau])
+        dw.baddbmm_(dg_t[tau], z_t[tau].transpose(1, 2))
 
 
 _LOOPS: list[Callable[..., None]] = []
@@ -446,15 +449,12 @@ def _execute(h: Hidden, ops: list[Op], g_: int) -> Hidden:
     return h
 
 
-def signals_batched(
-    model: QuantNet, items: Sequence[tuple[int, Tensor]], *, assets_first: bool = False
-) -> Tensor:
-    """Signals for several markets from zero state in one pass, side by side: (T, B, Σ n_i), the
-    markets' assets in the order of ``items`` ((market index, time-major (T, B, n_i) inputs), all
-    with the same T and B). Equals ``model(i, x)`` per market (batch-first there) to rounding.
-    ``assets_first``: the same signals laid out (Σ n_i, T, B), contiguous (the output layer computes
-    them that way, so its weight gradient is a product of two row-major matrices; from time-major
-    rows it is an order of magnitude slower)."""
+def logits_batched(model: QuantNet, items: Sequence[tuple[int, Tensor]]) -> list[Tensor]:
+    """Every market's output layer from zero state in one pass: per item ((market index,
+    time-major (T, B, n_i) inputs), all with the same T and B) the (n_i, B, T) doubled
+    pre-activation 2z, so its signals are 2·sigmoid(2z) - 1 = tanh(z). Assets first: the output
+    layer's weight gradient is then a product of two row-major matrices (from time-major rows it is
+    an order of magnitude slower)."""
     t_, b_ = items[0][1].shape[:2]
     if any(x.dim() != 3 or x.shape[:2] != (t_, b_) for _, x in items):
         raise ValueError("forward_batched: every market's windows need the same (T, B)")
@@ -475,17 +475,22 @@ def signals_batched(
         first.w = [w / s for w, s in zip(first.w, scales, strict=True)]
     h = _execute([x for _, x in items], ops, g_)
     if isinstance(h, list):
-        xs = [x.reshape(t_ * b_, -1).t() for x in h]
+        xs = [x.transpose(0, 1).reshape(b_ * t_, -1).t() for x in h]
     else:
-        xs = [x.reshape(x.shape[0], t_ * b_) for x in h.unbind(0)]
-    # tanh(z) = 2·sigmoid(2z) - 1, the factor 2 folded into the head
-    out = [
-        torch.addmm(net.head.bias.unsqueeze(1) * 2.0, w * 2.0, x)
+        xs = [x.transpose(1, 2).reshape(x.shape[0], b_ * t_) for x in h.unbind(0)]
+    return [
+        torch.addmm(net.head.bias.unsqueeze(1) * 2.0, w * 2.0, x).view(-1, b_, t_)
         for x, w, net in zip(xs, head_w, nets, strict=True)
     ]
-    sig = torch.sigmoid(torch.cat(out))
-    sig = torch.add(sig.new_full((1, 1), -1.0), sig, alpha=2.0).view(-1, t_, b_)
-    return sig if assets_first else sig.permute(1, 2, 0)
+
+
+def signals_batched(model: QuantNet, items: Sequence[tuple[int, Tensor]]) -> Tensor:
+    """Signals for several markets from zero state in one pass (:func:`logits_batched`), side by
+    side: (T, B, Σ n_i), the markets' assets in the order of ``items``. Equals ``model(i, x)`` per
+    market (batch-first there) to rounding."""
+    sig = torch.sigmoid(torch.cat(logits_batched(model, items)))
+    sig = torch.add(sig.new_full((1, 1, 1), -1.0), sig, alpha=2.0)
+    return sig.permute(2, 1, 0)
 
 
 def forward_batched(model: QuantNet, items: Sequence[tuple[int, Tensor]]) -> list[Tensor]:

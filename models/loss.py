@@ -151,10 +151,11 @@ def carried_returns(
     next_row: Tensor,
     last: Tensor,
     cum: Tensor,
-    rows: Tensor,
+    starts: Tensor,
+    k: int,
 ) -> tuple[Tensor, Tensor]:
-    """(w, count) for :func:`loss_from_sums`: windows of one series' rows ``rows`` (T, B)
-    (consecutive, starting at row 1 or later), assets first: w (n, T, B), count (n, B).
+    """(w, count) for :func:`loss_from_sums`: the windows of one series' rows start..start + k - 1
+    for each of ``starts`` (B,) (row 1 or later), assets first: w (n, B, k), count (n, B).
 
     With held positions (:func:`held_positions`) every unmasked return r_t is earned by the signal
     of one row j = p_t + 1 (t itself when the asset has no earlier bar in the window), so
@@ -162,16 +163,21 @@ def carried_returns(
     at rows no return is held from. Series arrays (n, T_all), from :func:`carry_arrays`: ``carry``
     m_{j-1}·r_{u(j)}, u(j) the first unmasked row ≥ j; ``next_return`` r_{u(j)}; ``next_row`` u(j)
     (T_all where none); ``last`` the last unmasked row ≤ j (-1: none); ``cum`` the running count of
-    unmasked rows. ``count`` is each asset's number of unmasked rows in the window.
+    unmasked rows. In a window the carry is right but at three rows: the first (it reads the row
+    before the window), the one after the last unmasked row (its return is after the window) and
+    the first unmasked row (it earns its own return). ``count`` is each asset's number of unmasked
+    rows in the window.
     """
-    start, end = rows[0], rows[-1] + 1
-    w = carry[:, rows]
-    w[:, 0] = 0.0  # row start's carry reads row start - 1, outside the window
-    w.mul_(rows <= last[:, end - 1].unsqueeze(1))  # returns after the window
-    first = next_row[:, start]  # the first unmasked row: it earns its own return
-    at = (first - start).clamp_(max=rows.shape[0] - 1)
-    w.scatter_(1, at.unsqueeze(1), (next_return[:, start] * (first < end)).unsqueeze(1))
-    count = cum[:, end - 1] - cum[:, start - 1]
+    end = starts + k
+    w = carry.unfold(1, k, 1)[:, starts]
+    w[:, :, 0] = 0.0
+    final = last[:, end - 1]
+    after = (final + 1 - starts).clamp_(0, k - 1).unsqueeze(2)
+    w.scatter_(2, after, w.gather(2, after) * (final + 1 >= end).unsqueeze(2))
+    first = next_row[:, starts]
+    at = (first - starts).clamp_(max=k - 1).unsqueeze(2)
+    w.scatter_(2, at, (next_return[:, starts] * (first < end)).unsqueeze(2))
+    count = cum[:, end - 1] - cum[:, starts - 1]
     return w, count
 
 
@@ -206,3 +212,49 @@ def loss_from_sums(
         )
     value = (per_window * has).sum(dim=1)[scored] / windows[scored]
     return -value.mean()
+
+
+# assets per slice of held_sums: a slice's few passes then stay in the core's cache
+_SUM_ROWS = 16
+
+
+class _HeldSums(torch.autograd.Function):
+    """(Σ_t s·w, Σ_t (s·w)²) with s = 2·sigmoid(z) - 1 over (n, B, T) slices, without the
+    intermediate (n, T, B) tensors autograd would keep: the backward recomputes the sigmoid."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, z: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        a = z.new_empty(z.shape[:2])
+        s2 = torch.empty_like(a)
+        minus1 = z.new_full((1,), -1.0)
+        for lo in range(0, z.shape[0], _SUM_ROWS):
+            sl = slice(lo, lo + _SUM_ROWS)
+            sw = torch.sigmoid(z[sl])
+            torch.add(minus1, sw, alpha=2.0, out=sw)
+            sw.mul_(w[sl])
+            torch.sum(sw, dim=2, out=a[sl])
+            torch.sum(sw.square_(), dim=2, out=s2[sl])
+        ctx.save_for_backward(z, w)
+        return a, s2
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, ga: Tensor, gs2: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        z, w = ctx.saved_tensors  # type: ignore[attr-defined]
+        dz = torch.empty_like(z)
+        minus1 = z.new_full((1,), -1.0)
+        ga3, gs3 = ga.unsqueeze(2), (gs2 * 2.0).unsqueeze(2)
+        for lo in range(0, z.shape[0], _SUM_ROWS):
+            sl = slice(lo, lo + _SUM_ROWS)
+            sg = torch.sigmoid(z[sl])
+            out = dz[sl]
+            torch.add(minus1, sg, alpha=2.0, out=out)  # s
+            out.mul_(w[sl]).mul_(gs3[sl]).add_(ga3[sl]).mul_(w[sl])  # dL/ds = (ga + 2·gs2·s·w)·w
+            out.mul_(sg).mul_(torch.sub(1.0, sg).mul_(2.0))  # ds/dz = 2σ(1 - σ)
+        return dz, None
+
+
+def held_sums(z: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """(Σ_t s_t·w_t, Σ_t (s_t·w_t)²) over the last axis of (n, B, T) tensors, s = 2·sigmoid(z) - 1 the
+    signals of :func:`models.batched.logits_batched`, w from :func:`carried_returns`: the sums
+    :func:`loss_from_sums` takes, differentiable in ``z``."""
+    return _HeldSums.apply(z, w)  # type: ignore[no-any-return]

@@ -30,11 +30,11 @@ import torch
 from torch import Tensor
 
 from models._threads import torch_threads
-from models.batched import forward_many_batched, signals_batched
+from models.batched import forward_many_batched, logits_batched
 from models.checkpoint import check_assets
 from models.config import TrainConfig
 from models.data import Market, Splits, dated_splits, infer_periods_per_year, model_arrays, vol_scale
-from models.loss import carried_returns, carry_arrays, loss_from_sums, market_sharpe, quantnet_loss
+from models.loss import carried_returns, carry_arrays, held_sums, loss_from_sums, market_sharpe, quantnet_loss
 from models.network import QuantNet
 
 Callback = Callable[[dict[str, Any]], None]
@@ -287,19 +287,19 @@ def _batched_loss(
         assert s.last is not None and s.cum is not None
         ends = rng.integers(s.k + 1, s.val_start + 1, size=config.windows_per_market)
         rows = torch.as_tensor(np.arange(s.k)[:, None] + (ends - s.k)[None, :], device=s.x.device)
-        w, count = carried_returns(s.carry, s.next_return, s.next_row, s.last.t(), s.cum, rows)
+        w, count = carried_returns(s.carry, s.next_return, s.next_row, s.last.t(), s.cum, rows[0], s.k)
         if s.v is not None:
-            w = w * s.v[rows].permute(2, 0, 1)
+            w = w * s.v[rows].permute(2, 1, 0)
         groups.setdefault(s.k, []).append((s.model_index, s.x[rows], w, count))
     a, s2, counts, markets = [], [], [], []
     size = _CHAIN_MARKETS
     chunks = [grp[c : c + size] for grp in groups.values() for c in range(0, len(grp), size)]
     for grp in chunks:
-        sig = signals_batched(model, [(i, x) for i, x, _, _ in grp], assets_first=True)
-        sw = sig * torch.cat([w for _, _, w, _ in grp])
-        a.append(sw.sum(dim=1))
-        s2.append(sw.pow(2).sum(dim=1))
-        for _, _, _, count in grp:
+        logits = logits_batched(model, [(i, x) for i, x, _, _ in grp])
+        for z, (_, _, w, count) in zip(logits, grp, strict=True):
+            sums = held_sums(z, w)
+            a.append(sums[0])
+            s2.append(sums[1])
             counts.append(count)
             g = len(markets)
             markets.append(torch.full((count.shape[0],), g, dtype=torch.int64, device=count.device))

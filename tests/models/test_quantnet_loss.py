@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models import quantnet_loss
-from models.loss import VAR_EPS, carried_returns, carry_arrays, loss_from_sums
+from models.loss import VAR_EPS, carried_returns, carry_arrays, held_sums, loss_from_sums
 
 
 def numpy_loss(
@@ -157,7 +157,7 @@ def test_loss_from_carried_returns_equals_the_held_position_loss(a: float, min_b
         starts[:2] = (21, 25)  # inside the run of missing bars
         rows = torch.as_tensor(starts[None, :] + np.arange(k)[:, None])  # (T, B)
         s = torch.tensor(np.tanh(rng.normal(size=(k, b, n))), requires_grad=True)
-        w, count = carried_returns(*arrays, rows)
+        w, count = carried_returns(*arrays, rows[0], k)
         series.append((s, w, count))
         batch_first = s.detach().numpy().transpose(1, 0, 2)
         rw, mw = r[rows.numpy()].transpose(1, 0, 2), mask[rows.numpy()].transpose(1, 0, 2)
@@ -166,8 +166,8 @@ def test_loss_from_carried_returns_equals_the_held_position_loss(a: float, min_b
     ref = quantnet_loss(torch_batch, periods_per_year=a, min_bars=min_bars)
     ref_grads = torch.autograd.grad(ref, [s for s, _, _ in series])
     for s, w, _ in series:
-        sw = s.permute(2, 0, 1) * w
-        sums.append((sw.sum(dim=1), sw.pow(2).sum(dim=1)))
+        sw = s.permute(2, 1, 0) * w
+        sums.append((sw.sum(dim=2), sw.pow(2).sum(dim=2)))
     market = torch.cat([torch.full((s.shape[2],), g) for g, (s, _, _) in enumerate(series)])
     got = loss_from_sums(
         torch.cat([x for x, _ in sums]), torch.cat([y for _, y in sums]),
@@ -180,3 +180,15 @@ def test_loss_from_carried_returns_equals_the_held_position_loss(a: float, min_b
     for g, gr in zip(grads, ref_grads, strict=True):
         assert torch.allclose(g, gr, rtol=0.0, atol=1e-10)
         assert gr.abs().max() > 0
+
+
+def test_held_sums_is_differentiable_across_its_slices() -> None:
+    """held_sums equals the plain formula and autograd's gradient, 20 assets (two slices)."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(20, 3, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(20, 3, 6, generator=g, dtype=torch.float64) * (torch.rand(20, 3, 6, generator=g) > 0.3)
+    a, s2 = held_sums(z, w)
+    sw = (2.0 * torch.sigmoid(z) - 1.0) * w
+    assert torch.allclose(a, sw.sum(dim=2), atol=1e-14)
+    assert torch.allclose(s2, sw.pow(2).sum(dim=2), atol=1e-14)
+    assert torch.autograd.gradcheck(lambda z: held_sums(z, w), (z,))
