@@ -307,11 +307,16 @@ class PaperBroker:
         + 1}``); the caller publishes (or books) the fills."""
         price = base * (1.0 + self.slippage * side)
         fee = qty * price * self.taker
-        held = self.position[idx] + qty * side
+        position = self.position
+        every = len(idx) == len(position)  # distinct and ascending: every symbol, in order
+        held = (position if every else position[idx]) + qty * side
         tiny = np.abs(held) <= 1e-12 * np.maximum(qty, 1.0)
         if np.count_nonzero(tiny):
             held[tiny] = 0.0
-        self.position[idx] = held
+        if every:
+            position[:] = held
+        else:
+            position[idx] = held
         seq = self._seq
         self._seq += len(idx)
         return price, fee, seq

@@ -289,8 +289,9 @@ class Portfolio:
                     self._record(i)
         qty, avg_price, count = self.qty, self.avg_price, np.count_nonzero
         k = len(idx)
-        old = qty[idx]
-        avg = avg_price[idx]
+        every = k == len(qty)  # distinct and ascending: idx is every symbol, in order
+        old = qty.copy() if every else qty[idx]
+        avg = avg_price.copy() if every else avg_price[idx]
         new = old + signed
         size = np.abs(old)
         den = np.abs(new)
@@ -311,19 +312,29 @@ class Portfolio:
             turned = now_long != was_long
             realized = np.minimum(traded, size)
             realized *= price - avg
-            realized *= np.sign(old)  # x 1.0 long, x -1.0 short: as on_fill's (1.0 if old > 0 else -1.0)
-            np.copyto(realized, 0.0, where=~closing)
+            # x 1.0 long, x -1.0 short (on_fill's 1.0 if old > 0 else -1.0), x 0 where nothing
+            # closes: 0.0 or -0.0, which add to a P&L and subtract a fee as 0.0 does
+            realized *= np.sign(old) * closing
             np.copyto(out, avg, where=closing)  # a reduction keeps its average price
-            np.copyto(out, price, where=closing & turned)  # a flip opens at the fill's price
-            self.realized_pnl[idx] += realized
+            flip = closing & turned
+            if count(flip):
+                np.copyto(out, price, where=flip)  # a flip opens at the fill's price
+            if every:
+                self.realized_pnl += realized
+            else:
+                self.realized_pnl[idx] += realized
             gain = realized - fee
         else:
             gain = -fee  # 0.0 - fee: the same number
         if flats:
             out[tiny] = 0.0
-        qty[idx] = new
+        if every:
+            qty[:] = new
+            avg_price[:] = out
+        else:
+            qty[idx] = new
+            avg_price[idx] = out
         self._held += count(new) - count(held)
-        avg_price[idx] = out
         sums = np.empty((k + 1, 3))  # cash, fees, turnover, then each fill's change, accumulated in order
         sums[0] = (self.cash, self.fees, self.turnover_notional)
         np.multiply(signed, price, out=sums[1:, 0])
@@ -335,7 +346,10 @@ class Portfolio:
         self.cash, self.fees, self.turnover_notional = sums[k].tolist()
         self.n_fills += k
         acc = self._trade_acc
-        acc[idx] += gain
+        if every:
+            acc += gain
+        else:
+            acc[idx] += gain
         if closes:
             ended = closing & (tiny | turned)
             for i in idx[ended].tolist():

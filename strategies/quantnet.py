@@ -253,11 +253,18 @@ class QuantNetStrategy(Strategy):
         sq = r * r
         fresh = r == r
         alpha = self._alpha
+        everywhere = fresh.all(axis=1)
+        step = np.empty_like(var)
         for t in range(len(r)):
             f, q = fresh[t], sq[t]
-            first = f & (var != var)
-            np.copyto(var, q, where=first)
-            np.copyto(var, var + alpha * (q - var), where=f & ~first)
+            if everywhere[t] and not np.count_nonzero(var != var):  # every estimate moves
+                np.subtract(q, var, out=step)
+                step *= alpha
+                var += step  # var + alpha * (q - var), as _update_vol rounds it
+            else:
+                first = f & (var != var)
+                np.copyto(var, q, where=first)
+                np.copyto(var, var + alpha * (q - var), where=f & ~first)
             out[t] = var
         return out
 
