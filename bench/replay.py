@@ -436,6 +436,7 @@ def run_quantnet(min_change: float, rebalance: str, data_path: str, queue: mp.Qu
             result.metrics["n_fills"],
             data.memory_usage(deep=True).sum() / 2**20,
             f"final equity {final!r}",
+            result.seconds,
         )
     )
 
