@@ -43,6 +43,11 @@ class LiveConfig(Section):
     max_trade_lag: float = Field(
         120.0, gt=0, description="s: bars older than this when processed (catch-up) are not traded"
     )
+    settle_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="s: live catch-up waits this long for a late bar's orders to end before the next bar",
+    )
     snapshot_every: int = Field(100, ge=1, description="bars between snapshots of the model states")
     assemble_wait: float = Field(
         10.0, gt=0, description="s after a close to wait for every symbol's bar before going without"

@@ -706,6 +706,8 @@ class Daemon:
                     _CRASH.reached("backfill")
                     if self._done():
                         break
+                    if self.opts.mode == "live":
+                        await self._settle(bars)
             finally:
                 self.catching_up = False
             return
@@ -723,6 +725,36 @@ class Daemon:
         self.assembler.last_emitted = self.last_ts
         self.venue_ns = self.last_ts
         log.info("warmed up", bars=len(used), live_from=iso(self.last_ts))
+
+    async def _settle(self, bars: BarSet) -> None:
+        """Live catch-up: before the next late bar, wait (up to ``[live] settle_timeout``) for the
+        outcomes of the orders this one sent, so the next decision sizes from what the venue did
+        (a spot buy delivers its quantity less the fee in the coin: a sell sized from the order
+        instead of the fill asks for coins the wallet lacks, and Bybit refuses it)."""
+        assert self.node is not None
+        orders = self.node.orders
+        if not orders.working():
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.live.settle_timeout
+        while orders.working() and not self._done():
+            left = deadline - loop.time()
+            if left <= 0:
+                log.warning(
+                    "catch-up goes on with orders still on their way",
+                    bar=iso(bars.ts_event),
+                    orders=len(orders.working()),
+                    waited_s=self.live.settle_timeout,
+                )
+                return
+            try:
+                item = await asyncio.wait_for(self.queue.get(), left)
+            except TimeoutError:
+                continue
+            if item is None:  # a stop: leave it for the loop that ends the run
+                self.queue.put_nowait(None)
+                return
+            self._handle(item)
 
     # streaming --------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import pytest
 from connectors.bybit.execution import link_id_for
 from engine import orders as orders_module
 from engine.events import BarSet, Order, Side, Signal
+from engine.strategy import Strategy, StrategyContext
 from quantnet.daemon import Daemon, DaemonError, DaemonOptions
 from strategies.registry import create
 from tests.daemon.helpers import STEP_MS, SYMBOLS, app_config, bybit_config, events, rows
@@ -220,3 +221,44 @@ async def test_spot_signals_keep_the_strategys_shorts_and_paper_trading_holds_th
     else:
         assert min(targets) == 0.0 and max(targets) == 0.1  # held flat instead
         assert all(p["quantity"] >= 0 for p in events(state, "PositionUpdate"))
+
+
+class Alternating(Strategy):
+    """0.1 of each coin on even minutes, flat on odd ones: every bar buys or sells every coin."""
+
+    name = "alternating"
+
+    def on_bars(self, bars: BarSet, ctx: StrategyContext) -> np.ndarray:
+        even = (bars.ts_event // (STEP_MS * 1_000_000)) % 2 == 0
+        return np.full(len(bars.symbols), 0.1 if even else 0.0)
+
+
+async def test_a_catch_up_sells_what_the_buy_before_it_delivered(fake, tmp_path, logged):
+    """Bars closed while down are traded back to back: each bar waits for the orders of the one
+    before it, so a sell is sized from the coins the buy delivered (less its fee). Without the
+    wait no sell went out in the catch-up at all: each odd bar still found the buy on its way."""
+    state = tmp_path / "state"
+
+    def start(max_bars: int) -> Daemon:
+        options = DaemonOptions(
+            mode="live", symbols=SYMBOLS, interval="1", category="spot", state_dir=state, stdout=False,
+            max_bars=max_bars,
+        )  # fmt: skip
+        cfg = app_config(enabled=True, environment="testnet", max_trade_lag=1e9, category="spot")
+        return Daemon(cfg, Alternating(), options, bybit=bybit_config(fake))
+
+    assert await asyncio.wait_for(start(1).run(), 60) == 0
+    closed = rows(state, "SELECT max(ts) FROM bars")[0][0]
+    while fake.market_now_ms < closed // 1_000_000 + 6 * STEP_MS:
+        await asyncio.sleep(0.01)  # six bars close while it is down
+    d = start(6)
+    assert await asyncio.wait_for(d.run(), 60) == 0
+    late = [r[0] for r in rows(state, "SELECT late FROM bars ORDER BY ts")]
+    assert sum(late) >= 5
+    updates = events(state, "OrderUpdate")
+    assert not [u for u in updates if u["status"] == "rejected"], [
+        u for u in updates if u["status"] == "rejected"
+    ]
+    sells = [e for e in fake.executions if e["side"] == "Sell"]
+    assert len(sells) >= 2 * len(SYMBOLS)  # a sell on every odd late bar, none refused
+    assert_book_is_the_wallet(fake, state)
