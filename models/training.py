@@ -266,7 +266,7 @@ def _loss(
 
 # markets per batched pass: more share the per-iteration overhead, but past about this many the
 # pass's buffers outgrow the cache and each market costs more (measured on 6 and 20 markets)
-_CHAIN_MARKETS = 8
+_CHAIN_MARKETS = 10
 
 
 def _batched_loss(
@@ -292,8 +292,10 @@ def _batched_loss(
             w = w * s.v[rows].permute(2, 1, 0)
         groups.setdefault(s.k, []).append((s.model_index, s.x[rows], w, count))
     a, s2, counts, markets = [], [], [], []
-    size = _CHAIN_MARKETS
-    chunks = [grp[c : c + size] for grp in groups.values() for c in range(0, len(grp), size)]
+    chunks = []
+    for grp in groups.values():
+        size = -(-len(grp) // -(-len(grp) // _CHAIN_MARKETS))  # equal parts of at most _CHAIN_MARKETS
+        chunks += [grp[c : c + size] for c in range(0, len(grp), size)]
     for grp in chunks:
         logits = logits_batched(model, [(i, x) for i, x, _, _ in grp])
         for z, (_, _, w, count) in zip(logits, grp, strict=True):
