@@ -186,12 +186,16 @@ class OrderManager:
             self.submit(order)
 
     def sizes(self, idx: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """The orders :meth:`_rebalance_all` sends for assets ``idx`` at ``targets``, without
-        sending them: (assets, signed quantities, sizes), or None when the equity allows none.
-        Marks the symbols without a price as waiting, as sending would."""
+        """The orders :meth:`_rebalance_all` sends for assets ``idx`` (ascending, distinct) at
+        ``targets``, without sending them: (assets, signed quantities, sizes), or None when the
+        equity allows none. Marks the symbols without a price as waiting, as sending would."""
         pf = self.portfolio
-        price = pf.last_price[idx]
-        self.unpriced[idx] = False
+        every = len(idx) == len(self.targets)  # distinct and ascending: every symbol, in order
+        price = pf.last_price if every else pf.last_price[idx]
+        if every:
+            self.unpriced[:] = False
+        else:
+            self.unpriced[idx] = False
         unpriced = price <= 0.0
         waiting = np.count_nonzero(unpriced)
         if waiting:  # symbols without a price yet: keep their targets for their first bar
@@ -201,7 +205,7 @@ class OrderManager:
         equity = pf.equity
         if not math.isfinite(equity) or equity <= 0.0:
             return None
-        units = self.units[idx]
+        units = self.units if every else self.units[idx]
         with np.errstate(divide="ignore", invalid="ignore") if waiting else _NO_CONTEXT:
             in_units = np.count_nonzero(units)
             if in_units == len(idx):
@@ -210,7 +214,8 @@ class OrderManager:
                 wanted = targets * equity / price
                 if in_units:
                     np.copyto(wanted, targets, where=units)
-            delta = wanted - pf.qty[idx] - self.pending[idx]
+            held = (pf.qty, self.pending) if every else (pf.qty[idx], self.pending[idx])
+            delta = wanted - held[0] - held[1]
             size = np.abs(delta)
             send = ~(size * price <= max(self.min_trade_notional, 1e-9 * equity))
         if waiting:

@@ -216,7 +216,9 @@ class QuantNetStrategy(Strategy):
         everywhere = tradable.all(axis=1)
         held = np.zeros(n)
         index: list[int] = []
-        targets: list[np.ndarray] = []
+        rows: list[np.ndarray] = []
+        changes: list[np.ndarray] = []
+        count = np.count_nonzero
         for k in range(len(w)):
             row, ok = w[k], tradable[k]
             standing = 0.0 if everywhere[k] else float(np.abs(held[~ok]).sum())
@@ -224,12 +226,16 @@ class QuantNetStrategy(Strategy):
             if gross[k] > room:
                 row = row * (room / gross[k])
             change = ok & (np.abs(row - held) > p.min_change)
-            if not change.any():
+            if not count(change):
                 continue
             np.copyto(held, row, where=change)
             index.append(start + k)
-            targets.append(np.where(change, row, np.nan))
-        return Decisions(np.asarray(index, dtype=np.int64), np.array(targets).reshape(len(targets), n))
+            rows.append(row)
+            changes.append(change)
+        targets = np.full((len(rows), n), np.nan)
+        if rows:
+            np.copyto(targets, np.array(rows), where=np.array(changes))
+        return Decisions(np.asarray(index, dtype=np.int64), targets)
 
     def replay_times(self, times: np.ndarray) -> None:
         """What :meth:`on_bars` checks of the bar times, for a replay served from
