@@ -43,6 +43,18 @@ class HandlerError(RuntimeError):
         )
 
 
+def call_handler(handler: Handler, event: object, *, name: Handler | None = None) -> Any:
+    """Call ``handler`` as :meth:`EventBus.publish` does in a backtest, for a replay that does a
+    handler's work without publishing: a failure stops the run as a :class:`HandlerError` naming
+    ``handler`` (or ``name``, the subscriber whose work it is)."""
+    try:
+        return handler(event)
+    except HandlerError:
+        raise
+    except Exception as exc:
+        raise HandlerError(name or handler, event, exc) from exc
+
+
 def handler_name(handler: Handler) -> str:
     owner = getattr(handler, "__self__", None)
     name = getattr(handler, "__qualname__", None) or repr(handler)

@@ -29,7 +29,7 @@ import numpy as np
 
 from connectors.paper import PaperBroker
 from connectors.replay import BarMatrix
-from engine.bus import EventBus, HandlerError
+from engine.bus import EventBus, call_handler
 from engine.clock import Clock
 from engine.events import (
     BarSet,
@@ -266,29 +266,14 @@ def replay_every_bar(
             held = None
         portfolio.on_bars(bars)
         if risk_bars:
-            try:
-                risk.on_bars(bars)
-            except HandlerError:
-                raise
-            except Exception as exc:
-                raise HandlerError(risk.on_bars, bars, exc) from exc
+            call_handler(risk.on_bars, bars)
             if risk.state is not _ACTIVE or risk.halted or broker._working or orders._open:
                 flush()  # the rest of the bar (a halt's flatten, say) is the bus's
                 for handler in (host.on_bars, orders.rebalance, *((broker.on_close,) if at_close else ())):
-                    try:
-                        handler(bars)
-                    except HandlerError:
-                        raise
-                    except Exception as exc:
-                        raise HandlerError(handler, bars, exc) from exc
+                    call_handler(handler, bars)
                 t += 1
                 continue
-        try:
-            targets = host.decide(bars)
-        except HandlerError:
-            raise
-        except Exception as exc:
-            raise HandlerError(host.on_bars, bars, exc) from exc
+        targets = call_handler(host.decide, bars, name=host.on_bars)
         if targets is not None:
             orders.on_signal(Signal(ts, ts, strategy, targets, units))
         batch_strategy = orders._strategy

@@ -3,8 +3,10 @@ series as a backtest input, and readers of a daemon's journal."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,22 @@ SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 STEP_MS = 60_000
 MS = 1_000_000
 PARAMS = {"fast": 3, "slow": 8}
+
+
+@contextlib.asynccontextmanager
+async def running_fake(**kwargs: Any) -> AsyncIterator[FakeBybit]:
+    """The fake exchange with its market clock running from the current bar: a one-minute bar
+    closes every 20 ms (15 s of market time per 5 ms tick)."""
+    from tests.fake_bybit.server import real_ms
+
+    server = FakeBybit(**kwargs)
+    await server.start()
+    now = real_ms()
+    server.start_market(now - now % STEP_MS, step_ms=15_000, tick=0.005)
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 def app_config(**live: Any) -> AppConfig:

@@ -27,22 +27,16 @@ from tests.daemon.helpers import (
     events,
     reference_backtest,
     rows,
+    running_fake,
     server_frame,
 )
 from tests.fake_bybit import FakeBybit
-from tests.fake_bybit.server import real_ms
 
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeBybit]:
-    server = FakeBybit()
-    await server.start()
-    now = real_ms()
-    server.start_market(now - now % STEP_MS, step_ms=15_000, tick=0.005)
-    try:
+    async with running_fake() as server:
         yield server
-    finally:
-        await server.stop()
 
 
 def daemon(fake: FakeBybit, state: Path, mode: str = "paper", **opts: object) -> Daemon:

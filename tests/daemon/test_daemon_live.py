@@ -19,9 +19,16 @@ from engine.config import RiskConfig
 from engine.events import BarSet, Order, OrderType, Side
 from quantnet.daemon import Daemon, DaemonError, DaemonOptions
 from strategies.registry import create
-from tests.daemon.helpers import PARAMS, STEP_MS, SYMBOLS, app_config, bybit_config, events, rows
+from tests.daemon.helpers import (
+    PARAMS,
+    SYMBOLS,
+    app_config,
+    bybit_config,
+    events,
+    rows,
+    running_fake,
+)
 from tests.fake_bybit import FakeBybit
-from tests.fake_bybit.server import real_ms
 
 KEY, SECRET = "live-key", "live-secret"
 CASH = 100_000.0  # the book's [portfolio] cash: the account holds exactly that
@@ -31,14 +38,8 @@ CASH = 100_000.0  # the book's [portfolio] cash: the account holds exactly that
 async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeBybit]:
     monkeypatch.setenv("BYBIT_API_KEY", KEY)
     monkeypatch.setenv("BYBIT_API_SECRET", SECRET)
-    server = FakeBybit(keys={KEY: SECRET}, balance=CASH)
-    await server.start()
-    now = real_ms()
-    server.start_market(now - now % STEP_MS, step_ms=15_000, tick=0.005)
-    try:
+    async with running_fake(keys={KEY: SECRET}, balance=CASH) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 def live_daemon(

@@ -24,9 +24,8 @@ from engine.events import BarSet, Order, Side, Signal
 from engine.strategy import Strategy, StrategyContext
 from quantnet.daemon import Daemon, DaemonError, DaemonOptions
 from strategies.registry import create
-from tests.daemon.helpers import STEP_MS, SYMBOLS, app_config, bybit_config, events, rows
+from tests.daemon.helpers import STEP_MS, SYMBOLS, app_config, bybit_config, events, rows, running_fake
 from tests.fake_bybit import FakeBybit
-from tests.fake_bybit.server import real_ms
 
 KEY, SECRET = "spot-key", "spot-secret"
 CASH = 100_000.0
@@ -37,14 +36,8 @@ PARAMS = {"fast": 3, "slow": 8, "target": 0.1, "short": True}  # -0.1 below the 
 async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeBybit]:
     monkeypatch.setenv("BYBIT_API_KEY", KEY)
     monkeypatch.setenv("BYBIT_API_SECRET", SECRET)
-    server = FakeBybit(keys={KEY: SECRET}, balance=CASH)  # USDT only: no coin held at the start
-    await server.start()
-    now = real_ms()
-    server.start_market(now - now % STEP_MS, step_ms=15_000, tick=0.005)
-    try:
+    async with running_fake(keys={KEY: SECRET}, balance=CASH) as server:  # USDT only: no coin held
         yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture
