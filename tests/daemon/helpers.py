@@ -26,16 +26,30 @@ MS = 1_000_000
 PARAMS = {"fast": 3, "slow": 8}
 
 
-@contextlib.asynccontextmanager
-async def running_fake(**kwargs: Any) -> AsyncIterator[FakeBybit]:
-    """The fake exchange with its market clock running from the current bar: a one-minute bar
-    closes every 20 ms (15 s of market time per 5 ms tick)."""
+PRICED_FROM = 1_700_000_040_000
+"""The bar whose prices the market starts with (2023-11-14 22:14 UTC), whatever the day."""
+
+
+def start_market(server: FakeBybit, *, step_ms: int = 15_000, tick: float = 0.005) -> None:
+    """Run the fake's market clock from the current bar, ``step_ms`` of market time per ``tick``
+    real seconds. The clock is the real one (the daemon judges a bar's lag by it) but the prices
+    are those from :data:`PRICED_FROM` on: the path a test trades is the same every day (it was
+    the day's own, so a test could pass one day and fail the next)."""
     from tests.fake_bybit.server import real_ms
 
+    now = real_ms()
+    start = now - now % STEP_MS
+    server.price_shift_ms = PRICED_FROM - PRICED_FROM % STEP_MS - start
+    server.start_market(start, step_ms=step_ms, tick=tick)
+
+
+@contextlib.asynccontextmanager
+async def running_fake(**kwargs: Any) -> AsyncIterator[FakeBybit]:
+    """The fake exchange with its market clock running (:func:`start_market`): a one-minute bar
+    closes every 20 ms (15 s of market time per 5 ms tick)."""
     server = FakeBybit(**kwargs)
     await server.start()
-    now = real_ms()
-    server.start_market(now - now % STEP_MS, step_ms=15_000, tick=0.005)
+    start_market(server)
     try:
         yield server
     finally:

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.daemon.helpers import MS, STEP_MS, SYMBOLS, events, reference_backtest, rows
+from tests.daemon.helpers import MS, STEP_MS, SYMBOLS, events, reference_backtest, rows, start_market
 from tests.fake_bybit import FakeBybit
-from tests.fake_bybit.server import real_ms
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = """
@@ -68,8 +67,7 @@ async def start(fake: FakeBybit, tmp: Path, crash: str = "", max_bars: int = 0) 
 async def test_sigkill_anywhere_then_restart_loses_and_repeats_nothing(tmp_path):
     fake = FakeBybit()
     await fake.start()
-    now = real_ms()
-    fake.start_market(now - now % STEP_MS, step_ms=6_000, tick=0.01)  # a bar every 0.1 s
+    start_market(fake, step_ms=6_000, tick=0.01)  # a bar every 0.1 s
     try:
         # self-inflicted kill -9 at named points, then one from outside at a random moment
         for crash in ("signal:4", "order:2", "commit:5", "backfill:3", "bar:6", "order:7"):

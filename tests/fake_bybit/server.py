@@ -12,8 +12,9 @@ by :meth:`FakeBybit.set_price` (or the market clock) reaches ``triggerPrice``; e
 and served by ``/v5/execution/list``.
 
 Prices come from a deterministic function of (symbol, interval, bar start), so a test can ask the
-server for the exact series any client should end up with (:meth:`FakeBybit.series`). A market
-clock (``start_market``) runs virtual time quickly so that one-minute bars close every few
+server for the exact series any client should end up with (:meth:`FakeBybit.series`);
+``price_shift_ms`` prices every time as another one (a test run today on a fixed date's path). A
+market clock (``start_market``) runs virtual time quickly so that one-minute bars close every few
 milliseconds; the signing clock stays real (plus ``skew_ms``).
 
 Run by hand: ``python -m tests.fake_bybit --port 8765`` (see ``__main__.py``), then point the CLI at
@@ -291,6 +292,10 @@ class FakeBybit:
         self.prices: dict[tuple[str, str], float] = {}
         self.fixed_now_ms: int | None = None
         self.market_now_ms: int | None = None
+        self.price_shift_ms = 0
+        """Added to a time before it is priced: a market clock started from now with the shift
+        to a fixed time serves that time's prices, the same path whatever the day
+        (:func:`tests.daemon.helpers.running_fake`)."""
         self.market_step_ms = 0
         self.market_tick = 0.005
         self.connections = 0
@@ -378,6 +383,7 @@ class FakeBybit:
     # the price series ----------------------------------------------------------------------
 
     def _mid(self, inst: Instrument, t_ms: int) -> float:
+        t_ms += self.price_shift_ms
         day = 86_400_000
         wave = 0.04 * math.sin(t_ms / (3 * day)) + 0.01 * math.sin(t_ms / (3_600_000 * 1.7))
         noise = 0.004 * (_unit(inst.symbol, t_ms // 60_000) - 0.5)
@@ -389,9 +395,10 @@ class FakeBybit:
         step = iv_ms(interval)
         o = float(_fmt(self._mid(inst, start), inst.tick))
         c = float(_fmt(self._mid(inst, start + step), inst.tick))
-        h = max(o, c) * (1 + 0.002 * _unit(symbol, interval, start, "h"))
-        lo = min(o, c) * (1 - 0.002 * _unit(symbol, interval, start, "l"))
-        v = 1 + 100 * _unit(symbol, interval, start, "v")
+        priced = start + self.price_shift_ms
+        h = max(o, c) * (1 + 0.002 * _unit(symbol, interval, priced, "h"))
+        lo = min(o, c) * (1 - 0.002 * _unit(symbol, interval, priced, "l"))
+        v = 1 + 100 * _unit(symbol, interval, priced, "v")
         vol = _fmt(v, 0.001)
         return [
             str(start),
