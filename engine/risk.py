@@ -36,6 +36,11 @@ Exit rules, the same in a backtest and live, because the venue fills them:
   leaves; one that closes or flips it cancels them (the exits of a new side are armed by its
   fill), so an exit and a market order never both close the same quantity. An order that adds to
   a position leaves the exits covering what is held until its fill re-prices them.
+* A position the venue would take no exit for gets none, and one ``exit_skipped`` event rather
+  than a rejected exit every bar: at level info when it rounds down to no lot (on spot, the dust
+  a sell leaves of a balance net of the buy's fee), a warning when it is below the venue's minimum
+  order. Live trading gives the risk manager the exchange's instrument rules
+  (:meth:`RiskManager.use_rules`).
 """
 
 from __future__ import annotations
@@ -298,6 +303,7 @@ class RiskManager:
         self._dirty = np.zeros(n, dtype=bool)  # filled since the exits were placed
         self._side = np.zeros(n)  # sign of each position, kept by on_fill
         self._best = np.full(n, np.nan)  # best price since the position opened (trailing stop)
+        self._unprotected = np.full(n, np.nan)  # position left without exits, warned about once
         self._seq = 0
         self._flattening: dict[str, tuple[int, float]] = {}  # flatten orders working: (index, signed left)
 
@@ -320,6 +326,11 @@ class RiskManager:
         if config.max_drawdown is not None or self._state_path is not None:
             bus.subscribe(Fill, self._flatten_on_fill)
             bus.subscribe(OrderUpdate, self._flatten_on_update)
+
+    def use_rules(self, rules: Mapping[str, InstrumentRules]) -> None:
+        """Take the venue's instrument rules (live trading reads them from the exchange once
+        connected) in place of ``[risk.instruments]`` for the symbols they cover."""
+        self._rules = [rules.get(s, mine) for s, mine in zip(self.symbols, self._rules, strict=True)]
 
     # pre-trade --------------------------------------------------------------------------------
 
@@ -542,10 +553,24 @@ class RiskManager:
     def _place(self, i: int, target: float, stop: float, rule: str, tp: float, ts: int) -> None:
         rules = self._rules[i]
         qty = abs(target) if rules is None else rules.round_qty(abs(target))
-        if qty <= 0.0:
+        refused = self._refused(i, target, qty, stop, tp)
+        if refused:
+            # the venue would refuse every exit for it (and selling it at all): one event per
+            # position, not an exit rejected every bar
             self._cancel_exits(i)
             self._synced[i] = target
+            if self._unprotected[i] != target:
+                self._unprotected[i] = target
+                self._emit(
+                    ts,
+                    "exit_skipped",
+                    f"no exit orders for the position {target:.8g}: {refused}",
+                    self.symbols[i],
+                    {"position": target},
+                    level="info" if qty <= 0.0 else "warning",  # nothing to protect, or unprotectable
+                )
             return
+        self._unprotected[i] = math.nan
         long = target > 0
         side = Side.SELL if long else Side.BUY
         placed = True
@@ -574,6 +599,24 @@ class RiskManager:
                 self._tp_id[i] = self._submit(i, side, qty, OrderType.LIMIT, price, "take_profit", ts)
                 placed = placed and self._tp_id[i] is not None
         self._synced[i] = target if placed else math.nan
+
+    def _refused(self, i: int, target: float, qty: float, stop: float, tp: float) -> str:
+        """Why the venue would refuse exits of ``qty`` for the position ``target`` (empty: it
+        would not, or the rules are not known)."""
+        rules = self._rules[i]
+        if qty <= 0.0:
+            step = f" at the lot {rules.qty_step:g}" if rules is not None else ""
+            return f"it rounds down to 0{step}"
+        if rules is None:
+            return ""
+        least = replace(rules, max_qty=0.0)  # a position above one order's maximum is still protected
+        levels = [stop if self._stops else math.nan, tp if self.config.take_profit is not None else math.nan]
+        for level in levels:
+            if level > 0:
+                problem = least.rejection(qty, rules.round_price(level, up=target > 0))
+                if problem is not None:
+                    return f"below the venue's minimum order ({problem.removeprefix(f'{self.symbols[i]}: ')})"
+        return ""
 
     def _submit(
         self, i: int, side: Side, qty: float, kind: OrderType, price: float, rule: str, ts: int
@@ -837,6 +880,7 @@ class RiskManager:
         "_dirty",
         "_side",
         "_best",
+        "_unprotected",
         "_seq",
         "_flattening",
         "_started",

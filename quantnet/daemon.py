@@ -411,6 +411,8 @@ class Daemon:
         ex, node, journal = self.exchange, self.node, self.journal
         assert ex is not None and node is not None and journal is not None
         await ex.start()
+        if node.risk is not None:  # [risk.instruments] are for backtests: the exchange's rules count
+            node.risk.use_rules(ex.rules)
         if self.opts.category == "spot":
             other = [s for s in self.symbols if ex.pair(s)[1] != "USDT"]
             if other:

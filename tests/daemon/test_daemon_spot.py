@@ -20,6 +20,7 @@ import pytest
 
 from connectors.bybit.execution import link_id_for
 from engine import orders as orders_module
+from engine.config import RiskConfig
 from engine.events import BarSet, Order, Side, Signal
 from engine.strategy import Strategy, StrategyContext
 from quantnet.daemon import Daemon, DaemonError, DaemonOptions
@@ -255,4 +256,63 @@ async def test_a_catch_up_sells_what_the_buy_before_it_delivered(fake, tmp_path,
     ]
     sells = [e for e in fake.executions if e["side"] == "Sell"]
     assert len(sells) >= 2 * len(SYMBOLS)  # a sell on every odd late bar, none refused
+    assert_book_is_the_wallet(fake, state)
+
+
+class RoundTrips(Strategy):
+    """Three round trips (0.1 of each coin on the even bars, flat on the odd ones), then flat."""
+
+    name = "round_trips"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bars = 0
+
+    def on_bars(self, bars: BarSet, ctx: StrategyContext) -> np.ndarray:
+        self.bars += 1
+        held = self.bars <= 6 and self.bars % 2 == 1
+        return np.full(len(bars.symbols), 0.1 if held else 0.0)
+
+
+async def test_the_dust_a_sell_leaves_gets_no_stop_loss_and_one_event_not_a_rejection_per_bar(fake, tmp_path):
+    """A sell of the whole coin balance (net of the buy's fee) is rounded down to the coin's step
+    at Bybit, so every round trip leaves dust that no order can sell. The risk manager knows
+    Bybit's lot from the exchange: it places no stop for it and says so once. Before, it had no
+    venue rules in live mode, sent the stop, and Bybit's refusal was an error every bar."""
+    state = tmp_path / "state"
+    options = DaemonOptions(
+        mode="live", symbols=SYMBOLS, interval="1", category="spot", state_dir=state, stdout=False,
+        max_bars=40,
+    )  # fmt: skip
+    cfg = app_config(enabled=True, environment="testnet", max_trade_lag=1e9, category="spot")
+    cfg = cfg.model_copy(update={"risk": RiskConfig(stop_loss=0.03)})
+    d = Daemon(cfg, RoundTrips(), options, bybit=bybit_config(fake))
+    step = np.array([fake.instruments[("spot", s)].step for s in SYMBOLS])
+    sells = lambda: {e["orderLinkId"] for e in fake.executions if e["side"] == "Sell"}  # noqa: E731
+    dust = lambda: bool(np.all((d.node.portfolio.qty > 0) & (d.node.portfolio.qty < step)))  # noqa: E731
+    since: list[int] = []  # bars since the last round trip's sell left its dust
+
+    def count(_: BarSet) -> None:
+        if len(sells()) >= 3 * len(SYMBOLS) and dust():
+            since.append(1)
+
+    d.bus.subscribe(BarSet, count)
+    await run_until(d, lambda: len(since) >= 5)
+
+    held, _ = book(state)
+    assert all(0 < held[s] < step[i] for i, s in enumerate(SYMBOLS)), held  # flat but for the dust
+    assert not d.node.risk.working_exits()
+    assert not [o for o in fake.orders.values() if o.status == "Untriggered"]
+    updates = events(state, "OrderUpdate")
+    assert not [u for u in updates if u["status"] == "rejected"]
+    risk = events(state, "RiskEvent")
+    assert not [e for e in risk if e["rule"] == "exit_rejected"]
+    placed = {o["client_id"] for o in events(state, "Order") if o["strategy"] == "risk"}
+    assert len(placed) >= len(sells())  # each buy's coins were protected by a stop
+    skipped = [e for e in risk if e["rule"] == "exit_skipped"]
+    for symbol in SYMBOLS:  # once per round trip's dust, not once per bar
+        mine = [e for e in skipped if e["symbol"] == symbol]
+        sold = {e["orderLinkId"] for e in fake.executions if e["side"] == "Sell" and e["symbol"] == symbol}
+        assert 1 <= len(mine) <= len(sold)
+        assert all("rounds down to 0 at the lot" in e["message"] for e in mine)
     assert_book_is_the_wallet(fake, state)

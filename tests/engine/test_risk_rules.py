@@ -507,6 +507,21 @@ def test_tick_and_lot_rounding():
     assert fills(result) == [(1, "A", "buy", 30, 101), (3, "A", "sell", 30, 98.0)]
 
 
+def test_a_position_below_the_minimum_order_gets_no_exits_and_one_warning():
+    # 50 bought, 46 sold (4,600, above the minimum 500): the 4 left are worth 400, their stop at
+    # 95 would be a 380 order, which the venue refuses. When the sale is accepted (bar 2) the stop
+    # is cancelled and none is sent for the rest; the warning comes once, and bar 5's fall through
+    # 95 sells nothing
+    a = [FLAT] * 5 + [(100, 100, 90, 92), (92, 93, 91, 92)]
+    rules = {"instruments": {"A": {"qty_step": 1, "min_notional": 500}}, "stop_loss": 0.05}
+    result = run(rules, {0: [0.5], 2: [0.04]}, frame(A=a))
+    assert fills(result) == [(1, "A", "buy", 50, 100), (3, "A", "sell", 46, 100)]
+    (skipped,) = events(result, "exit_skipped")
+    assert bar_of(skipped) == 2 and skipped["symbol"] == "A"
+    assert "position 4: below the venue's minimum order (notional 380 below minimum 500" in skipped["message"]
+    assert not events(result, "stop_loss") and result.positions["A"].iloc[-1] == pytest.approx(4 * 92)
+
+
 def test_review_rounds_limit_and_stop_prices_and_quantities():
     bus, clock = EventBus(), ReplayClock()
     cfg = config({"instruments": {"*": {"tick_size": 0.25, "qty_step": 0.1}}})
