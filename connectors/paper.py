@@ -42,9 +42,11 @@ from engine.bus import EventBus
 from engine.clock import Clock
 from engine.config import CostConfig
 from engine.events import BarOpen, BarSet, Fill, Order, OrderStatus, OrderType, OrderUpdate, Side
+from engine.numeric import ONE, count_nonzero
 from engine.state import capture, restore_into
 
 _LIMIT, _MARKET, _FILLED = OrderType.LIMIT, OrderType.MARKET, OrderStatus.FILLED
+_TINY = np.array(1e-12)  # a position this small (relative) is flat
 
 
 class PaperBroker:
@@ -305,13 +307,20 @@ class PaperBroker:
         slippage and the taker fees, the broker's book moved, sequence numbers taken. Returns the
         prices, the fees and the sequence number before the first fill (fill k is ``paper-{seq + k
         + 1}``); the caller publishes (or books) the fills."""
-        price = base * (1.0 + self.slippage * side)
-        fee = qty * price * self.taker
+        slip, rate = np.array(self.slippage), np.array(self.taker)  # 0-d: see engine.numeric
+        price = np.multiply(side, slip)
+        np.add(price, ONE, price)
+        np.multiply(price, base, price)
+        fee = np.multiply(qty, price)
+        np.multiply(fee, rate, fee)
         position = self.position
         every = len(idx) == len(position)  # distinct and ascending: every symbol, in order
-        held = (position if every else position[idx]) + qty * side
-        tiny = np.abs(held) <= 1e-12 * np.maximum(qty, 1.0)
-        if np.count_nonzero(tiny):
+        held = np.multiply(qty, side)
+        np.add(position if every else position[idx], held, held)
+        tiny = np.maximum(qty, ONE)
+        np.multiply(tiny, _TINY, tiny)
+        tiny = np.less_equal(np.abs(held), tiny)
+        if count_nonzero(tiny):
             held[tiny] = 0.0
         if every:
             position[:] = held

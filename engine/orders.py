@@ -23,6 +23,7 @@ import structlog
 from engine.bus import EventBus
 from engine.clock import Clock
 from engine.events import BarSet, Fill, Order, OrderStatus, OrderType, OrderUpdate, Side, Signal
+from engine.numeric import ZERO, count_nonzero
 from engine.portfolio import Portfolio
 from engine.ports import ExecutionVenue
 from engine.state import capture, restore_into
@@ -196,8 +197,8 @@ class OrderManager:
             self.unpriced[:] = False
         else:
             self.unpriced[idx] = False
-        unpriced = price <= 0.0
-        waiting = np.count_nonzero(unpriced)
+        unpriced = np.less_equal(price, ZERO)
+        waiting = count_nonzero(unpriced)
         if waiting:  # symbols without a price yet: keep their targets for their first bar
             waits = unpriced & (targets != 0.0)
             if waits.any():
@@ -207,17 +208,22 @@ class OrderManager:
             return None
         units = self.units if every else self.units[idx]
         with np.errstate(divide="ignore", invalid="ignore") if waiting else _NO_CONTEXT:
-            in_units = np.count_nonzero(units)
+            in_units = count_nonzero(units)
             if in_units == len(idx):
                 wanted = targets.copy()
             else:
-                wanted = targets * equity / price
+                wanted = np.multiply(targets, np.array(equity))  # 0-d: see engine.numeric
+                np.divide(wanted, price, wanted)
                 if in_units:
                     np.copyto(wanted, targets, where=units)
             held = (pf.qty, self.pending) if every else (pf.qty[idx], self.pending[idx])
-            delta = wanted - held[0] - held[1]
+            delta = np.subtract(wanted, held[0], wanted)
+            np.subtract(delta, held[1], delta)
             size = np.abs(delta)
-            send = ~(size * price <= max(self.min_trade_notional, 1e-9 * equity))
+            floor = np.array(max(self.min_trade_notional, 1e-9 * equity))
+            send = np.multiply(size, price)
+            send = np.less_equal(send, floor)
+            np.logical_not(send, send)  # not "greater": a NaN size is sent (and refused)
         if waiting:
             send &= ~unpriced
         k = send.nonzero()[0]

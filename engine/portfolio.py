@@ -12,9 +12,11 @@ import numpy as np
 
 from engine.bus import EventBus
 from engine.events import BarSet, Fill, Funding, PositionUpdate
+from engine.numeric import ONE, ZERO, count_nonzero
 from engine.state import capture, restore_into
 
 _EPS = 1e-12
+_EPS0 = np.array(_EPS)  # 0-d: see engine.numeric
 _YEAR_NS = 365.25 * 86_400e9  # interest accrues on calendar time
 
 
@@ -136,8 +138,8 @@ class Portfolio:
             self.gross_exposure = gross = abs(q) * c
         elif self._held:
             np.copyto(last, close, where=close == close)
-            self.equity = equity = cash + float(qty @ last)
-            self.gross_exposure = gross = float(np.abs(qty) @ last)
+            self.equity = equity = cash + float(np.dot(qty, last))
+            self.gross_exposure = gross = float(np.dot(np.abs(qty), last))
         else:  # no position: nothing to mark but the prices
             np.copyto(last, close, where=close == close)
             self.equity = equity = cash
@@ -279,15 +281,16 @@ class Portfolio:
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`on_fill` for fills of distinct symbols ``idx``, in that order, at once: the same
         arithmetic elementwise (each symbol's book sees only its own fill) and the same sums in
-        the same order for cash, fees and turnover. The caller has checked what ``on_fill``
-        refuses (positive quantities, positive finite prices, symbols of the universe) and that
-        every symbol has a mark (a last price above 0: the order manager sizes no other). Returns
-        each symbol's new quantity and average price (what its PositionUpdate carries)."""
+        the same order for cash, fees and turnover (``signed``: each ``quantity`` times +1 buy or
+        -1 sell). The caller has checked what ``on_fill`` refuses (positive quantities, positive
+        finite prices, symbols of the universe) and that every symbol has a mark (a last price
+        above 0: the order manager sizes no other). Returns each symbol's new quantity and
+        average price (what its PositionUpdate carries)."""
         if self._positions is not None and not self._all_recorded:
             for i in idx.tolist():
                 if not self._recorded[i]:
                     self._record(i)
-        qty, avg_price, count = self.qty, self.avg_price, np.count_nonzero
+        qty, avg_price, count = self.qty, self.avg_price, count_nonzero
         k = len(idx)
         every = k == len(qty)  # distinct and ascending: idx is every symbol, in order
         old = qty.copy() if every else qty[idx]
@@ -295,21 +298,23 @@ class Portfolio:
         new = old + signed
         size = np.abs(old)
         den = np.abs(new)
-        tiny = den <= _EPS * np.maximum(size, 1.0)
+        tiny = np.maximum(size, ONE)
+        np.multiply(tiny, _EPS0, tiny)
+        tiny = np.less_equal(den, tiny)
         flats = count(tiny)
         if flats:
             new[tiny] = 0.0
             den[tiny] = 1.0  # divided by, then replaced: a flat book's average price is 0
-        was_long, held = old > 0, old != 0.0
-        closing = held & (was_long != (signed > 0))
-        traded = np.abs(signed)
+        was_long, held = np.greater(old, ZERO), np.not_equal(old, ZERO)
+        closing = np.not_equal(was_long, np.greater(signed, ZERO))
+        closing &= held
+        traded = quantity  # |signed|: a quantity times +1 or -1
         out = avg * size
         out += price * traded
         out /= den
         closes = count(closing)
         if closes:
-            now_long = new > 0
-            turned = now_long != was_long
+            turned = np.not_equal(np.greater(new, ZERO), was_long)
             realized = np.minimum(traded, size)
             realized *= price - avg
             # x 1.0 long, x -1.0 short (on_fill's 1.0 if old > 0 else -1.0), x 0 where nothing
@@ -335,15 +340,17 @@ class Portfolio:
             qty[idx] = new
             avg_price[idx] = out
         self._held += count(new) - count(held)
-        sums = np.empty((k + 1, 3))  # cash, fees, turnover, then each fill's change, accumulated in order
-        sums[0] = (self.cash, self.fees, self.turnover_notional)
-        np.multiply(signed, price, out=sums[1:, 0])
-        sums[1:, 0] += fee
-        np.negative(sums[1:, 0], out=sums[1:, 0])  # cash - cost, written cash + (-cost): the same number
-        sums[1:, 1] = fee
-        np.multiply(quantity, price, out=sums[1:, 2])
-        np.add.accumulate(sums, axis=0, out=sums)
-        self.cash, self.fees, self.turnover_notional = sums[k].tolist()
+        # cash, fees and turnover move fill by fill, in order, as on_fill moves them
+        cost = signed * price
+        cost += fee
+        cash, fees, turnover = self.cash, self.fees, self.turnover_notional
+        for x in cost.tolist():
+            cash -= x
+        for x in fee.tolist():
+            fees += x
+        for x in np.multiply(quantity, price).tolist():
+            turnover += x
+        self.cash, self.fees, self.turnover_notional = cash, fees, turnover
         self.n_fills += k
         acc = self._trade_acc
         if every:

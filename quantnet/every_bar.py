@@ -45,6 +45,7 @@ from engine.events import (
     Signal,
     TradingState,
 )
+from engine.numeric import count_nonzero
 from quantnet.quiet import _precomputes
 
 _BUY, _SELL, _MARKET = Side.BUY, Side.SELL, OrderType.MARKET
@@ -196,7 +197,11 @@ def replay_every_bar(
     book, price_fills = portfolio.book_fills, broker.price_market_fills
     ticks = iter(progress(range(first, n), n - first)) if progress is not None else None
     held: _Batch | None = None  # next open: the orders of the bar before, to fill at this one's open
-    count = np.count_nonzero
+    count = count_nonzero
+    priced = c == c
+    all_priced = priced.all(axis=1).tolist()
+    everyone = np.arange(len(symbols))
+    everyone.setflags(write=False)  # every batch of all symbols shares it
 
     def make_orders(batch: _Batch) -> list[Order]:
         ts, name = batch.ts, batch_strategy
@@ -230,7 +235,10 @@ def replay_every_bar(
         idx = batch.idx
         price, fee, seq = price_fills(idx, batch.side, batch.size, base)
         new, avg = book(idx, batch.size, batch.signed, price, fee)
-        pending[idx] = 0.0
+        if len(idx) == len(pending):
+            pending.fill(0.0)
+        else:
+            pending[idx] = 0.0
         batch.at, batch.back, batch.price, batch.fee, batch.seq = ts, back, price, fee, seq
         if record is None:
             batches.append(batch)
@@ -282,8 +290,12 @@ def replay_every_bar(
             continue
         goal = orders.targets
         close = c[t - 1]
-        live = ((goal == goal) & (close == close)).nonzero()[0]
-        sized = orders.sizes(live, goal[live])
+        given = np.equal(goal, goal)
+        if all_priced[t - 1] and count(given) == len(goal):
+            sized = orders.sizes(everyone, goal)
+        else:
+            live = np.logical_and(given, priced[t - 1]).nonzero()[0]
+            sized = orders.sizes(live, goal[live])
         if sized is None or not len(sized[0]):
             continue
         idx, delta, size = sized
@@ -307,7 +319,7 @@ def replay_every_bar(
                 record(order)
                 record(OrderUpdate(ts, ts, order.client_id, order.symbol, _ACCEPTED, ""))
         if at_close:
-            fill(batch, ts, close[idx], close_back)
+            fill(batch, ts, close if len(idx) == len(close) else close[idx], close_back)
         else:
             pending[idx] += batch.signed
             held = batch
