@@ -33,7 +33,7 @@ Execution rules, the same for every strategy:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 import numpy as np
@@ -72,7 +72,8 @@ class PaperBroker:
         self._armed: list[Order] | None = None  # stop/limit orders placed while a bar fills
         self._seq = 0
         self.at_close = fill_at == "close"
-        self._open_back, self._close_back = stamps
+        self.open_back, self.close_back = stamps
+        """How far before a bar's close stamp its open and its close traded, in the data's labels."""
         self._delisted: dict[str, str] = {}
         self.position = np.zeros(len(symbols))
         """Signed quantity per symbol from this broker's fills (what reduce-only is judged by)."""
@@ -140,6 +141,16 @@ class PaperBroker:
     def open_orders(self) -> Iterable[Order]:
         return list(self._working.values())
 
+    def hold(self, order: Order) -> None:
+        """Keep ``order`` working as :meth:`submit` accepts it, without publishing the acceptance:
+        for a replay that journaled the acceptance itself and leaves the order to the bus."""
+        self._working[order.client_id] = order
+
+    @property
+    def delisted(self) -> Mapping[str, str]:
+        """Symbols delisted so far, with the reason their orders are refused."""
+        return self._delisted
+
     def _rejection(self, order: Order, *, amending: bool = False) -> str:
         if not amending and order.client_id in self._working:
             return f"duplicate client order id {order.client_id}"
@@ -175,7 +186,7 @@ class PaperBroker:
             for order, price in at_open + in_range:
                 current = self._working.get(order.client_id)
                 if current is order:
-                    self._execute(order, price, ts, self._open_back)
+                    self._execute(order, price, ts, self.open_back)
                 elif current is not None:  # amended by a handler of an earlier fill: from now on
                     self._armed.append(current)
             while self._armed:
@@ -184,7 +195,7 @@ class PaperBroker:
                     continue
                 i = self.index[order.symbol]
                 if self._reached(order, float(bars.high[i]), float(bars.low[i])):
-                    self._execute(order, order.price, ts, self._open_back)
+                    self._execute(order, order.price, ts, self.open_back)
         finally:
             self._armed = None
 
@@ -198,7 +209,7 @@ class PaperBroker:
         for order in [o for o in working.values() if o.type is _MARKET]:
             price = float(close[index[order.symbol]])
             if price == price and working.get(order.client_id) is order:
-                self._execute(order, price, ts, self._close_back)
+                self._execute(order, price, ts, self.close_back)
 
     def delist(self, symbol: str, price: float, ts: int, reason: str) -> tuple[float, int]:
         """The symbol's data has ended: cancel its working orders, settle its position at ``price``
@@ -230,7 +241,7 @@ class PaperBroker:
                     "delist",
                     f"paper-{self._seq}",
                     "delisted",
-                    ts - self._close_back,
+                    ts - self.close_back,
                 )
             )
         return held, len(cancelled)

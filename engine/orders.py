@@ -280,15 +280,31 @@ class OrderManager:
         """Client ids of the orders on their way (sent, not yet finished)."""
         return list(self._open)
 
+    @property
+    def has_open(self) -> bool:
+        """Whether any order is on its way (:meth:`working` without the list)."""
+        return bool(self._open)
+
+    @property
+    def strategy(self) -> str:
+        """Whose targets these are: ``every_bar`` orders are sent in its name (empty: none yet)."""
+        return self._strategy
+
+    def sent(self, order: Order) -> None:
+        """Count ``order`` as on its way, as :meth:`submit` leaves it, for a replay that sent it
+        itself and has already added it to ``pending``."""
+        self._track(order, pending=False)
+
     def adopt(self, order: Order) -> None:
         """Count an order found working at the venue (an adoption) as on its way from this book,
         without sending it: its fills and its end settle it like any other."""
         self._track(order)
 
-    def _track(self, order: Order) -> None:
+    def _track(self, order: Order, *, pending: bool = True) -> None:
         i = self.portfolio.index[order.symbol]
         signed = order.quantity * order.side
-        self.pending[i] += signed
+        if pending:
+            self.pending[i] += signed
         self._open_count[i] += 1
         self._open[order.client_id] = (i, signed)
 

@@ -324,8 +324,22 @@ class RiskManager:
             bus.subscribe(Fill, self.on_fill)
             bus.subscribe(OrderUpdate, self.on_order_update)
         if config.max_drawdown is not None or self._state_path is not None:
-            bus.subscribe(Fill, self._flatten_on_fill)
-            bus.subscribe(OrderUpdate, self._flatten_on_update)
+            bus.subscribe(Fill, self.on_flatten_fill)
+            bus.subscribe(OrderUpdate, self.on_flatten_update)
+
+    @property
+    def only_bar_checks(self) -> bool:
+        """Whether :meth:`review` passes every order unchanged while trading is active and the
+        only bus work is the per-bar limits: no exits, no pre-trade limits, no instrument rules, no
+        state file. A replay may then size and fill a bar's orders without the manager seeing each."""
+        cfg = self.config
+        limits = (cfg.max_order_notional, cfg.max_position, cfg.max_gross_exposure, cfg.max_net_exposure)
+        return (
+            not self._exits_on
+            and all(limit is None for limit in limits)
+            and all(rule is None for rule in self._rules)
+            and self._state_path is None
+        )
 
     def use_rules(self, rules: Mapping[str, InstrumentRules]) -> None:
         """Take the venue's instrument rules (live trading reads them from the exchange once
@@ -785,7 +799,8 @@ class RiskManager:
     def _flatten_pending(self, i: int, *, but: str = "") -> float:
         return sum(left for cid, (j, left) in self._flattening.items() if j == i and cid != but)
 
-    def _flatten_on_fill(self, fill: Fill) -> None:
+    def on_flatten_fill(self, fill: Fill) -> None:
+        """Follow a halt's flatten orders as they fill; once halted, top up what they miss."""
         entry = self._flattening.get(fill.client_id)
         if entry is not None:
             i, left = entry
@@ -794,7 +809,9 @@ class RiskManager:
         if self.halted and i is not None:
             self._top_up(i, fill.ts_event)
 
-    def _flatten_on_update(self, update: OrderUpdate) -> None:
+    def on_flatten_update(self, update: OrderUpdate) -> None:
+        """Settle a flatten order that ended (a rejection is a risk event, retried only when it
+        asked for more than the position)."""
         if update.status not in _DONE:
             return
         entry = self._flattening.pop(update.client_id, None)

@@ -211,6 +211,16 @@ class StrategyHost:
         self._plan = (index, targets)  # arrays, not a dict of rows: a bar's answer costs no memory
 
     @property
+    def planned(self) -> bool:
+        """Whether the answers come from precomputed decisions (:meth:`use`)."""
+        return self._plan is not None
+
+    @property
+    def standing(self) -> np.ndarray | None:
+        """Targets remembered from the warm-up, sent with the first live bar (None: none)."""
+        return self._standing
+
+    @property
     def quiet(self) -> bool:
         """Whether a bar without a precomputed decision would publish nothing."""
         return self._standing is None and self._plan is not None

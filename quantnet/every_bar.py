@@ -52,20 +52,6 @@ _BUY, _SELL, _MARKET = Side.BUY, Side.SELL, OrderType.MARKET
 _ACCEPTED, _FILLED, _ACTIVE = OrderStatus.ACCEPTED, OrderStatus.FILLED, TradingState.ACTIVE
 
 
-def _risk_is_bar_checks_only(risk: Any) -> bool:
-    """Whether the risk manager's review passes every order unchanged while trading is active and
-    its only bus work is the per-bar limits: no exits, no pre-trade limits, no instrument rules,
-    no state file."""
-    cfg = risk.config
-    limits = (cfg.max_order_notional, cfg.max_position, cfg.max_gross_exposure, cfg.max_net_exposure)
-    return (
-        not risk._exits_on
-        and all(limit is None for limit in limits)
-        and all(rule is None for rule in risk._rules)
-        and risk._state_path is None
-    )
-
-
 def _wiring(bus: EventBus, node: Any, journal: Any, scheduled: Sequence[Callable[[BarSet], None]]) -> bool:
     """Whether every subscriber of the events a bar causes is one this module does the work of,
     in the order :func:`quantnet.backtest.assemble` subscribes them."""
@@ -76,12 +62,12 @@ def _wiring(bus: EventBus, node: Any, journal: Any, scheduled: Sequence[Callable
     flat_update: tuple[Callable[..., None], ...] = ()
     flat_fill: tuple[Callable[..., None], ...] = ()
     if risk is not None:
-        if orders.gates != (risk,) or not _risk_is_bar_checks_only(risk):
+        if orders.gates != (risk,) or not risk.only_bar_checks:
             return False
         if risk.on_bars in bus.subscribers(BarSet):
             risk_bars = (risk.on_bars,)
-        if risk._flatten_on_fill in bus.subscribers(Fill):
-            flat_fill, flat_update = (risk._flatten_on_fill,), (risk._flatten_on_update,)
+        if risk.on_flatten_fill in bus.subscribers(Fill):
+            flat_fill, flat_update = (risk.on_flatten_fill,), (risk.on_flatten_update,)
     elif orders.gates:
         return False
     closing = (broker.on_close,) if broker.at_close else ()
@@ -173,7 +159,7 @@ def replay_every_bar(
     with np.errstate(invalid="ignore"):
         if not (0.0 <= broker.slippage < 1.0) or (base_prices <= 0.0).any() or (c <= 0.0).any():
             return False  # prices the portfolio would refuse: the bus reports them
-    if host._plan is None and _precomputes(host.strategy):
+    if not host.planned and _precomputes(host.strategy):
         decisions = host.strategy.precompute(matrix.close)
         if decisions is not None:
             host.use(decisions, matrix.ts_event)
@@ -188,7 +174,7 @@ def replay_every_bar(
     positions = bool(bus.subscribers(PositionUpdate))
     risk_bars = risk is not None and risk.on_bars in bus.subscribers(BarSet)
     strategy, units = host.strategy.name, host.strategy.units
-    open_back, close_back = broker._open_back, broker._close_back
+    open_back, close_back = broker.open_back, broker.close_back
     instance = orders.instance_id
     prefixes: dict[str, list[str]] = {}
     delisted_seen = 0
@@ -216,12 +202,9 @@ def replay_every_bar(
     def hand_over(batch: _Batch) -> None:
         """Leave the batch's orders working at the broker and on their way at the order manager,
         as :meth:`OrderManager.submit` leaves them."""
-        made = batch.orders if batch.orders is not None else make_orders(batch)
-        working, on_way, open_count = broker._working, orders._open, orders._open_count
-        for order, i, signed in zip(made, batch.idx.tolist(), batch.signed.tolist(), strict=True):
-            working[order.client_id] = order
-            on_way[order.client_id] = (i, signed)
-            open_count[i] += 1
+        for order in batch.orders if batch.orders is not None else make_orders(batch):
+            broker.hold(order)
+            orders.sent(order)
 
     def flush() -> None:
         """Make the batched fills Fill objects, before the bus adds any of its own."""
@@ -261,7 +244,7 @@ def replay_every_bar(
         if held is not None and (t in due or count(np.isnan(o[t][held.idx]))):
             hand_over(held)
             held = None
-        if t in due or broker._working or orders._open or orders.unknown or host._standing is not None:
+        if t in due or broker.working or orders.has_open or orders.unknown or host.standing is not None:
             flush()
             advance(ts)
             publish(BarSet(ts, ts, symbols, o[t], h[t], low[t], c[t], v[t], t))
@@ -275,7 +258,7 @@ def replay_every_bar(
         portfolio.on_bars(bars)
         if risk_bars:
             call_handler(risk.on_bars, bars)
-            if risk.state is not _ACTIVE or risk.halted or broker._working or orders._open:
+            if risk.state is not _ACTIVE or risk.halted or broker.working or orders.has_open:
                 flush()  # the rest of the bar (a halt's flatten, say) is the bus's
                 for handler in (host.on_bars, orders.rebalance, *((broker.on_close,) if at_close else ())):
                     call_handler(handler, bars)
@@ -284,7 +267,7 @@ def replay_every_bar(
         targets = call_handler(host.decide, bars, name=host.on_bars)
         if targets is not None:
             orders.on_signal(Signal(ts, ts, strategy, targets, units))
-        batch_strategy = orders._strategy
+        batch_strategy = orders.strategy
         t += 1
         if not batch_strategy:
             continue
@@ -299,9 +282,10 @@ def replay_every_bar(
         if sized is None or not len(sized[0]):
             continue
         idx, delta, size = sized
-        if len(broker._delisted) != delisted_seen:
-            delisted_seen = len(broker._delisted)
-            delisted[:] = [s in broker._delisted for s in symbols]
+        gone = broker.delisted
+        if len(gone) != delisted_seen:
+            delisted_seen = len(gone)
+            delisted[:] = [s in gone for s in symbols]
         if count(np.isfinite(size)) < len(size) or (delisted_seen and count(delisted[idx])):
             flush()
             orders.send_sized(idx, delta, size, batch_strategy, ts)  # refusals: as the bus has them
