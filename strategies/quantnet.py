@@ -36,6 +36,7 @@ import structlog
 from pydantic import Field
 
 from engine.events import BarSet
+from engine.numeric import count_nonzero
 from engine.strategy import Decisions, Params, Strategy, StrategyContext, StrategyError
 from models.checkpoint import load_checkpoint
 from models.data import returns_from_closes
@@ -218,14 +219,17 @@ class QuantNetStrategy(Strategy):
         index: list[int] = []
         rows: list[np.ndarray] = []
         changes: list[np.ndarray] = []
-        count = np.count_nonzero
+        count, min_change = count_nonzero, np.array(p.min_change)  # 0-d: see engine.numeric
         for k in range(len(w)):
             row, ok = w[k], tradable[k]
             standing = 0.0 if everywhere[k] else float(np.abs(held[~ok]).sum())
             room = max(p.max_gross - standing, 0.0)
             if gross[k] > room:
                 row = row * (room / gross[k])
-            change = ok & (np.abs(row - held) > p.min_change)
+            change = np.subtract(row, held)
+            np.abs(change, change)
+            change = np.greater(change, min_change)
+            change &= ok
             if not count(change):
                 continue
             np.copyto(held, row, where=change)
@@ -258,15 +262,15 @@ class QuantNetStrategy(Strategy):
         out = np.empty_like(r)
         sq = r * r
         fresh = r == r
-        alpha = self._alpha
+        alpha = np.array(self._alpha)  # 0-d: see engine.numeric
         everywhere = fresh.all(axis=1)
         step = np.empty_like(var)
         for t in range(len(r)):
             f, q = fresh[t], sq[t]
-            if everywhere[t] and not np.count_nonzero(var != var):  # every estimate moves
-                np.subtract(q, var, out=step)
-                step *= alpha
-                var += step  # var + alpha * (q - var), as _update_vol rounds it
+            if everywhere[t] and not count_nonzero(np.not_equal(var, var)):  # every estimate moves
+                np.subtract(q, var, step)
+                np.multiply(step, alpha, step)
+                np.add(var, step, var)  # var + alpha * (q - var), as _update_vol rounds it
             else:
                 first = f & (var != var)
                 np.copyto(var, q, where=first)
