@@ -32,6 +32,7 @@ log = structlog.get_logger("engine.orders")
 
 _DONE = (OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.FILLED)
 _BUY, _SELL, _MARKET = Side.BUY, Side.SELL, OrderType.MARKET
+_SAME = np.array(1e-12)  # a target this close to the standing one is no change (0-d: engine.numeric)
 _NO_CONTEXT = contextlib.nullcontext()  # every price positive: nothing to silence
 
 
@@ -107,12 +108,17 @@ class OrderManager:
         if self.every_bar:
             np.copyto(old, new, where=given)  # traded by rebalance() once the bar's decisions are in
             return
-        changed = given & (~(np.abs(new - old) <= 1e-12) | self.unpriced)
+        same = np.subtract(new, old)
+        np.abs(same, same)
+        same = np.less_equal(same, _SAME)
+        changed = np.logical_not(same, same)  # not "greater": NaN against a target is a change
+        changed |= self.unpriced
+        changed &= given
         if self.rebalance_band > 0 and not signal.units:
             drift = np.abs(self.portfolio.weights() - np.where(given, new, old))
             changed |= given & (drift > self.rebalance_band)
         np.copyto(old, new, where=given)
-        idx = np.flatnonzero(changed)
+        idx = changed.nonzero()[0]
         self._rebalance_all(idx, new[idx], signal.strategy, signal.ts_event)
 
     def _no_shorts(self, targets: np.ndarray) -> np.ndarray:

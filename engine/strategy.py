@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from engine.bus import BusMode, EventBus
 from engine.clock import Clock
 from engine.events import BarSet, Signal
+from engine.numeric import count_nonzero
 
 log = structlog.get_logger("engine.strategy")
 
@@ -265,7 +266,7 @@ class StrategyHost:
         if self._standing is not None:
             standing, self._standing = self._standing, None
             targets = standing if targets is None else np.where(np.isnan(targets), standing, targets)
-        if targets is None or np.count_nonzero(targets == targets) == 0:
+        if targets is None or count_nonzero(np.equal(targets, targets)) == 0:
             return None
         return targets
 
@@ -298,14 +299,14 @@ class StrategyHost:
     def _invalid(self, targets: np.ndarray) -> np.ndarray:
         bad = np.isinf(targets)
         if not self.strategy.units:
-            bad |= np.abs(targets) > self.max_weight + 1e-12
+            bad |= np.greater(np.abs(targets), np.array(self.max_weight + 1e-12))  # 0-d: engine.numeric
         return bad
 
     def _check(self, targets: np.ndarray, ts_event: int) -> np.ndarray:
         """Invalid targets: an error in a backtest; live, "no change" with a warning."""
         ctx = self.ctx
         bad = self._invalid(targets)
-        if bad.any():
+        if count_nonzero(bad):
             values = ", ".join(f"{ctx.symbols[i]}={targets[i]:g}" for i in np.flatnonzero(bad)[:5])
             if self.strict:  # a backtest with dropped decisions would look right and be wrong
                 from datetime import UTC, datetime
