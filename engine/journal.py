@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import orjson
 
 from engine.bus import EventBus
 from engine.events import BarSet, Fill, Funding, Order, OrderUpdate, PositionUpdate, RiskEvent
@@ -66,6 +67,26 @@ def event_record(event: Any) -> dict[str, Any]:
     for name in event.__slots__:
         record[name] = _plain(getattr(event, name))
     return record
+
+
+_HEADS: dict[type, bytes] = {}
+_ORJSON = orjson.OPT_SERIALIZE_NUMPY
+
+
+def event_json(event: Any) -> str:
+    """:func:`event_record` as the journal's compact JSON text, in one C call: orjson writes a
+    slotted dataclass's fields in order, enums as their values, NaN as null, numpy scalars as
+    numbers, which is what ``event_record`` makes of them (about 2 µs an event against 8-13 for
+    building the dict and ``json`` encoding it: every-bar backtests journal ~70 events a bar)."""
+    kind = type(event)
+    head = _HEADS.get(kind)
+    if head is None:
+        head = _HEADS[kind] = b'{"event":' + orjson.dumps(kind.__name__) + b","
+    try:
+        body = orjson.dumps(event, option=_ORJSON)
+    except TypeError:  # a value orjson does not take (a details key that is not a string, say)
+        return _dumps(event_record(event))
+    return (head + body[1:]).decode() if len(body) > 2 else _dumps(event_record(event))
 
 
 @dataclass(slots=True)
@@ -130,9 +151,10 @@ class Journal:
 
     @staticmethod
     def _row(event: Any, bar: int | None) -> tuple[Any, ...]:
-        record = event_record(event)
-        get = record.get
-        return (bar, record["event"], record["ts_event"], get("symbol"), get("client_id"), _dumps(record))
+        ts, symbol, cid = event.ts_event, getattr(event, "symbol", None), getattr(event, "client_id", None)
+        if type(ts) is not int:  # a numpy integer: sqlite binds Python ints
+            ts = _plain(ts)
+        return (bar, type(event).__name__, ts, symbol, cid, event_json(event))
 
     @property
     def pending(self) -> int:
