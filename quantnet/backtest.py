@@ -541,10 +541,10 @@ def write_outputs(result: BacktestResult, out: Path) -> None:
             else {}
         )
         json.dump({**_json_safe(result.metrics), **named, **listed}, fh, indent=2, sort_keys=True)
-    result.equity.to_csv(out / "equity.csv", index=False)
-    result.trades.to_csv(out / "trades.csv", index=False)
+    write_csv(result.equity, out / "equity.csv")
+    write_csv(result.trades, out / "trades.csv")
     trips = round_trips(result.trades, result.prices)
-    trips.to_csv(out / "round_trips.csv", index=False)
+    write_csv(trips, out / "round_trips.csv")
     write_report(
         out / "report.html",
         title=f"Backtest: {result.settings['strategy']}",
@@ -561,6 +561,30 @@ def write_outputs(result: BacktestResult, out: Path) -> None:
         strategy_info=result.strategy_info,
         trips=trips,
     )
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """``frame.to_csv(path, index=False)``, the same text, with UTC time columns formatted by numpy:
+    pandas formats tz-aware stamps one at a time (1.2 s for the trades of a 165k-fill run). Only
+    columns of whole seconds are pre-formatted ("YYYY-MM-DD HH:MM:SS+00:00", as pandas writes
+    them); others are left to pandas."""
+    formatted = {}
+    for name, col in frame.items():
+        if not isinstance(col.dtype, pd.DatetimeTZDtype) or str(col.dt.tz) != "UTC":
+            continue
+        stamps = col.to_numpy(dtype="datetime64[ns]")
+        missing = np.isnat(stamps)
+        if (stamps[~missing].view(np.int64) % 1_000_000_000).any():
+            continue  # fractions of a second: pandas' own format
+        text = np.strings.add(np.strings.replace(np.datetime_as_string(stamps, unit="s"), "T", " "), "+00:00")
+        values = text.astype(object)
+        values[missing] = None  # written as pandas writes NaT
+        formatted[name] = values
+    if formatted:
+        frame = frame.copy(deep=False)
+        for name, values in formatted.items():
+            frame[name] = values
+    frame.to_csv(path, index=False)
 
 
 def _json_safe(metrics: dict[str, float]) -> dict[str, float | None]:

@@ -90,3 +90,28 @@ def test_unknown_benchmark_is_one_line(tmp_path, prices_csv):
     assert result.exit_code != 0
     lines = [x for x in result.output.splitlines() if x.strip()]
     assert len(lines) == 1 and "ZZZ" in lines[0] and "AAA" in lines[0], result.output
+
+
+def test_csv_files_are_written_as_pandas_writes_them(tmp_path):
+    """The output CSVs' time columns are formatted by numpy for speed: the text must stay what
+    ``DataFrame.to_csv`` writes (scripts parse these files), NaT, other zones and fractions of a
+    second included."""
+    from quantnet.backtest import write_csv
+
+    stamps = ["1990-04-02 00:00:00", "2021-05-05 13:00:01", None, "2262-04-11 23:47:16"]
+    utc = pd.to_datetime(stamps, utc=True)
+    frame = pd.DataFrame(
+        {
+            "timestamp": utc,
+            "only_nat": pd.Series([pd.NaT] * 4, dtype="datetime64[ns, UTC]"),
+            "fraction": utc + pd.Timedelta(milliseconds=250),
+            "tokyo": utc.tz_convert("Asia/Tokyo"),
+            "naive": utc.tz_localize(None),
+            "qty": [1.5, np.nan, 3.0, 1e-12],
+            "symbol": ["A", "B", "", "D"],
+        }
+    )
+    for cols in (list(frame.columns), ["timestamp"], ["only_nat"]):
+        write_csv(frame[cols], tmp_path / "ours.csv")
+        frame[cols].to_csv(tmp_path / "pandas.csv", index=False)
+        assert (tmp_path / "ours.csv").read_text() == (tmp_path / "pandas.csv").read_text(), cols
