@@ -68,6 +68,7 @@ class PaperBroker:
         self.taker = costs.taker_fee_bps / 1e4
         self.maker = costs.maker_fee_bps / 1e4
         self.slippage = costs.slippage_bps / 1e4
+        self._vector_costs = (np.array(self.slippage), np.array(self.taker))  # 0-d (engine.numeric), fixed
         self._working: dict[str, Order] = {}
         self._armed: list[Order] | None = None  # stop/limit orders placed while a bar fills
         self._seq = 0
@@ -318,7 +319,7 @@ class PaperBroker:
         slippage and the taker fees, the broker's book moved, sequence numbers taken. Returns the
         prices, the fees and the sequence number before the first fill (fill k is ``paper-{seq + k
         + 1}``); the caller publishes (or books) the fills."""
-        slip, rate = np.array(self.slippage), np.array(self.taker)  # 0-d: see engine.numeric
+        slip, rate = self._vector_costs
         price = np.multiply(side, slip)
         np.add(price, ONE, price)
         np.multiply(price, base, price)

@@ -86,7 +86,7 @@ def event_json(event: Any) -> str:
         body = orjson.dumps(event, option=_ORJSON)
     except TypeError:  # a value orjson does not take (a details key that is not a string, say)
         return _dumps(event_record(event))
-    return (head + body[1:]).decode() if len(body) > 2 else _dumps(event_record(event))
+    return (head + body[1:]).decode()  # every journaled event has fields: never an empty body
 
 
 @dataclass(slots=True)

@@ -179,6 +179,7 @@ class StrategyHost:
         self.bus = bus
         self.clock = clock
         self.max_weight = max_weight
+        self._weight_cap = np.array(max_weight + 1e-12)  # 0-d: see engine.numeric
         self.ctx = StrategyContext(symbols, strategy.window, weights)
         self.invalid_targets = 0
         self.strict = bus.mode is BusMode.BACKTEST
@@ -299,7 +300,7 @@ class StrategyHost:
     def _invalid(self, targets: np.ndarray) -> np.ndarray:
         bad = np.isinf(targets)
         if not self.strategy.units:
-            bad |= np.greater(np.abs(targets), np.array(self.max_weight + 1e-12))  # 0-d: engine.numeric
+            bad |= np.greater(np.abs(targets), self._weight_cap)
         return bad
 
     def _check(self, targets: np.ndarray, ts_event: int) -> np.ndarray:
