@@ -1,5 +1,10 @@
 """One pass for all markets of a training step.
 
+Where the compiled kernel of :mod:`models.native` is available (CPU, float32 or float64), each LSTM
+layer of each market runs its whole recurrence in one kernel call (:class:`_FusedLSTM`), with the
+input and output products as batched matrix products over time around it. Otherwise the TorchScript
+wavefront below runs, as it did before the kernel:
+
 The per-market encoders and decoders run as stacked weights (markets × ...), so a step costs a fixed
 number of tensor operations per time step whatever the number of markets, instead of one chain of
 kernels per market and layer.
@@ -32,6 +37,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from models.native import lstm_kernel, supports
 from models.network import Dense, QuantNet, Recurrent
 
 # Activations between blocks: ragged (one (T, B, n_i) time-major input per market, their own widths)
@@ -222,6 +228,75 @@ def _backward_loop(
             dch[r:].zero_()
         dch.mul_(f_t[tau])
         dw.baddbmm_(dg_t[tau], z_t[tau].transpose(1, 2))
+
+
+class _FusedLSTM(torch.autograd.Function):
+    """One LSTM layer of one market, zero initial state, its recurrence in one call of the compiled
+    kernel (:mod:`models.native`) each way.
+
+    Inputs: ``pre`` (T, 4H, B), the input-to-gate products plus both biases (gates i, f, g, o as in
+    ``nn.LSTM``), and ``w_hh`` (4H, H). Returns h, (T, H, B). Time-major with windows innermost, the
+    layout in which the products around the recurrence are batched matrix products over time. The
+    backward pass returns the gradient on ``pre`` (the caller's input product carries it on to its
+    weights and input) and the hidden weights' gradient, both from the kernel."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, pre: Tensor, w_hh: Tensor
+    ) -> Tensor:
+        t_, h4, b_ = pre.shape
+        h_ = h4 // 4
+        pre, w_hh = pre.contiguous(), w_hh.contiguous()
+        hs, cs, tcs = (pre.new_empty(t_, h_, b_) for _ in range(3))
+        acts = torch.empty_like(pre)
+        lib = lstm_kernel()
+        fn = lib.lstm_forward_f32 if pre.dtype == torch.float32 else lib.lstm_forward_f64
+        bufs = (pre, w_hh, hs, cs, tcs, acts, pre.new_empty(3 * h_ * b_))
+        fn(1, h_, t_, b_, *(x.data_ptr() for x in bufs))
+        ctx.save_for_backward(w_hh, hs, cs, tcs, acts)
+        return hs
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, dh: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        w_hh, hs, cs, tcs, acts = ctx.saved_tensors  # type: ignore[attr-defined]
+        t_, h4, b_ = acts.shape
+        h_ = h4 // 4
+        dh = dh.contiguous()
+        dpre, d_whh = torch.empty_like(acts), torch.empty_like(w_hh)
+        lib = lstm_kernel()
+        fn = lib.lstm_backward_f32 if acts.dtype == torch.float32 else lib.lstm_backward_f64
+        scratch = acts.new_empty(3 * h_ * b_ + 4 * h_ * h_ * 16)
+        bufs = (w_hh, dh, hs, cs, tcs, acts, dpre, d_whh, scratch)
+        fn(1, h_, t_, b_, *(x.data_ptr() for x in bufs))
+        return dpre, d_whh
+
+
+def _pick(v: list[Tensor] | Tensor, g: int) -> Tensor:
+    return v[g] if isinstance(v, list) else v
+
+
+def _affine_steps(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """w·h_t + b for every step of time-major (T, F, B) ``h``: one batched product over time."""
+    return torch.baddbmm(b.view(1, -1, 1), w.expand(h.shape[0], *w.shape), h)
+
+
+def _logits_fused(ops: list[Op], g: int, x: Tensor, head_w: Tensor, head_b: Tensor) -> Tensor:
+    """One market's doubled output pre-activation (n, B, T) from time-major (T, B, n) windows,
+    each LSTM layer through :class:`_FusedLSTM`."""
+    t_, b_ = x.shape[:2]
+    h = x.transpose(1, 2)
+    for op in ops:
+        if isinstance(op, _Drop):
+            h = nn.functional.dropout(h, op.p, True)
+        elif isinstance(op, _Affine):
+            h = _affine_steps(h, _pick(op.w, g), _pick(op.b, g))
+        else:
+            pre = _affine_steps(h, _pick(op.w_ih, g), _pick(op.bias, g))
+            h = _FusedLSTM.apply(pre, _pick(op.w_hh, g))
+    feats = h.permute(1, 2, 0).reshape(h.shape[1], b_ * t_)
+    return torch.addmm(head_b.unsqueeze(1) * 2.0, head_w * 2.0, feats).view(-1, b_, t_)
 
 
 _LOOPS: list[Callable[..., None]] = []
@@ -421,6 +496,8 @@ def _run_chain(h: Hidden, first: _Lstm, links: list[tuple[list[_Affine], float, 
 
 
 def _execute(h: Hidden, ops: list[Op], g_: int) -> Hidden:
+    """Run ``ops`` over ``h`` (stacked (G, F, T, B) after the first block), consecutive LSTM layers
+    as :class:`_ChainLSTM` wavefronts."""
     k = 0
     while k < len(ops):
         op = ops[k]
@@ -476,6 +553,11 @@ def logits_batched(model: QuantNet, items: Sequence[tuple[int, Tensor]]) -> list
     else:
         assert isinstance(first.w, list)
         first.w = [w / s for w, s in zip(first.w, scales, strict=True)]
+    if supports(items[0][1]) and lstm_kernel() is not None:
+        return [
+            _logits_fused(ops, g, x, w, net.head.bias)
+            for g, ((_, x), w, net) in enumerate(zip(items, head_w, nets, strict=True))
+        ]
     h = _execute([x for _, x in items], ops, g_)
     if isinstance(h, list):
         xs = [x.transpose(0, 1).reshape(b_ * t_, -1).t() for x in h]

@@ -136,3 +136,28 @@ def test_training_batched_equals_per_market(
     assert la[0] != la[-1]  # the weights moved
     for k in sa:
         assert torch.allclose(sa[k].double(), sb[k].double(), atol=1e-6), k
+
+
+def test_fused_kernel_equals_the_pytorch_recurrence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled recurrence (models.native) and the TorchScript wavefront it replaces give the
+    same loss and gradients; its own backward is the gradient (gradcheck, float64)."""
+    import models.batched as mb
+    from models.native import lstm_kernel
+
+    if lstm_kernel() is None:
+        pytest.skip("no C compiler: the fused kernel is unavailable here")
+    t, h, b = 6, 3, 5
+    gen = torch.Generator().manual_seed(4)
+    pre = torch.randn(t, 4 * h, b, generator=gen, dtype=torch.float64).requires_grad_()
+    w_hh = (torch.randn(4 * h, h, generator=gen, dtype=torch.float64) * 0.5).requires_grad_()
+    assert torch.autograd.gradcheck(mb._FusedLSTM.apply, (pre, w_hh))
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+        model = _model("lstm-lstm", 2, dtype)
+        model.train()
+        fused_loss, fused = _loss_and_grads(model, True, dtype)
+        with monkeypatch.context() as m:
+            m.setattr(mb, "lstm_kernel", lambda: None)
+            ref_loss, ref = _loss_and_grads(model, True, dtype)
+        assert abs(fused_loss - ref_loss) < tol
+        for k in ref:
+            assert torch.allclose(fused[k], ref[k], rtol=0.0, atol=tol), (k, (fused[k] - ref[k]).abs().max())
