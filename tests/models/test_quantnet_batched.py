@@ -161,3 +161,35 @@ def test_fused_kernel_equals_the_pytorch_recurrence(monkeypatch: pytest.MonkeyPa
         assert abs(fused_loss - ref_loss) < tol
         for k in ref:
             assert torch.allclose(fused[k], ref[k], rtol=0.0, atol=tol), (k, (fused[k] - ref[k]).abs().max())
+
+
+@pytest.mark.parametrize(
+    ("dtype", "windows"), [(torch.float64, 20), (torch.float32, 37), (torch.float32, 16)]
+)
+def test_fused_kernel_equals_a_reference_cell(dtype: torch.dtype, windows: int) -> None:
+    """Full vector blocks of windows and a remainder, against nn.LSTM's cell written out in float64."""
+    import models.batched as mb
+    from models.native import lstm_kernel
+
+    if lstm_kernel() is None:
+        pytest.skip("no C compiler: the fused kernel is unavailable here")
+    t, h, b = 7, 6, windows
+    gen = torch.Generator().manual_seed(1)
+    pre = torch.randn(t, 4 * h, b, generator=gen, dtype=torch.float64)
+    w = torch.randn(4 * h, h, generator=gen, dtype=torch.float64) * 0.5
+    gy = torch.randn(t, h, b, generator=gen, dtype=torch.float64)
+    p1, w1 = pre.to(dtype, copy=True).requires_grad_(), w.to(dtype, copy=True).requires_grad_()
+    y = mb._FusedLSTM.apply(p1, w1)
+    (y * gy.to(dtype)).sum().backward()
+    p2, w2 = pre.clone().requires_grad_(), w.clone().requires_grad_()
+    hh, cc, outs = torch.zeros(h, b, dtype=torch.float64), torch.zeros(h, b, dtype=torch.float64), []
+    for s in range(t):
+        i, f, g, o = (p2[s] + w2 @ hh).split(h)
+        cc = f.sigmoid() * cc + i.sigmoid() * g.tanh()
+        hh = o.sigmoid() * cc.tanh()
+        outs.append(hh)
+    (torch.stack(outs) * gy).sum().backward()
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    assert (y.double() - torch.stack(outs)).abs().max() < tol
+    assert (p1.grad.double() - p2.grad).abs().max() < tol
+    assert (w1.grad.double() - w2.grad).abs().max() < tol
