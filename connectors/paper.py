@@ -312,13 +312,19 @@ class PaperBroker:
         return low <= order.price if below else high >= order.price
 
     def price_market_fills(
-        self, idx: np.ndarray, side: np.ndarray, qty: np.ndarray, base: np.ndarray
+        self,
+        idx: np.ndarray,
+        side: np.ndarray,
+        qty: np.ndarray,
+        base: np.ndarray,
+        signed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, int]:
         """What :meth:`_fill` does for market orders of distinct symbols ``idx`` (``side`` +1/-1,
         whole quantities ``qty``) at the prices ``base``, in that order, at once: the prices after
         slippage and the taker fees, the broker's book moved, sequence numbers taken. Returns the
         prices, the fees and the sequence number before the first fill (fill k is ``paper-{seq + k
-        + 1}``); the caller publishes (or books) the fills."""
+        + 1}``); the caller publishes (or books) the fills. ``signed``: ``qty * side``, when the
+        caller has it."""
         slip, rate = self._vector_costs
         price = np.multiply(side, slip)
         np.add(price, ONE, price)
@@ -327,8 +333,9 @@ class PaperBroker:
         np.multiply(fee, rate, fee)
         position = self.position
         every = len(idx) == len(position)  # distinct and ascending: every symbol, in order
-        held = np.multiply(qty, side)
-        np.add(position if every else position[idx], held, held)
+        if signed is None:
+            signed = np.multiply(qty, side)
+        held = np.add(position if every else position[idx], signed)
         tiny = np.maximum(qty, ONE)
         np.multiply(tiny, _TINY, tiny)
         tiny = np.less_equal(np.abs(held), tiny)

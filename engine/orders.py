@@ -102,7 +102,7 @@ class OrderManager:
         if self.long_only:
             new = self._no_shorts(new)
         old = self.targets
-        given = ~np.isnan(new)
+        given = np.equal(new, new)  # not NaN
         self._strategy = signal.strategy
         np.copyto(self.units, signal.units, where=given)
         if self.every_bar:

@@ -7,12 +7,14 @@ operations whatever the number of assets. Fills are the only thing that changes 
 from __future__ import annotations
 
 import math
+from functools import reduce
+from operator import add, sub
 
 import numpy as np
 
 from engine.bus import EventBus
 from engine.events import BarSet, Fill, Funding, PositionUpdate
-from engine.numeric import ONE, ZERO, count_nonzero
+from engine.numeric import ONE, count_nonzero
 from engine.state import capture, restore_into
 
 _EPS = 1e-12
@@ -293,8 +295,8 @@ class Portfolio:
         qty, avg_price, count = self.qty, self.avg_price, count_nonzero
         k = len(idx)
         every = k == len(qty)  # distinct and ascending: idx is every symbol, in order
-        old = qty.copy() if every else qty[idx]
-        avg = avg_price.copy() if every else avg_price[idx]
+        old = qty if every else qty[idx]  # only read until the new books are written, at the end
+        avg = avg_price if every else avg_price[idx]
         new = old + signed
         size = np.abs(old)
         den = np.abs(new)
@@ -305,25 +307,30 @@ class Portfolio:
         if flats:
             new[tiny] = 0.0
             den[tiny] = 1.0  # divided by, then replaced: a flat book's average price is 0
-        was_long, held = np.greater(old, ZERO), np.not_equal(old, ZERO)
-        closing = np.not_equal(was_long, np.greater(signed, ZERO))
-        closing &= held
+        # on_fill's old != 0 and (old > 0) != (signed > 0): old with the fill's sign is another
+        # number only then (a zero, of either sign, equals its copy)
+        closing = np.copysign(old, signed)
+        closing = np.not_equal(closing, old)
         traded = quantity  # |signed|: a quantity times +1 or -1
         out = avg * size
         out += price * traded
         out /= den
         closes = count(closing)
+        ended = None
         if closes:
-            turned = np.not_equal(np.greater(new, ZERO), was_long)
             realized = np.minimum(traded, size)
             realized *= price - avg
             # x 1.0 long, x -1.0 short (on_fill's 1.0 if old > 0 else -1.0), x 0 where nothing
             # closes: 0.0 or -0.0, which add to a P&L and subtract a fee as 0.0 does
-            realized *= np.sign(old) * closing
+            realized *= np.copysign(closing, old)
             np.copyto(out, avg, where=closing)  # a reduction keeps its average price
-            flip = closing & turned
-            if count(flip):
-                np.copyto(out, price, where=flip)  # a flip opens at the fill's price
+            # a closing fill larger than the position flips it (exactly equal: flat, a tiny)
+            ended = np.greater(traded, size)
+            ended &= closing
+            if count(ended):
+                np.copyto(out, price, where=ended)  # a flip opens at the fill's price
+            if flats:
+                ended |= tiny & closing
             if every:
                 self.realized_pnl += realized
             else:
@@ -333,32 +340,26 @@ class Portfolio:
             gain = -fee  # 0.0 - fee: the same number
         if flats:
             out[tiny] = 0.0
+        self._held += count(new) - count(old)
         if every:
             qty[:] = new
             avg_price[:] = out
         else:
             qty[idx] = new
             avg_price[idx] = out
-        self._held += count(new) - count(held)
         # cash, fees and turnover move fill by fill, in order, as on_fill moves them
         cost = signed * price
         cost += fee
-        cash, fees, turnover = self.cash, self.fees, self.turnover_notional
-        for x in cost.tolist():
-            cash -= x
-        for x in fee.tolist():
-            fees += x
-        for x in np.multiply(quantity, price).tolist():
-            turnover += x
-        self.cash, self.fees, self.turnover_notional = cash, fees, turnover
+        self.cash = reduce(sub, cost.tolist(), self.cash)
+        self.fees = reduce(add, fee.tolist(), self.fees)
+        self.turnover_notional = reduce(add, np.multiply(quantity, price).tolist(), self.turnover_notional)
         self.n_fills += k
         acc = self._trade_acc
         if every:
             acc += gain
         else:
             acc[idx] += gain
-        if closes:
-            ended = closing & (tiny | turned)
+        if ended is not None and count(ended):
             for i in idx[ended].tolist():
                 self.trade_pnls.append(float(acc[i]))
                 acc[i] = 0.0

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pickle
 from abc import ABC, abstractmethod
+from array import array
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -186,7 +188,7 @@ class StrategyHost:
         self.max_gross_target = 0.0
         self._targets = np.zeros(len(symbols))
         self._standing: np.ndarray | None = None
-        self._plan: tuple[np.ndarray, np.ndarray] | None = None  # bar indices, their targets
+        self._plan: _Plan | None = None
         strategy.on_start(symbols)
         bus.subscribe(BarSet, self.on_bars)
 
@@ -210,7 +212,7 @@ class StrategyHost:
             self._check(targets[r], int(times[index[r]]))
         if len(index) > 1 and not (index[1:] > index[:-1]).all():
             raise ValueError(f"strategy {self.strategy.name} precomputed decisions out of bar order")
-        self._plan = (index, targets)  # arrays, not a dict of rows: a bar's answer costs no memory
+        self._plan = _Plan(index, targets, gross=not self.strategy.units)
 
     @property
     def planned(self) -> bool:
@@ -267,6 +269,8 @@ class StrategyHost:
         if self._standing is not None:
             standing, self._standing = self._standing, None
             targets = standing if targets is None else np.where(np.isnan(targets), standing, targets)
+        elif self._plan is not None:  # a planned row: whether it sets any target is known
+            return targets if targets is not None and self._plan.live[self._plan.at] else None
         if targets is None or count_nonzero(np.equal(targets, targets)) == 0:
             return None
         return targets
@@ -275,12 +279,19 @@ class StrategyHost:
         """The strategy's answer for this bar, with invalid targets turned into "no change"."""
         ctx = self.ctx
         ctx.now_ns = bars.ts_event
-        if self._plan is not None:
-            index, rows = self._plan
-            k = int(index.searchsorted(bars.index))
-            planned = rows[k] if k < len(index) and index[k] == bars.index else None
-            if planned is not None and not self.strategy.units:
-                self._check_gross(planned)
+        plan = self._plan
+        if plan is not None:
+            k = plan.find(bars.index)
+            if k < 0:
+                return None
+            planned = plan.rows[k]
+            if not self.strategy.units:
+                gross = plan.gross[k]
+                if gross == gross:  # every target given: the standing ones are this row's
+                    self._targets[:] = planned
+                    self._note_gross(gross)
+                else:
+                    self._check_gross(planned)
             return planned
         ctx._append(bars.close)
         targets = self.strategy.on_bars(bars, ctx)
@@ -334,7 +345,9 @@ class StrategyHost:
         negative and is charged ``[costs] borrow_rate``); per-asset targets that look small sum
         past 1 quickly over a universe."""
         np.copyto(self._targets, targets, where=targets == targets)
-        gross = float(np.add.reduce(np.abs(self._targets)))
+        self._note_gross(float(np.add.reduce(np.abs(self._targets))))
+
+    def _note_gross(self, gross: float) -> None:
         if gross > self.max_gross_target:
             if gross > 1.0 + 1e-9 and self.max_gross_target <= 1.0 + 1e-9:
                 log.warning(
@@ -344,3 +357,38 @@ class StrategyHost:
                     assets=int(np.count_nonzero(self._targets)),
                 )
             self.max_gross_target = gross
+
+
+class _Plan:
+    """Precomputed decisions as :meth:`StrategyHost._decide` serves them, bar after bar: the row
+    for a bar found from where the last one was (a replay asks in bar order), and per row what
+    the host would otherwise work out from it as it is served: whether it sets any target
+    (``live``) and, for a row that sets every one, the gross of the standing targets it leaves
+    (``gross``, the same sum of the same numbers; NaN: a row with gaps, summed when served)."""
+
+    __slots__ = ("at", "gross", "index", "live", "rows", "stamps")
+
+    def __init__(self, index: np.ndarray, rows: np.ndarray, *, gross: bool) -> None:
+        self.index, self.rows = index, rows  # arrays, not a dict of rows: a bar's answer costs no memory
+        self.stamps = array("q", index.tobytes())  # compact, and read as Python ints
+        given = np.equal(rows, rows)
+        self.live = array("b", given.any(axis=1).tobytes())
+        full = np.full(len(rows), np.nan)
+        if gross and len(rows):
+            complete = given.all(axis=1)
+            # a C-contiguous row at a time, as np.add.reduce sums one row on its own
+            size = rows[complete]
+            np.abs(size, size)
+            full[complete] = np.add.reduce(size, axis=1)
+        self.gross = array("d", full.tobytes())
+        self.at = 0
+
+    def find(self, bar: int) -> int:
+        """The row for bar ``bar`` (-1: none); remembered as ``at``, where the next search starts."""
+        stamps, at = self.stamps, self.at
+        lo = at if at < len(stamps) and stamps[at] <= bar else 0
+        k = bisect_left(stamps, bar, lo)
+        if k < len(stamps) and stamps[k] == bar:
+            self.at = k
+            return k
+        return -1

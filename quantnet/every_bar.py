@@ -113,13 +113,13 @@ class _Batch:
     )
 
     def __init__(
-        self, ts: int, idx: np.ndarray, side: np.ndarray, size: np.ndarray, names: list[str]
+        self, ts: int, idx: np.ndarray, signed: np.ndarray, size: np.ndarray, names: list[str]
     ) -> None:
         self.ts = ts
         self.idx = idx
-        self.side = side
-        self.size = size
-        self.signed = size * side
+        self.side = np.sign(signed)  # +1.0 buy, -1.0 sell: a sent size is finite and above zero
+        self.size = size  # |signed|, so size * side is signed to the bit
+        self.signed = signed
         self.names = names  # client id prefix per symbol
         self.orders: list[Order] | None = None
 
@@ -216,7 +216,7 @@ def replay_every_bar(
         """Fill the batch at ``base`` (one price per order): the broker's fills, the portfolio's
         bookings and the order manager's settlement, journaled as the bus would deliver them."""
         idx = batch.idx
-        price, fee, seq = price_fills(idx, batch.side, batch.size, base)
+        price, fee, seq = price_fills(idx, batch.side, batch.size, base, batch.signed)
         new, avg = book(idx, batch.size, batch.signed, price, fee)
         if len(idx) == len(pending):
             pending.fill(0.0)
@@ -296,8 +296,7 @@ def replay_every_bar(
         if names is None:
             lead = f"{instance}-" if instance else ""
             names = prefixes[batch_strategy] = [f"{lead}{batch_strategy}-{s}-" for s in symbols]
-        # +1.0 buy, -1.0 sell: a sent size is finite and above zero
-        batch = _Batch(ts, idx, np.sign(delta), size, names)
+        batch = _Batch(ts, idx, delta, size, names)
         if record is not None:  # as submit() and the broker's acceptance journal them
             for order in make_orders(batch):
                 record(order)

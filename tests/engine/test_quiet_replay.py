@@ -155,3 +155,40 @@ def test_a_subclass_changing_on_bars_is_asked_bar_by_bar():
         load_config(None, {}), strategy=Contrarian(SmaCrossover.Params(fast=3, slow=8)), data=data
     )
     assert len(result.trades) == 0
+
+
+def test_planned_answers_equal_asking_the_strategy_in_any_order():
+    """A host serving precomputed rows answers as the host asking bar by bar: the same targets,
+    None for a row that sets nothing, the same running gross of the standing targets (rows with
+    and without gaps, past 1: the leverage warning's sum), also when bars are asked again out of
+    order (a replay after a restore)."""
+    from engine.bus import EventBus
+    from engine.clock import ReplayClock
+    from engine.strategy import StrategyHost
+
+    nan = float("nan")
+    plan = {
+        2: [0.5, 0.4, 0.3],
+        3: [nan, nan, nan],  # sets nothing: no signal
+        5: [0.2, nan, 0.9],
+        8: [0.1, 0.7, 0.6],
+        9: [-0.3, 0.05, 1e-17],
+    }
+    data = make_bars(("A", "B", "C"), 12, seed=4)
+    matrix = BarMatrix.from_frame(data)
+    bars = list(matrix.bar_sets())
+    order = [*range(12), 5, 2, 9, 0, 8, 11]
+
+    def host() -> StrategyHost:
+        return StrategyHost(Planned(plan), EventBus(), ReplayClock(), matrix.symbols, max_weight=1.0)
+
+    served, asked = host(), host()
+    served.use(served.strategy.precompute(matrix.close), matrix.ts_event)
+    assert served.planned and not asked.planned
+    for t in order:
+        got, want = served.decide(bars[t]), asked.decide(bars[t])
+        assert (got is None) == (want is None), t
+        if want is not None:
+            np.testing.assert_array_equal(got, want)
+        assert served.max_gross_target == asked.max_gross_target
+    assert served.max_gross_target == float(np.add.reduce(np.abs([0.2, 0.4, 0.9])))  # bar 5 on bar 2's
