@@ -216,11 +216,39 @@ class QuantNetStrategy(Strategy):
         gross = np.abs(w).sum(axis=1)  # row by row, the same sums as one row's
         everywhere = tradable.all(axis=1)
         held = np.zeros(n)
-        index: list[int] = []
+        picked: list[np.ndarray] = []
         rows: list[np.ndarray] = []
         changes: list[np.ndarray] = []
         count, min_change = count_nonzero, np.array(p.min_change)  # 0-d: see engine.numeric
-        for k in range(len(w)):
+        # with min_change 0 a bar on which every asset trades leaves every held weight at its own
+        # target (an unchanged one is equal), so a run of such bars is sized at once: each bar
+        # against the one before
+        runs = p.min_change == 0.0
+        ends = [*np.flatnonzero(~everywhere).tolist(), len(w)] if runs else []
+        next_end = 0
+        k = 0
+        while k < len(w):
+            if runs and everywhere[k]:
+                while ends[next_end] < k:
+                    next_end += 1
+                end = ends[next_end]
+                block, room = w[k:end], max(p.max_gross - 0.0, 0.0)
+                over = np.flatnonzero(gross[k:end] > room)
+                if len(over):
+                    block = block.copy()
+                    block[over] *= (room / gross[k:end][over])[:, None]
+                change = np.empty_like(block)
+                np.subtract(block[:1], held, change[:1])
+                np.subtract(block[1:], block[:-1], change[1:])
+                np.abs(change, change)
+                change = np.greater(change, min_change)
+                keep = change.any(axis=1)
+                held[:] = block[-1]
+                picked.append(start + k + np.flatnonzero(keep))
+                rows.append(block[keep])
+                changes.append(change[keep])
+                k = end
+                continue
             row, ok = w[k], tradable[k]
             standing = 0.0 if everywhere[k] else float(np.abs(held[~ok]).sum())
             room = max(p.max_gross - standing, 0.0)
@@ -230,16 +258,18 @@ class QuantNetStrategy(Strategy):
             np.abs(change, change)
             change = np.greater(change, min_change)
             change &= ok
+            k += 1
             if not count(change):
                 continue
             np.copyto(held, row, where=change)
-            index.append(start + k)
-            rows.append(row)
-            changes.append(change)
-        targets = np.full((len(rows), n), np.nan)
+            picked.append(np.array([start + k - 1]))
+            rows.append(row[None])
+            changes.append(change[None])
+        targets = np.full((sum(map(len, rows)), n), np.nan)
         if rows:
-            np.copyto(targets, np.array(rows), where=np.array(changes))
-        return Decisions(np.asarray(index, dtype=np.int64), targets)
+            np.copyto(targets, np.concatenate(rows), where=np.concatenate(changes))
+        index = np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
+        return Decisions(index.astype(np.int64, copy=False), targets)
 
     def replay_times(self, times: np.ndarray) -> None:
         """What :meth:`on_bars` checks of the bar times, for a replay served from

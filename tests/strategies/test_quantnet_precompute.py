@@ -48,6 +48,7 @@ PARAMS = [
     {"min_change": 0.0},
     {"min_change": 0.001, "threshold": 0.02, "max_gross": 0.1, "max_position": 0.02, "warmup": 10},
     {"min_change": 0.0, "vol_target": None, "budget": "market", "warmup": 0},
+    {"min_change": 0.0, "max_gross": 0.1, "warmup": 5},  # runs of bars sized at once, scaled down
 ]
 
 
