@@ -231,46 +231,52 @@ def _backward_loop(
 
 
 class _FusedLSTM(torch.autograd.Function):
-    """One LSTM layer of one market, zero initial state, its recurrence in one call of the compiled
-    kernel (:mod:`models.native`) each way.
+    """One LSTM layer of one market, zero initial state, its whole recurrence (input products
+    included) in one call of the compiled kernel (:mod:`models.native`) each way.
 
-    Inputs: ``pre`` (T, 4H, B), the input-to-gate products plus both biases (gates i, f, g, o as in
-    ``nn.LSTM``), and ``w_hh`` (4H, H). Returns h, (T, H, B). Time-major with windows innermost, the
-    layout in which the products around the recurrence are batched matrix products over time. The
-    backward pass returns the gradient on ``pre`` (the caller's input product carries it on to its
-    weights and input) and the hidden weights' gradient, both from the kernel."""
+    Inputs: ``x`` (T, I, B) (read in place if windows are contiguous), ``w_ih`` (4H, I), ``bias``
+    (4H,) (b_ih + b_hh) and ``w_hh`` (4H, H), gates i, f, g, o as in ``nn.LSTM``. Returns h,
+    (T, H, B). Time-major with windows innermost: every step reads and writes contiguous blocks, and
+    one layer's output is the next one's input as it is. The gradient on ``x`` is computed only where
+    it is needed (not for the raw returns)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, pre: Tensor, w_hh: Tensor
+        ctx: torch.autograd.function.FunctionCtx, x: Tensor, w_ih: Tensor, bias: Tensor, w_hh: Tensor
     ) -> Tensor:
-        t_, h4, b_ = pre.shape
-        h_ = h4 // 4
-        pre, w_hh = pre.contiguous(), w_hh.contiguous()
-        hs, cs, tcs = (pre.new_empty(t_, h_, b_) for _ in range(3))
-        acts = torch.empty_like(pre)
+        t_, i_, b_ = x.shape
+        h_ = w_hh.shape[1]
+        if x.stride(2) != 1:
+            x = x.contiguous()
+        w_ih, bias, w_hh = w_ih.contiguous(), bias.contiguous(), w_hh.contiguous()
+        hs, cs, tcs = (x.new_empty(t_, h_, b_) for _ in range(3))
+        acts = x.new_empty(t_, 4 * h_, b_)
         lib = lstm_kernel()
-        fn = lib.lstm_forward_f32 if pre.dtype == torch.float32 else lib.lstm_forward_f64
-        bufs = (pre, w_hh, hs, cs, tcs, acts, pre.new_empty(3 * h_ * b_))
-        fn(1, h_, t_, b_, *(x.data_ptr() for x in bufs))
-        ctx.save_for_backward(w_hh, hs, cs, tcs, acts)
+        fn = lib.lstm_forward_f32 if x.dtype == torch.float32 else lib.lstm_forward_f64
+        bufs = (w_ih, bias, w_hh, hs, cs, tcs, acts, x.new_empty(h_ * b_))
+        fn(h_, i_, t_, b_, x.data_ptr(), x.stride(0), x.stride(1), *(v.data_ptr() for v in bufs))
+        ctx.save_for_backward(x, w_ih, w_hh, hs, cs, tcs, acts)
         return hs
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, dh: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        w_hh, hs, cs, tcs, acts = ctx.saved_tensors  # type: ignore[attr-defined]
-        t_, h4, b_ = acts.shape
-        h_ = h4 // 4
+    ) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+        x, w_ih, w_hh, hs, cs, tcs, acts = ctx.saved_tensors  # type: ignore[attr-defined]
+        t_, i_, b_ = x.shape
+        h_ = w_hh.shape[1]
         dh = dh.contiguous()
-        dpre, d_whh = torch.empty_like(acts), torch.empty_like(w_hh)
+        dx = x.new_empty(x.shape) if ctx.needs_input_grad[0] else None  # type: ignore[attr-defined]
+        d_wih, d_whh = torch.empty_like(w_ih), torch.empty_like(w_hh)
+        d_bias = w_ih.new_empty(4 * h_)
         lib = lstm_kernel()
-        fn = lib.lstm_backward_f32 if acts.dtype == torch.float32 else lib.lstm_backward_f64
-        scratch = acts.new_empty(3 * h_ * b_ + 4 * h_ * h_ * 16)
-        bufs = (w_hh, dh, hs, cs, tcs, acts, dpre, d_whh, scratch)
-        fn(1, h_, t_, b_, *(x.data_ptr() for x in bufs))
-        return dpre, d_whh
+        fn = lib.lstm_backward_f32 if x.dtype == torch.float32 else lib.lstm_backward_f64
+        dpre, scratch = torch.empty_like(acts), x.new_empty(3 * h_ * b_)  # alive through the call
+        ptrs = [v.data_ptr() for v in (w_ih, w_hh, dh, hs, cs, tcs, acts, dpre)]
+        ptrs += [None if dx is None else dx.data_ptr()]
+        ptrs += [v.data_ptr() for v in (d_wih, d_bias, d_whh, scratch)]
+        fn(h_, i_, t_, b_, x.data_ptr(), x.stride(0), x.stride(1), *ptrs)
+        return dx, d_wih, d_bias, d_whh
 
 
 def _pick(v: list[Tensor] | Tensor, g: int) -> Tensor:
@@ -283,22 +289,34 @@ def _affine_steps(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
 
 
 def _logits_fused(ops: list[Op], g: int, x: Tensor, head_w: Tensor, head_b: Tensor) -> Tensor:
-    """One market's doubled output pre-activation (n, B, T) from time-major (T, B, n) windows,
-    each LSTM layer through :class:`_FusedLSTM`."""
+    """One market's doubled output pre-activation (n, B, T) from time-major (T, B, n) windows, each
+    LSTM layer through :class:`_FusedLSTM`. Linear maps are folded (tiny products of weights) into
+    the next layer's input weights or the head, so activations pass only through the kernels."""
     t_, b_ = x.shape[:2]
-    h = x.transpose(1, 2)
+    h = x.transpose(1, 2).contiguous()  # read in place, the kernel's steps would touch n pages each
+    fold: tuple[Tensor, Tensor] | None = None  # the composed linear maps not yet applied
     for op in ops:
+        if isinstance(op, _Affine):
+            w, b = _pick(op.w, g), _pick(op.b, g)
+            fold = (w, b) if fold is None else (w @ fold[0], torch.addmv(b, w, fold[1]))
+            continue
+        if fold is not None and isinstance(op, _Drop):
+            h, fold = _affine_steps(h, *fold), None
         if isinstance(op, _Drop):
             # nn.functional.dropout's bernoulli_ draws cost half again as much as uniform ones here
             keep = 1.0 - op.p
             h = h * torch.rand_like(h).lt_(keep).div_(keep)
-        elif isinstance(op, _Affine):
-            h = _affine_steps(h, _pick(op.w, g), _pick(op.b, g))
         else:
-            pre = _affine_steps(h, _pick(op.w_ih, g), _pick(op.bias, g))
-            h = _FusedLSTM.apply(pre, _pick(op.w_hh, g))
+            w_ih, bias = _pick(op.w_ih, g), _pick(op.bias, g)
+            if fold is not None:
+                w_ih, bias, fold = w_ih @ fold[0], torch.addmv(bias, w_ih, fold[1]), None
+            h = _FusedLSTM.apply(h, w_ih, bias, _pick(op.w_hh, g))
+    if fold is not None:
+        head_w, head_b = head_w @ fold[0], torch.addmv(head_b, head_w, fold[1])
     feats = h.permute(1, 2, 0).reshape(h.shape[1], b_ * t_)
-    return torch.addmm(head_b.unsqueeze(1) * 2.0, head_w * 2.0, feats).view(-1, b_, t_)
+    # the bias added after the product: addmm's broadcast copy of it into the output is slower
+    out = torch.mm(head_w * 2.0, feats).add_(head_b.unsqueeze(1), alpha=2.0)
+    return out.view(-1, b_, t_)
 
 
 _LOOPS: list[Callable[..., None]] = []

@@ -78,8 +78,8 @@ def _build(target: Path) -> None:
 def _declare(lib: ctypes.CDLL) -> None:
     p, n = ctypes.c_void_p, ctypes.c_long
     for suffix in ("f32", "f64"):
-        getattr(lib, f"lstm_forward_{suffix}").argtypes = [n, n, n, n, p, p, p, p, p, p, p]
-        getattr(lib, f"lstm_backward_{suffix}").argtypes = [n, n, n, n, p, p, p, p, p, p, p, p, p]
+        getattr(lib, f"lstm_forward_{suffix}").argtypes = [n, n, n, n, p, n, n] + [p] * 8
+        getattr(lib, f"lstm_backward_{suffix}").argtypes = [n, n, n, n, p, n, n] + [p] * 13
         getattr(lib, f"lstm_forward_{suffix}").restype = None
         getattr(lib, f"lstm_backward_{suffix}").restype = None
 

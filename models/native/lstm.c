@@ -1,21 +1,22 @@
-/* One LSTM layer's recurrence for G markets at once (each with its own hidden-to-gate weights), as
- * one call per layer and direction instead of a dozen tensor operations per time step.
+/* One LSTM layer's whole recurrence, input products included, as one call each way instead of a
+ * dozen tensor operations per time step.
  *
- * The input-to-gate products and biases come precomputed (one large matrix product over all time
- * steps, done by the caller), so only the serial part runs here: per time step and market a
- * (4H x H) by (H x B) product and the cell's elementwise arithmetic, fused while the step's gates
- * are in L1.
+ * At the model's widths (5-10 units, 32 windows) a step is a few hundred multiply-adds per window,
+ * so the input-to-gate product runs inside the step too, while its inputs and gates are in L1: done
+ * as one large matrix product outside, its transposes, its backward over time and its weight
+ * gradient's reduction cost more than the recurrence itself.
  *
  * Layouts, all contiguous and row-major, time-major with windows (B) innermost, so each step
  * reads and writes contiguous blocks and every loop runs over B:
- *   pre   (G, T, 4H, B)    gate pre-activations from the input, gates i, f, g, o as in nn.LSTM
- *   whh   (G, 4H, H)       hidden-to-gate weights
- *   hs    (G, T, H, B)     h_t;   cs: c_t;   tcs: tanh(c_t)
- *   acts  (G, T, 4H, B)    activated gates sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
- *   dh    (G, T, H, B)     the loss's gradient on h_t from outside the recurrence
- *   dpre  (G, T, 4H, B)    the gradient on pre
- *   dwhh  (G, 4H, H)       the gradient on whh
- * Scratch is the caller's: 3 H B + 4 H H VB values (VB: values of REAL in a vector register, 16).
+ *   x     (T, I, B)        the layer's input, at x[t xt + k xk + b]: contiguous (xt = I B, xk = B)
+ *                          or, for raw inputs gathered asset-major, (I, T, B) (xt = B, xk = T B)
+ *   wih   (4H, I), bias (4H), whh (4H, H): gates i, f, g, o as in nn.LSTM, bias = b_ih + b_hh
+ *   hs    (T, H, B)        h_t;   cs: c_t;   tcs: tanh(c_t)
+ *   acts  (T, 4H, B)       activated gates sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
+ *   dh    (T, H, B)        the loss's gradient on h_t from outside the recurrence
+ *   dpre  (T, 4H, B)       the gradient on the gates' pre-activations (the backward's work space)
+ *   dx    (T, I, B)        the gradient on x, contiguous (NULL: not wanted); dwih, dbias, dwhh: on the weights
+ * Scratch is the caller's: H B values forward, 3 H B backward.
  *
  * float uses its own exponential (Cephes' expf polynomial, within 2 ulp over the clamped range)
  * written so the compiler vectorises it; double uses libm's exp.

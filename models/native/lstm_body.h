@@ -1,4 +1,4 @@
-/* The recurrence for one floating type: included by lstm.c with REAL, SUFFIX, EXP and VB (values
+/* One LSTM layer for one floating type: included by lstm.c with REAL, SUFFIX, EXP and VB (values
  * of REAL per vector register) defined. */
 
 static inline REAL SUFFIX(sigmoid)(REAL x) { return (REAL)1 / ((REAL)1 + EXP(-x)); }
@@ -6,15 +6,18 @@ static inline REAL SUFFIX(sigmoid)(REAL x) { return (REAL)1 / ((REAL)1 + EXP(-x)
 /* tanh through the exponential of 2x: one exp, exact at the saturated ends */
 static inline REAL SUFFIX(tanh_)(REAL x) { return (REAL)2 / ((REAL)1 + EXP((REAL)-2 * x)) - (REAL)1; }
 
-/* a[r, b] = pre[r, b] + sum_k w[r, k] h[k, b] for VB windows b: each accumulator is one vector
- * register (fixed width) */
-static inline void SUFFIX(gates_block)(long H4, long H, const REAL *restrict w, const REAL *restrict h,
-                                       long B, const REAL *restrict pre, REAL *restrict a, long n) {
+/* a[r, b] = bias[r] + sum_k wx[r, k] x[k xk + b] + sum_k wh[r, k] h[k, b] for VB windows b (fewer in
+ * the last block, n < VB): each accumulator is one vector register (fixed width) */
+static inline void SUFFIX(gates_block)(long H4, long I, long H, const REAL *restrict wx,
+                                       const REAL *restrict x, long xk, const REAL *restrict wh,
+                                       const REAL *restrict h, long B, const REAL *restrict bias,
+                                       REAL *restrict a, long n) {
     if (n < VB) {
         for (long r = 0; r < H4; r++)
             for (long b = 0; b < n; b++) {
-                REAL acc = pre[r * B + b];
-                for (long k = 0; k < H; k++) acc += w[r * H + k] * h[k * B + b];
+                REAL acc = bias[r];
+                for (long k = 0; k < I; k++) acc += wx[r * I + k] * x[k * xk + b];
+                for (long k = 0; k < H; k++) acc += wh[r * H + k] * h[k * B + b];
                 a[r * B + b] = acc;
             }
         return;
@@ -22,20 +25,31 @@ static inline void SUFFIX(gates_block)(long H4, long H, const REAL *restrict w, 
     for (long r = 0; r < H4; r += 4) { /* four rows: four independent multiply-add chains */
         REAL a0[VB], a1[VB], a2[VB], a3[VB];
         for (int b = 0; b < VB; b++) {
-            a0[b] = pre[r * B + b];
-            a1[b] = pre[(r + 1) * B + b];
-            a2[b] = pre[(r + 2) * B + b];
-            a3[b] = pre[(r + 3) * B + b];
+            a0[b] = bias[r];
+            a1[b] = bias[r + 1];
+            a2[b] = bias[r + 2];
+            a3[b] = bias[r + 3];
         }
-        const REAL *w0 = w + r * H;
+        const REAL *w0 = wx + r * I;
+        for (long k = 0; k < I; k++) {
+            const REAL *xr = x + k * xk;
+            const REAL y0 = w0[k], y1 = w0[I + k], y2 = w0[2 * I + k], y3 = w0[3 * I + k];
+            for (int b = 0; b < VB; b++) {
+                a0[b] += y0 * xr[b];
+                a1[b] += y1 * xr[b];
+                a2[b] += y2 * xr[b];
+                a3[b] += y3 * xr[b];
+            }
+        }
+        w0 = wh + r * H;
         for (long k = 0; k < H; k++) {
             const REAL *hk = h + k * B;
-            const REAL x0 = w0[k], x1 = w0[H + k], x2 = w0[2 * H + k], x3 = w0[3 * H + k];
+            const REAL y0 = w0[k], y1 = w0[H + k], y2 = w0[2 * H + k], y3 = w0[3 * H + k];
             for (int b = 0; b < VB; b++) {
-                a0[b] += x0 * hk[b];
-                a1[b] += x1 * hk[b];
-                a2[b] += x2 * hk[b];
-                a3[b] += x3 * hk[b];
+                a0[b] += y0 * hk[b];
+                a1[b] += y1 * hk[b];
+                a2[b] += y2 * hk[b];
+                a3[b] += y3 * hk[b];
             }
         }
         for (int b = 0; b < VB; b++) {
@@ -47,24 +61,25 @@ static inline void SUFFIX(gates_block)(long H4, long H, const REAL *restrict w, 
     }
 }
 
-/* d[k, b] = sum_r w[r, k] p[r, b] for VB windows: the gradient on h_{t-1} through step t's gates */
-static inline void SUFFIX(back_block)(long H4, long H, const REAL *restrict w, const REAL *restrict p,
+/* d[k, b] = sum_r w[r, k] p[r, b] for VB windows, w (H4, K): the gradient on a step's input or
+ * previous h through its gates */
+static inline void SUFFIX(back_block)(long H4, long K, const REAL *restrict w, const REAL *restrict p,
                                       long B, REAL *restrict d, long n) {
     if (n < VB) {
-        for (long k = 0; k < H; k++)
+        for (long k = 0; k < K; k++)
             for (long b = 0; b < n; b++) {
                 REAL acc = 0;
-                for (long r = 0; r < H4; r++) acc += w[r * H + k] * p[r * B + b];
+                for (long r = 0; r < H4; r++) acc += w[r * K + k] * p[r * B + b];
                 d[k * B + b] = acc;
             }
         return;
     }
-    for (long k = 0; k < H; k++) { /* four partial sums over the rows: independent chains */
+    for (long k = 0; k < K; k++) { /* four partial sums over the rows: independent chains */
         REAL a0[VB], a1[VB], a2[VB], a3[VB];
         for (int b = 0; b < VB; b++) a0[b] = a1[b] = a2[b] = a3[b] = 0;
         for (long r = 0; r < H4; r += 4) {
-            const REAL x0 = w[r * H + k], x1 = w[(r + 1) * H + k];
-            const REAL x2 = w[(r + 2) * H + k], x3 = w[(r + 3) * H + k];
+            const REAL x0 = w[r * K + k], x1 = w[(r + 1) * K + k];
+            const REAL x2 = w[(r + 2) * K + k], x3 = w[(r + 3) * K + k];
             const REAL *p0 = p + r * B;
             for (int b = 0; b < VB; b++) {
                 a0[b] += x0 * p0[b];
@@ -77,113 +92,184 @@ static inline void SUFFIX(back_block)(long H4, long H, const REAL *restrict w, c
     }
 }
 
-void SUFFIX(lstm_forward)(long G, long H, long T, long B, const REAL *restrict pre,
+typedef REAL SUFFIX(vec) __attribute__((vector_size(VB * sizeof(REAL))));
+
+static inline SUFFIX(vec) SUFFIX(load)(const REAL *p) {
+    SUFFIX(vec) v;
+    __builtin_memcpy(&v, p, sizeof v); /* unaligned */
+    return v;
+}
+
+/* out[r + i, k + j] += sum over steps t0..t1-1 and windows b of p[t, r + i, b] v[t, k + j, b] for
+ * i, j < 4. The 16 accumulators are named vector variables: as an array (or with a run-time tile
+ * width, or inlined in a loop with other work) gcc kept some in memory, at a third of the speed.
+ * Full vectors of windows only. */
+__attribute__((noinline)) static void SUFFIX(weight_tile)(long R, long K, long t0, long t1,
+                                                          long B, const REAL *restrict p,
+                                                          const REAL *restrict v,
+                                                          long vt_, long vk, REAL *restrict out,
+                                                          long r, long k) {
+    typedef SUFFIX(vec) V;
+    const long Bv = B - B % VB;
+    V a00 = {0}, a01 = {0}, a02 = {0}, a03 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
+    V a20 = {0}, a21 = {0}, a22 = {0}, a23 = {0}, a30 = {0}, a31 = {0}, a32 = {0}, a33 = {0};
+    for (long t = t0; t < t1; t++) {
+        const REAL *pt = p + (t * R + r) * B, *vt = v + t * vt_ + k * vk;
+        for (long b0 = 0; b0 < Bv; b0 += VB) {
+            const V p0 = SUFFIX(load)(pt + b0), p1 = SUFFIX(load)(pt + B + b0);
+            const V p2 = SUFFIX(load)(pt + 2 * B + b0), p3 = SUFFIX(load)(pt + 3 * B + b0);
+            const V q0 = SUFFIX(load)(vt + b0), q1 = SUFFIX(load)(vt + vk + b0);
+            const V q2 = SUFFIX(load)(vt + 2 * vk + b0), q3 = SUFFIX(load)(vt + 3 * vk + b0);
+            a00 += p0 * q0, a01 += p0 * q1, a02 += p0 * q2, a03 += p0 * q3;
+            a10 += p1 * q0, a11 += p1 * q1, a12 += p1 * q2, a13 += p1 * q3;
+            a20 += p2 * q0, a21 += p2 * q1, a22 += p2 * q2, a23 += p2 * q3;
+            a30 += p3 * q0, a31 += p3 * q1, a32 += p3 * q2, a33 += p3 * q3;
+        }
+    }
+    const V acc[16] = {a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33};
+    for (int q = 0; q < 16; q++) {
+        REAL sum = 0;
+        for (int b = 0; b < VB; b++) sum += acc[q][b];
+        out[(r + q / 4) * K + k + q % 4] += sum;
+    }
+}
+
+/* the same for one column k: four accumulators */
+__attribute__((noinline)) static void SUFFIX(weight_column)(long R, long K, long t0, long t1,
+                                                            long B, const REAL *restrict p,
+                                                            const REAL *restrict v,
+                                                            long vt_, long vk, REAL *restrict out,
+                                                            long r, long k) {
+    typedef SUFFIX(vec) V;
+    const long Bv = B - B % VB;
+    V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    for (long t = t0; t < t1; t++) {
+        const REAL *pt = p + (t * R + r) * B, *vt = v + t * vt_ + k * vk;
+        for (long b0 = 0; b0 < Bv; b0 += VB) {
+            const V q = SUFFIX(load)(vt + b0);
+            a0 += SUFFIX(load)(pt + b0) * q, a1 += SUFFIX(load)(pt + B + b0) * q;
+            a2 += SUFFIX(load)(pt + 2 * B + b0) * q, a3 += SUFFIX(load)(pt + 3 * B + b0) * q;
+        }
+    }
+    const V acc[4] = {a0, a1, a2, a3};
+    for (int i = 0; i < 4; i++) {
+        REAL sum = 0;
+        for (int b = 0; b < VB; b++) sum += acc[i][b];
+        out[(r + i) * K + k] += sum;
+    }
+}
+
+/* out[r, k] = sum_t sum_b p[t, r, b] v[t, k, b], p (T, R, B) and v with strides vt (steps) and vk
+ * (rows) and windows contiguous, R a multiple of 4:
+ * a weight gradient, after the recurrence (nothing in it waits on the previous step), in chunks of
+ * steps whose inputs stay in L2 across the tiles */
+static void SUFFIX(weight_grad)(long R, long K, long T, long B, const REAL *restrict p,
+                                const REAL *restrict v, long vt, long vk, REAL *restrict out) {
+    const long chunk = (1L << 18) / ((R + K) * B * (long)sizeof(REAL)) + 1;
+    for (long q = 0; q < R * K; q++) out[q] = 0;
+    for (long t0 = 0; t0 < T; t0 += chunk) {
+        const long t1 = t0 + chunk < T ? t0 + chunk : T;
+        for (long r = 0; r < R; r += 4) {
+            long k = 0;
+            for (; k + 4 <= K; k += 4) SUFFIX(weight_tile)(R, K, t0, t1, B, p, v, vt, vk, out, r, k);
+            for (; k < K; k++) SUFFIX(weight_column)(R, K, t0, t1, B, p, v, vt, vk, out, r, k);
+        }
+    }
+    for (long b = B - B % VB; b < B; b++) /* windows past the last full vector */
+        for (long t = 0; t < T; t++)
+            for (long r = 0; r < R; r++) {
+                const REAL x = p[(t * R + r) * B + b];
+                for (long k = 0; k < K; k++) out[r * K + k] += x * v[t * vt + k * vk + b];
+            }
+}
+
+static void SUFFIX(bias_grad)(long R, long T, long B, const REAL *restrict p, REAL *restrict out) {
+    for (long r = 0; r < R; r++) out[r] = 0;
+    for (long t = 0; t < T; t++)
+        for (long r = 0; r < R; r++) {
+            REAL sum = 0;
+            for (long b = 0; b < B; b++) sum += p[(t * R + r) * B + b];
+            out[r] += sum;
+        }
+}
+
+void SUFFIX(lstm_forward)(long H, long I, long T, long B, const REAL *restrict x, long xt, long xk,
+                          const REAL *restrict wih, const REAL *restrict bias,
                           const REAL *restrict whh, REAL *restrict hs, REAL *restrict cs,
                           REAL *restrict tcs, REAL *restrict acts, REAL *restrict scratch) {
     const long H4 = 4 * H, HB = H * B, H4B = H4 * B;
     REAL *restrict zero = scratch; /* (H, B) h_{-1} and c_{-1} */
     for (long q = 0; q < HB; q++) zero[q] = 0;
-    for (long g = 0; g < G; g++) {
-        const REAL *w = whh + g * H4 * H;
-        for (long t = 0; t < T; t++) {
-            const long gt = g * T + t;
-            const REAL *hp = t ? hs + (gt - 1) * HB : zero, *cp = t ? cs + (gt - 1) * HB : zero;
-            const REAL *pt = pre + gt * H4B;
-            REAL *at = acts + gt * H4B;
-            for (long b0 = 0; b0 < B; b0 += VB)
-                SUFFIX(gates_block)(H4, H, w, hp + b0, B, pt + b0, at + b0, B - b0);
-            REAL *ct = cs + gt * HB, *tt = tcs + gt * HB, *ht = hs + gt * HB;
-            for (long j = 0; j < H; j++) {
-                REAL *si = at + j * B, *sf = at + (H + j) * B, *sg = at + (2 * H + j) * B;
-                REAL *so = at + (3 * H + j) * B, *c = ct + j * B, *tc = tt + j * B, *h = ht + j * B;
-                const REAL *cj = cp + j * B;
+    for (long t = 0; t < T; t++) {
+        const REAL *hp = t ? hs + (t - 1) * HB : zero, *cp = t ? cs + (t - 1) * HB : zero;
+        const REAL *xs = x + t * xt;
+        REAL *at = acts + t * H4B;
+        for (long b0 = 0; b0 < B; b0 += VB)
+            SUFFIX(gates_block)(H4, I, H, wih, xs + b0, xk, whh, hp + b0, B, bias, at + b0, B - b0);
+        REAL *ct = cs + t * HB, *tt = tcs + t * HB, *ht = hs + t * HB;
+        for (long j = 0; j < H; j++) {
+            REAL *si = at + j * B, *sf = at + (H + j) * B, *sg = at + (2 * H + j) * B;
+            REAL *so = at + (3 * H + j) * B, *c = ct + j * B, *tc = tt + j * B, *h = ht + j * B;
+            const REAL *cj = cp + j * B;
 #pragma GCC ivdep
-                for (long b = 0; b < B; b++) {
-                    const REAL i = SUFFIX(sigmoid)(si[b]), f = SUFFIX(sigmoid)(sf[b]);
-                    const REAL gg = SUFFIX(tanh_)(sg[b]), o = SUFFIX(sigmoid)(so[b]);
-                    const REAL cn = f * cj[b] + i * gg;
-                    const REAL th = SUFFIX(tanh_)(cn);
-                    si[b] = i;
-                    sf[b] = f;
-                    sg[b] = gg;
-                    so[b] = o;
-                    c[b] = cn;
-                    tc[b] = th;
-                    h[b] = o * th;
-                }
+            for (long b = 0; b < B; b++) {
+                const REAL i = SUFFIX(sigmoid)(si[b]), f = SUFFIX(sigmoid)(sf[b]);
+                const REAL gg = SUFFIX(tanh_)(sg[b]), o = SUFFIX(sigmoid)(so[b]);
+                const REAL cn = f * cj[b] + i * gg;
+                const REAL th = SUFFIX(tanh_)(cn);
+                si[b] = i;
+                sf[b] = f;
+                sg[b] = gg;
+                so[b] = o;
+                c[b] = cn;
+                tc[b] = th;
+                h[b] = o * th;
             }
         }
     }
 }
 
-/* acc[r, k, 0:VB] += p[r, 0:VB] h[k, 0:VB]: the hidden weights' gradient, summed over windows at
- * the end so the loop needs no horizontal sums */
-static inline void SUFFIX(outer_block)(long H4, long H, const REAL *restrict p, const REAL *restrict h,
-                                       long B, REAL *restrict acc, long n) {
-    if (n < VB) {
-        for (long r = 0; r < H4; r++)
-            for (long k = 0; k < H; k++)
-                for (long b = 0; b < n; b++) acc[(r * H + k) * VB + b] += p[r * B + b] * h[k * B + b];
-        return;
-    }
-    for (long r = 0; r < H4; r++) {
-        const REAL *pr = p + r * B;
-        for (long k = 0; k < H; k++) {
-            REAL *ak = acc + (r * H + k) * VB;
-            const REAL *hk = h + k * B;
-            for (int b = 0; b < VB; b++) ak[b] += pr[b] * hk[b];
-        }
-    }
-}
-
-void SUFFIX(lstm_backward)(long G, long H, long T, long B, const REAL *restrict whh,
+void SUFFIX(lstm_backward)(long H, long I, long T, long B, const REAL *restrict x, long xt, long xk,
+                           const REAL *restrict wih, const REAL *restrict whh,
                            const REAL *restrict dh, const REAL *restrict hs,
                            const REAL *restrict cs, const REAL *restrict tcs,
-                           const REAL *restrict acts, REAL *restrict dpre, REAL *restrict dwhh,
+                           const REAL *restrict acts, REAL *restrict dpre, REAL *restrict dx,
+                           REAL *restrict dwih, REAL *restrict dbias, REAL *restrict dwhh,
                            REAL *restrict scratch) {
-    const long H4 = 4 * H, HB = H * B, H4B = H4 * B;
-    REAL *restrict dhr = scratch;      /* (H, B) gradient on h_t through step t+1's gates */
-    REAL *restrict dcr = scratch + HB; /* (H, B) gradient on c_t through c_{t+1} */
-    REAL *restrict zero = dcr + HB;    /* (H, B) c_{-1} */
-    REAL *restrict acc = zero + HB;    /* (4H, H, VB) partial sums of the weight gradient */
-    for (long q = 0; q < HB; q++) zero[q] = 0;
-    for (long g = 0; g < G; g++) {
-        const REAL *w = whh + g * H4 * H;
-        for (long q = 0; q < 2 * HB; q++) scratch[q] = 0;
-        for (long q = 0; q < H4 * H * VB; q++) acc[q] = 0;
-        for (long t = T - 1; t >= 0; t--) {
-            const long gt = g * T + t;
-            const REAL *at = acts + gt * H4B, *tt = tcs + gt * HB, *dt = dh + gt * HB;
-            const REAL *cp = t ? cs + (gt - 1) * HB : zero;
-            REAL *pt = dpre + gt * H4B;
-            for (long j = 0; j < H; j++) {
-                const REAL *si = at + j * B, *sf = at + (H + j) * B, *sg = at + (2 * H + j) * B;
-                const REAL *so = at + (3 * H + j) * B, *tc = tt + j * B, *cj = cp + j * B;
-                const REAL *dj = dt + j * B;
-                REAL *pi = pt + j * B, *pf = pt + (H + j) * B, *pg = pt + (2 * H + j) * B;
-                REAL *po = pt + (3 * H + j) * B, *dhj = dhr + j * B, *dcj = dcr + j * B;
+    const long H4 = 4 * H, HB = H * B, H4B = H4 * B, IB = I * B;
+    REAL *restrict dhr = scratch;  /* (H, B) gradient on h_t through step t+1's gates */
+    REAL *restrict dcr = dhr + HB; /* (H, B) gradient on c_t through c_{t+1} */
+    REAL *restrict zero = dcr + HB; /* (H, B) c_{-1} */
+    for (long q = 0; q < 3 * HB; q++) scratch[q] = 0;
+    for (long t = T - 1; t >= 0; t--) {
+        const REAL *at = acts + t * H4B, *tt = tcs + t * HB, *dt = dh + t * HB;
+        const REAL *cp = t ? cs + (t - 1) * HB : zero;
+        REAL *pt = dpre + t * H4B;
+        for (long j = 0; j < H; j++) {
+            const REAL *si = at + j * B, *sf = at + (H + j) * B, *sg = at + (2 * H + j) * B;
+            const REAL *so = at + (3 * H + j) * B, *tc = tt + j * B, *cj = cp + j * B;
+            const REAL *dj = dt + j * B;
+            REAL *pi = pt + j * B, *pf = pt + (H + j) * B, *pg = pt + (2 * H + j) * B;
+            REAL *po = pt + (3 * H + j) * B, *dhj = dhr + j * B, *dcj = dcr + j * B;
 #pragma GCC ivdep
-                for (long b = 0; b < B; b++) {
-                    const REAL i = si[b], f = sf[b], gg = sg[b], o = so[b], th = tc[b];
-                    const REAL d = dj[b] + dhj[b];
-                    const REAL dc = dcj[b] + d * o * ((REAL)1 - th * th);
-                    po[b] = d * th * o * ((REAL)1 - o);
-                    pi[b] = dc * gg * i * ((REAL)1 - i);
-                    pg[b] = dc * i * ((REAL)1 - gg * gg);
-                    pf[b] = dc * cj[b] * f * ((REAL)1 - f);
-                    dcj[b] = dc * f;
-                }
+            for (long b = 0; b < B; b++) {
+                const REAL i = si[b], f = sf[b], gg = sg[b], o = so[b], th = tc[b];
+                const REAL d = dj[b] + dhj[b];
+                const REAL dc = dcj[b] + d * o * ((REAL)1 - th * th);
+                po[b] = d * th * o * ((REAL)1 - o);
+                pi[b] = dc * gg * i * ((REAL)1 - i);
+                pg[b] = dc * i * ((REAL)1 - gg * gg);
+                pf[b] = dc * cj[b] * f * ((REAL)1 - f);
+                dcj[b] = dc * f;
             }
-            for (long b0 = 0; b0 < B; b0 += VB) SUFFIX(back_block)(H4, H, w, pt + b0, B, dhr + b0, B - b0);
-            if (t)
-                for (long b0 = 0; b0 < B; b0 += VB)
-                    SUFFIX(outer_block)(H4, H, pt + b0, hs + (gt - 1) * HB + b0, B, acc, B - b0);
         }
-        REAL *dw = dwhh + g * H4 * H;
-        for (long q = 0; q < H4 * H; q++) {
-            REAL sum = 0;
-            for (int b = 0; b < VB; b++) sum += acc[q * VB + b];
-            dw[q] = sum;
+        for (long b0 = 0; b0 < B; b0 += VB) {
+            SUFFIX(back_block)(H4, H, whh, pt + b0, B, dhr + b0, B - b0);
+            /* off the serial chain: overlaps the next step's wait */
+            if (dx) SUFFIX(back_block)(H4, I, wih, pt + b0, B, dx + t * IB + b0, B - b0);
         }
     }
+    SUFFIX(weight_grad)(H4, I, T, B, dpre, x, xt, xk, dwih);
+    SUFFIX(weight_grad)(H4, H, T - 1, B, dpre + H4B, hs, HB, B, dwhh);
+    SUFFIX(bias_grad)(H4, T, B, dpre, dbias);
 }

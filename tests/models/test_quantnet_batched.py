@@ -146,11 +146,15 @@ def test_fused_kernel_equals_the_pytorch_recurrence(monkeypatch: pytest.MonkeyPa
 
     if lstm_kernel() is None:
         pytest.skip("no C compiler: the fused kernel is unavailable here")
-    t, h, b = 6, 3, 5
+    t, i, h = 6, 4, 3
     gen = torch.Generator().manual_seed(4)
-    pre = torch.randn(t, 4 * h, b, generator=gen, dtype=torch.float64).requires_grad_()
-    w_hh = (torch.randn(4 * h, h, generator=gen, dtype=torch.float64) * 0.5).requires_grad_()
-    assert torch.autograd.gradcheck(mb._FusedLSTM.apply, (pre, w_hh))
+    for b, strided in ((5, False), (9, True)):  # scalar windows; a full float64 vector and one more
+        x = torch.randn(i, t, b, generator=gen, dtype=torch.float64)
+        x = (x.transpose(0, 1) if strided else x.transpose(0, 1).contiguous()).requires_grad_()
+        w_ih = (torch.randn(4 * h, i, generator=gen, dtype=torch.float64) * 0.5).requires_grad_()
+        bias = torch.randn(4 * h, generator=gen, dtype=torch.float64).requires_grad_()
+        w_hh = (torch.randn(4 * h, h, generator=gen, dtype=torch.float64) * 0.5).requires_grad_()
+        assert torch.autograd.gradcheck(mb._FusedLSTM.apply, (x, w_ih, bias, w_hh))
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
         model = _model("lstm-lstm", 2, dtype)
         model.train()
@@ -173,23 +177,26 @@ def test_fused_kernel_equals_a_reference_cell(dtype: torch.dtype, windows: int) 
 
     if lstm_kernel() is None:
         pytest.skip("no C compiler: the fused kernel is unavailable here")
-    t, h, b = 7, 6, windows
+    t, i, h, b = 7, 9, 6, windows
     gen = torch.Generator().manual_seed(1)
-    pre = torch.randn(t, 4 * h, b, generator=gen, dtype=torch.float64)
-    w = torch.randn(4 * h, h, generator=gen, dtype=torch.float64) * 0.5
+    x = torch.randn(t, i, b, generator=gen, dtype=torch.float64)
+    w_ih = torch.randn(4 * h, i, generator=gen, dtype=torch.float64) * 0.5
+    bias = torch.randn(4 * h, generator=gen, dtype=torch.float64)
+    w_hh = torch.randn(4 * h, h, generator=gen, dtype=torch.float64) * 0.5
     gy = torch.randn(t, h, b, generator=gen, dtype=torch.float64)
-    p1, w1 = pre.to(dtype, copy=True).requires_grad_(), w.to(dtype, copy=True).requires_grad_()
-    y = mb._FusedLSTM.apply(p1, w1)
+    ours = [v.to(dtype, copy=True).requires_grad_() for v in (x, w_ih, bias, w_hh)]
+    y = mb._FusedLSTM.apply(*ours)
     (y * gy.to(dtype)).sum().backward()
-    p2, w2 = pre.clone().requires_grad_(), w.clone().requires_grad_()
+    ref = [v.clone().requires_grad_() for v in (x, w_ih, bias, w_hh)]
+    x2, wi2, b2, wh2 = ref
     hh, cc, outs = torch.zeros(h, b, dtype=torch.float64), torch.zeros(h, b, dtype=torch.float64), []
     for s in range(t):
-        i, f, g, o = (p2[s] + w2 @ hh).split(h)
-        cc = f.sigmoid() * cc + i.sigmoid() * g.tanh()
+        i_, f, g, o = (wi2 @ x2[s] + b2[:, None] + wh2 @ hh).split(h)
+        cc = f.sigmoid() * cc + i_.sigmoid() * g.tanh()
         hh = o.sigmoid() * cc.tanh()
         outs.append(hh)
     (torch.stack(outs) * gy).sum().backward()
     tol = 1e-12 if dtype == torch.float64 else 2e-6
     assert (y.double() - torch.stack(outs)).abs().max() < tol
-    assert (p1.grad.double() - p2.grad).abs().max() < tol
-    assert (w1.grad.double() - w2.grad).abs().max() < tol
+    for a, r in zip(ours, ref, strict=True):
+        assert (a.grad.double() - r.grad).abs().max() < tol * max(1.0, r.grad.abs().max().item())
