@@ -222,14 +222,16 @@ class OrderManager:
                 np.divide(wanted, price, wanted)
                 if in_units:
                     np.copyto(wanted, targets, where=units)
-            held = (pf.qty, self.pending) if every else (pf.qty[idx], self.pending[idx])
-            delta = np.subtract(wanted, held[0], wanted)
-            np.subtract(delta, held[1], delta)
+            delta = np.subtract(wanted, pf.qty if every else pf.qty[idx], wanted)
+            if count_nonzero(self.pending):  # x - 0.0 is x (-0.0 or not, a zero is not sent)
+                np.subtract(delta, self.pending if every else self.pending[idx], delta)
             size = np.abs(delta)
             floor = np.array(max(self.min_trade_notional, 1e-9 * equity))
             send = np.multiply(size, price)
-            send = np.less_equal(send, floor)
-            np.logical_not(send, send)  # not "greater": a NaN size is sent (and refused)
+            small = np.less_equal(send, floor)  # not "greater": a NaN size is sent (and refused)
+        if not waiting and not count_nonzero(small):
+            return idx, delta, size
+        send = np.logical_not(small, small)
         if waiting:
             send &= ~unpriced
         k = send.nonzero()[0]

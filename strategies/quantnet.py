@@ -288,24 +288,33 @@ class QuantNetStrategy(Strategy):
     def _variances(self, r: np.ndarray) -> np.ndarray:
         """The EWM variance after each bar of returns ``r`` (T × universe) from a fresh start, as
         :meth:`_update_vol` moves it bar by bar."""
-        var = np.full(r.shape[1], np.nan)
         out = np.empty_like(r)
         sq = r * r
         fresh = r == r
         alpha = np.array(self._alpha)  # 0-d: see engine.numeric
-        everywhere = fresh.all(axis=1)
-        step = np.empty_like(var)
-        for t in range(len(r)):
-            f, q = fresh[t], sq[t]
-            if everywhere[t] and not count_nonzero(np.not_equal(var, var)):  # every estimate moves
-                np.subtract(q, var, step)
+        # every estimate moves on a bar where every asset has a return and each had one before
+        # (from its first return on an estimate stays a number while the squares are finite)
+        fast = fresh.all(axis=1)
+        if np.isinf(sq).any():
+            fast[:] = False
+        else:
+            seen = fresh.any(axis=0)
+            fast[: int(fresh.argmax(axis=0).max()) + 1 if seen.size and seen.all() else len(r)] = False
+        step = np.empty(r.shape[1])
+        prev = np.full(r.shape[1], np.nan)
+        for t, quick in enumerate(fast.tolist()):
+            cur, q = out[t], sq[t]
+            if quick:
+                np.subtract(q, prev, step)
                 np.multiply(step, alpha, step)
-                np.add(var, step, var)  # var + alpha * (q - var), as _update_vol rounds it
+                np.add(prev, step, cur)  # var + alpha * (q - var), as _update_vol rounds it
             else:
-                first = f & (var != var)
-                np.copyto(var, q, where=first)
-                np.copyto(var, var + alpha * (q - var), where=f & ~first)
-            out[t] = var
+                f = fresh[t]
+                cur[:] = prev
+                first = f & (cur != cur)
+                np.copyto(cur, q, where=first)
+                np.copyto(cur, cur + alpha * (q - cur), where=f & ~first)
+            prev = cur
         return out
 
     def _check_interval(self, ts: int) -> None:
