@@ -37,6 +37,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from models.loss import held_sums
 from models.native import lstm_kernel, supports
 from models.network import Dense, QuantNet, Recurrent
 
@@ -288,11 +289,50 @@ def _affine_steps(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
     return torch.baddbmm(b.view(1, -1, 1), w.expand(h.shape[0], *w.shape), h)
 
 
-def _logits_fused(ops: list[Op], g: int, x: Tensor, head_w: Tensor, head_b: Tensor) -> Tensor:
-    """One market's doubled output pre-activation (n, B, T) from time-major (T, B, n) windows, each
-    LSTM layer through :class:`_FusedLSTM`. Linear maps are folded (tiny products of weights) into
-    the next layer's input weights or the head, so activations pass only through the kernels."""
-    t_, b_ = x.shape[:2]
+class _FusedHead(torch.autograd.Function):
+    """One market's output layer and the objective's per-window sums, :func:`models.loss.held_sums`
+    of its logits, in one kernel call each way: the (n, B, T) signals are never stored (the backward
+    recomputes them), which saves a product, five elementwise passes and their gradients per market.
+
+    Inputs: ``h`` (H, B, T) the last layer's output, ``w`` (n, H) and ``b`` (n,) the head (signals
+    tanh(w·h + b)), ``ret`` (n, B, T) the returns each step's signal earns
+    (:func:`models.loss.carried_returns`). Returns (Σ_t s·ret, Σ_t (s·ret)²), each (n, B)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, h: Tensor, w: Tensor, b: Tensor, ret: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        h, w, b, ret = h.contiguous(), w.contiguous(), b.contiguous(), ret.contiguous()
+        (n, f), (b_, t_) = w.shape, h.shape[1:]
+        a, s2 = h.new_empty(n, b_), h.new_empty(n, b_)
+        lib = lstm_kernel()
+        fn = lib.head_forward_f32 if h.dtype == torch.float32 else lib.head_forward_f64
+        bufs = (h, w, b, ret, a, s2, h.new_empty(2 * t_))
+        fn(n, f, b_, t_, *(v.data_ptr() for v in bufs))
+        ctx.save_for_backward(h, w, b, ret)
+        return a, s2
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, ga: Tensor, gs2: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, None]:
+        h, w, b, ret = ctx.saved_tensors  # type: ignore[attr-defined]
+        (n, f), (b_, t_) = w.shape, h.shape[1:]
+        dh, dw, db = torch.empty_like(h), torch.empty_like(w), torch.empty_like(b)
+        lib = lstm_kernel()
+        fn = lib.head_backward_f32 if h.dtype == torch.float32 else lib.head_backward_f64
+        bufs = (h, w, b, ret, ga.contiguous(), gs2.contiguous(), dh, dw, db, h.new_empty(2 * t_))
+        fn(n, f, b_, t_, *(v.data_ptr() for v in bufs))
+        return dh, dw, db, None
+
+
+def _features_fused(
+    ops: list[Op], g: int, x: Tensor, head_w: Tensor, head_b: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One market's last hidden layer (T, F, B) from time-major (T, B, n) windows, each LSTM layer
+    through :class:`_FusedLSTM`, and the head (``head_w``, ``head_b``) to apply to it. Linear maps are
+    folded (tiny products of weights) into the next layer's input weights or the head, so
+    activations pass only through the kernels."""
     h = x.transpose(1, 2).contiguous()  # read in place, the kernel's steps would touch n pages each
     fold: tuple[Tensor, Tensor] | None = None  # the composed linear maps not yet applied
     for op in ops:
@@ -313,6 +353,13 @@ def _logits_fused(ops: list[Op], g: int, x: Tensor, head_w: Tensor, head_b: Tens
             h = _FusedLSTM.apply(h, w_ih, bias, _pick(op.w_hh, g))
     if fold is not None:
         head_w, head_b = head_w @ fold[0], torch.addmv(head_b, head_w, fold[1])
+    return h, head_w, head_b
+
+
+def _logits_fused(ops: list[Op], g: int, x: Tensor, head_w: Tensor, head_b: Tensor) -> Tensor:
+    """One market's doubled output pre-activation (n, B, T) through :func:`_features_fused`."""
+    t_, b_ = x.shape[:2]
+    h, head_w, head_b = _features_fused(ops, g, x, head_w, head_b)
     feats = h.permute(1, 2, 0).reshape(h.shape[1], b_ * t_)
     # the bias added after the product: addmm's broadcast copy of it into the output is slower
     out = torch.mm(head_w * 2.0, feats).add_(head_b.unsqueeze(1), alpha=2.0)
@@ -549,21 +596,18 @@ def _execute(h: Hidden, ops: list[Op], g_: int) -> Hidden:
     return h
 
 
-def logits_batched(model: QuantNet, items: Sequence[tuple[int, Tensor]]) -> list[Tensor]:
-    """Every market's output layer from zero state in one pass: per item ((market index,
-    time-major (T, B, n_i) inputs), all with the same T and B) the (n_i, B, T) doubled
-    pre-activation 2z, so its signals are 2·sigmoid(2z) - 1 = tanh(z). Assets first: the output
-    layer's weight gradient is then a product of two row-major matrices (from time-major rows it is
-    an order of magnitude slower)."""
+def _prepare(
+    model: QuantNet, items: Sequence[tuple[int, Tensor]]
+) -> tuple[list[Op], list[nn.Module], list[Tensor]]:
+    """The pass's program, the markets' networks and their head weights, with the input divisors
+    folded into the first weights that see the raw returns."""
     t_, b_ = items[0][1].shape[:2]
     if any(x.dim() != 3 or x.shape[:2] != (t_, b_) for _, x in items):
         raise ValueError("forward_batched: every market's windows need the same (T, B)")
     nets = [model.markets[i] for i, _ in items]
-    g_ = len(nets)
     ops = _program(model, nets, model.training)
     scales = [net.input_scale for net in nets]
     head_w = [net.head.weight for net in nets]
-    # the input divisors fold into the first weights that see the raw returns
     first = next((op for op in ops if not isinstance(op, _Drop)), None)
     if first is None:
         head_w = [w / s for w, s in zip(head_w, scales, strict=True)]
@@ -573,12 +617,27 @@ def logits_batched(model: QuantNet, items: Sequence[tuple[int, Tensor]]) -> list
     else:
         assert isinstance(first.w, list)
         first.w = [w / s for w, s in zip(first.w, scales, strict=True)]
-    if supports(items[0][1]) and lstm_kernel() is not None:
+    return ops, nets, head_w
+
+
+def _fused(x: Tensor) -> bool:
+    return supports(x) and lstm_kernel() is not None
+
+
+def logits_batched(model: QuantNet, items: Sequence[tuple[int, Tensor]]) -> list[Tensor]:
+    """Every market's output layer from zero state in one pass: per item ((market index,
+    time-major (T, B, n_i) inputs), all with the same T and B) the (n_i, B, T) doubled
+    pre-activation 2z, so its signals are 2·sigmoid(2z) - 1 = tanh(z). Assets first: the output
+    layer's weight gradient is then a product of two row-major matrices (from time-major rows it is
+    an order of magnitude slower)."""
+    ops, nets, head_w = _prepare(model, items)
+    if _fused(items[0][1]):
         return [
             _logits_fused(ops, g, x, w, net.head.bias)
             for g, ((_, x), w, net) in enumerate(zip(items, head_w, nets, strict=True))
         ]
-    h = _execute([x for _, x in items], ops, g_)
+    t_, b_ = items[0][1].shape[:2]
+    h = _execute([x for _, x in items], ops, len(nets))
     if isinstance(h, list):
         xs = [x.transpose(0, 1).reshape(b_ * t_, -1).t() for x in h]
     else:
@@ -587,6 +646,23 @@ def logits_batched(model: QuantNet, items: Sequence[tuple[int, Tensor]]) -> list
         torch.addmm(net.head.bias.unsqueeze(1) * 2.0, w * 2.0, x).view(-1, b_, t_)
         for x, w, net in zip(xs, head_w, nets, strict=True)
     ]
+
+
+def held_sums_batched(
+    model: QuantNet, items: Sequence[tuple[int, Tensor, Tensor]]
+) -> list[tuple[Tensor, Tensor]]:
+    """:func:`models.loss.held_sums` of each market's :func:`logits_batched` for items (market
+    index, time-major (T, B, n_i) inputs, (n_i, B, T) returns from
+    :func:`models.loss.carried_returns`): with the compiled kernel, through :class:`_FusedHead`."""
+    if not _fused(items[0][1]):
+        logits = logits_batched(model, [(i, x) for i, x, _ in items])
+        return [held_sums(z, w) for z, (_, _, w) in zip(logits, items, strict=True)]
+    ops, nets, head_w = _prepare(model, [(i, x) for i, x, _ in items])
+    out = []
+    for g, ((_, x, ret), w, net) in enumerate(zip(items, head_w, nets, strict=True)):
+        h, w, b = _features_fused(ops, g, x, w, net.head.bias)
+        out.append(_FusedHead.apply(h.permute(1, 2, 0), w, b, ret))
+    return out
 
 
 def signals_batched(model: QuantNet, items: Sequence[tuple[int, Tensor]]) -> Tensor:

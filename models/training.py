@@ -30,11 +30,11 @@ import torch
 from torch import Tensor
 
 from models._threads import torch_threads
-from models.batched import forward_many_batched, logits_batched
+from models.batched import forward_many_batched, held_sums_batched
 from models.checkpoint import check_assets
 from models.config import TrainConfig
 from models.data import Market, Splits, dated_splits, infer_periods_per_year, model_arrays, vol_scale
-from models.loss import carried_returns, carry_arrays, held_sums, loss_from_sums, market_sharpe, quantnet_loss
+from models.loss import carried_returns, carry_arrays, loss_from_sums, market_sharpe, quantnet_loss
 from models.network import QuantNet
 
 Callback = Callable[[dict[str, Any]], None]
@@ -278,7 +278,7 @@ def _batched_loss(
     min_bars: int,
 ) -> Tensor:
     """:func:`_loss` (the same windows, drawn in the same order) without turnover cost, with the
-    markets of equal window length in one :func:`models.batched.signals_batched` pass and the loss
+    markets of equal window length in one :func:`models.batched.held_sums_batched` pass and the loss
     in one pass over all of them: the Sharpe sums come from each window's carried returns
     (:func:`models.loss.carried_returns`) instead of gathering held positions per market."""
     groups: dict[int, list[tuple[int, Tensor, Tensor, Tensor]]] = {}
@@ -297,9 +297,7 @@ def _batched_loss(
         size = -(-len(grp) // -(-len(grp) // _CHAIN_MARKETS))  # equal parts of at most _CHAIN_MARKETS
         chunks += [grp[c : c + size] for c in range(0, len(grp), size)]
     for grp in chunks:
-        logits = logits_batched(model, [(i, x) for i, x, _, _ in grp])
-        for z, (_, _, w, count) in zip(logits, grp, strict=True):
-            sums = held_sums(z, w)
+        for sums, (_, _, _, count) in zip(held_sums_batched(model, [g[:3] for g in grp]), grp, strict=True):
             a.append(sums[0])
             s2.append(sums[1])
             counts.append(count)

@@ -80,8 +80,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     for suffix in ("f32", "f64"):
         getattr(lib, f"lstm_forward_{suffix}").argtypes = [n, n, n, n, p, n, n] + [p] * 8
         getattr(lib, f"lstm_backward_{suffix}").argtypes = [n, n, n, n, p, n, n] + [p] * 13
-        getattr(lib, f"lstm_forward_{suffix}").restype = None
-        getattr(lib, f"lstm_backward_{suffix}").restype = None
+        getattr(lib, f"head_forward_{suffix}").argtypes = [n, n, n, n] + [p] * 7
+        getattr(lib, f"head_backward_{suffix}").argtypes = [n, n, n, n] + [p] * 10
+        for name in ("lstm_forward", "lstm_backward", "head_forward", "head_backward"):
+            getattr(lib, f"{name}_{suffix}").restype = None
 
 
 def lstm_kernel() -> ctypes.CDLL | None:

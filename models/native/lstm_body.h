@@ -273,3 +273,96 @@ void SUFFIX(lstm_backward)(long H, long I, long T, long B, const REAL *restrict 
     SUFFIX(weight_grad)(H4, H, T - 1, B, dpre + H4B, hs, HB, B, dwhh);
     SUFFIX(bias_grad)(H4, T, B, dpre, dbias);
 }
+
+/* The output layer and the objective's sums, fused: for asset r and window b,
+ *   s_t = tanh(z_t), z_t = bias[r] + sum_k w[r, k] h[k, b, t],
+ *   a[r, b] = sum_t s_t ret[r, b, t],   s2[r, b] = sum_t (s_t ret[r, b, t])^2,
+ * with h the last layer's output (H, B, T), ret the returns each step's signal earns (N, B, T) and
+ * the signals (N, B, T) never stored. The backward recomputes them. Scratch: 2 T values. */
+static inline void SUFFIX(head_row)(long H, long T, const REAL *restrict wr, REAL br,
+                                    const REAL *restrict h, long M, REAL *restrict z) {
+    for (long t = 0; t < T; t++) z[t] = br;
+    for (long k = 0; k < H; k++) {
+        const REAL wk = wr[k], *hk = h + k * M;
+        for (long t = 0; t < T; t++) z[t] += wk * hk[t];
+    }
+    for (long t = 0; t < T; t++) z[t] = SUFFIX(tanh_)(z[t]);
+}
+
+/* sum_t x[t] y[t] (y NULL: sum_t x[t]) in VB lanes, which the compiler vectorises (a single running
+ * sum it may not reorder) */
+static inline REAL SUFFIX(dot)(long T, const REAL *restrict x, const REAL *restrict y) {
+    REAL lane[VB] = {0}, sum = 0;
+    long t = 0;
+    if (y)
+        for (; t + VB <= T; t += VB)
+            for (int j = 0; j < VB; j++) lane[j] += x[t + j] * y[t + j];
+    else
+        for (; t + VB <= T; t += VB)
+            for (int j = 0; j < VB; j++) lane[j] += x[t + j];
+    for (; t < T; t++) sum += y ? x[t] * y[t] : x[t];
+    for (int j = 0; j < VB; j++) sum += lane[j];
+    return sum;
+}
+
+void SUFFIX(head_forward)(long N, long H, long B, long T, const REAL *restrict h,
+                          const REAL *restrict w, const REAL *restrict bias,
+                          const REAL *restrict ret, REAL *restrict a, REAL *restrict s2,
+                          REAL *restrict scratch) {
+    const long M = B * T;
+    REAL *restrict s = scratch;
+    for (long b = 0; b < B; b++)
+        for (long r = 0; r < N; r++) {
+            SUFFIX(head_row)(H, T, w + r * H, bias[r], h + b * T, M, s);
+            const REAL *rt = ret + r * M + b * T;
+            REAL sa[VB] = {0}, sq[VB] = {0};
+            long t = 0;
+            for (; t + VB <= T; t += VB)
+                for (int j = 0; j < VB; j++) {
+                    const REAL x = s[t + j] * rt[t + j];
+                    sa[j] += x;
+                    sq[j] += x * x;
+                }
+            REAL ta = 0, tq = 0;
+            for (; t < T; t++) {
+                const REAL x = s[t] * rt[t];
+                ta += x;
+                tq += x * x;
+            }
+            for (int j = 0; j < VB; j++) ta += sa[j], tq += sq[j];
+            a[r * B + b] = ta;
+            s2[r * B + b] = tq;
+        }
+}
+
+/* dh (H, B, T) = sum_r w[r, k] dz; dw (N, H), dbias (N) the weights' gradients; ga and gs2 (N, B) the
+ * loss's gradients on a and s2. Scratch: 2 T values. */
+void SUFFIX(head_backward)(long N, long H, long B, long T, const REAL *restrict h,
+                           const REAL *restrict w, const REAL *restrict bias,
+                           const REAL *restrict ret, const REAL *restrict ga,
+                           const REAL *restrict gs2, REAL *restrict dh, REAL *restrict dw,
+                           REAL *restrict dbias, REAL *restrict scratch) {
+    const long M = B * T;
+    REAL *restrict s = scratch, *restrict dz = scratch + T;
+    for (long q = 0; q < N * H; q++) dw[q] = 0;
+    for (long r = 0; r < N; r++) dbias[r] = 0;
+    for (long q = 0; q < H * M; q++) dh[q] = 0;
+    for (long b = 0; b < B; b++)
+        for (long r = 0; r < N; r++) {
+            const REAL *wr = w + r * H;
+            SUFFIX(head_row)(H, T, wr, bias[r], h + b * T, M, s);
+            const REAL *rt = ret + r * M + b * T;
+            const REAL g1 = ga[r * B + b], g2 = 2 * gs2[r * B + b];
+            for (long t = 0; t < T; t++) {
+                const REAL x = s[t], y = rt[t];
+                dz[t] = (g1 + g2 * x * y) * y * ((REAL)1 - x * x);
+            }
+            dbias[r] += SUFFIX(dot)(T, dz, 0);
+            for (long k = 0; k < H; k++) {
+                const REAL *hk = h + k * M + b * T;
+                REAL *dk = dh + k * M + b * T, wk = wr[k];
+                for (long t = 0; t < T; t++) dk[t] += wk * dz[t];
+                dw[r * H + k] += SUFFIX(dot)(T, dz, hk);
+            }
+        }
+}

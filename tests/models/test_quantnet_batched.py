@@ -200,3 +200,26 @@ def test_fused_kernel_equals_a_reference_cell(dtype: torch.dtype, windows: int) 
     assert (y.double() - torch.stack(outs)).abs().max() < tol
     for a, r in zip(ours, ref, strict=True):
         assert (a.grad.double() - r.grad).abs().max() < tol * max(1.0, r.grad.abs().max().item())
+
+
+@pytest.mark.parametrize("steps", [5, 21, 40])  # below, at and past whole vectors of steps
+def test_fused_head_is_held_sums_of_the_logits(steps: int) -> None:
+    """The fused output layer and objective sums equal held_sums of the head's doubled logits, and
+    its backward is their gradient (gradcheck, float64)."""
+    import models.batched as mb
+    from models.loss import held_sums
+    from models.native import lstm_kernel
+
+    if lstm_kernel() is None:
+        pytest.skip("no C compiler: the fused kernel is unavailable here")
+    n, f, b = 4, 3, 9
+    gen = torch.Generator().manual_seed(2)
+    h = torch.randn(f, b, steps, generator=gen, dtype=torch.float64).requires_grad_()
+    w = (torch.randn(n, f, generator=gen, dtype=torch.float64) * 0.5).requires_grad_()
+    bias = torch.randn(n, generator=gen, dtype=torch.float64).requires_grad_()
+    ret = torch.randn(n, b, steps, generator=gen, dtype=torch.float64)
+    ours = mb._FusedHead.apply(h, w, bias, ret)
+    ref = held_sums(2.0 * (torch.einsum("nk,kbt->nbt", w, h) + bias[:, None, None]), ret)
+    for x, y in zip(ours, ref, strict=True):
+        assert x.shape == (n, b) and (x - y).abs().max() < 1e-12
+    assert torch.autograd.gradcheck(lambda *a: mb._FusedHead.apply(*a, ret), (h, w, bias))
