@@ -82,7 +82,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"lstm_backward_{suffix}").argtypes = [n, n, n, n, p, n, n] + [p] * 13
         getattr(lib, f"head_forward_{suffix}").argtypes = [n, n, n, n] + [p] * 7
         getattr(lib, f"head_backward_{suffix}").argtypes = [n, n, n, n] + [p] * 10
-        for name in ("lstm_forward", "lstm_backward", "head_forward", "head_backward"):
+        getattr(lib, f"dropout_mask_{suffix}").argtypes = [n, ctypes.c_uint64, ctypes.c_double, p]
+        for name in ("lstm_forward", "lstm_backward", "head_forward", "head_backward", "dropout_mask"):
             getattr(lib, f"{name}_{suffix}").restype = None
 
 

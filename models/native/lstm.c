@@ -18,7 +18,8 @@
  *   dx    (T, I, B)        the gradient on x, contiguous (NULL: not wanted); dwih, dbias, dwhh: on the weights
  * Scratch is the caller's: H B values forward, 3 H B backward.
  *
- * head_forward and head_backward: the output layer and the objective's per-window sums (see there).
+ * head_forward and head_backward: the output layer and the objective's per-window sums (see there);
+ * dropout_mask: dropout multipliers.
  *
  * float uses its own exponential (Cephes' expf polynomial, within 2 ulp over the clamped range)
  * written so the compiler vectorises it; double uses libm's exp.

@@ -366,3 +366,19 @@ void SUFFIX(head_backward)(long N, long H, long B, long T, const REAL *restrict 
             }
         }
 }
+
+/* out[i] = 1/keep with probability keep, else 0: dropout multipliers from a counter-based hash
+ * (murmur3's 32-bit finaliser of the element's index, keyed twice by the seed), so every element
+ * is independent of the others and the loop vectorises; torch.rand took 5.5 ns per element here. */
+void SUFFIX(dropout_mask)(long n, uint64_t seed, double keep, REAL *restrict out) {
+    const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    const uint32_t limit = (uint32_t)(keep * 16777216.0); /* keep in 24-bit fixed point */
+    const REAL scale = (REAL)(1.0 / keep);
+    for (long i = 0; i < n; i++) {
+        uint32_t x = (uint32_t)i ^ k0;
+        x ^= x >> 16, x *= 0x85ebca6bu, x ^= x >> 13, x *= 0xc2b2ae35u, x ^= x >> 16;
+        x += k1;
+        x ^= x >> 16, x *= 0x85ebca6bu, x ^= x >> 13, x *= 0xc2b2ae35u, x ^= x >> 16;
+        out[i] = (x >> 8) < limit ? scale : (REAL)0;
+    }
+}

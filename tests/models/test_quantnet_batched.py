@@ -223,3 +223,23 @@ def test_fused_head_is_held_sums_of_the_logits(steps: int) -> None:
     for x, y in zip(ours, ref, strict=True):
         assert x.shape == (n, b) and (x - y).abs().max() < 1e-12
     assert torch.autograd.gradcheck(lambda *a: mb._FusedHead.apply(*a, ret), (h, w, bias))
+
+
+def test_fused_dropout_masks_drop_the_share_asked_independently_and_follow_the_seed() -> None:
+    import models.batched as mb
+    from models.native import lstm_kernel
+
+    if lstm_kernel() is None:
+        pytest.skip("no C compiler: the fused kernel is unavailable here")
+    like = torch.empty(1000, 10, 100)
+    torch.manual_seed(5)
+    a = mb._dropout_mask(like, 0.7)
+    torch.manual_seed(5)
+    assert torch.equal(a, mb._dropout_mask(like, 0.7))
+    assert not torch.equal(a, mb._dropout_mask(like, 0.7))
+    dropped = (a == 0).flatten().double()
+    assert abs(dropped.mean().item() - 0.3) < 0.003  # 6.5 binomial standard deviations
+    assert torch.allclose(a[a != 0], torch.tensor(1 / 0.7))
+    for lag in (1, 100, 1000):  # neighbours in windows, units and steps
+        corr = torch.corrcoef(torch.stack([dropped[:-lag], dropped[lag:]]))[0, 1].item()
+        assert abs(corr) < 0.006, lag
