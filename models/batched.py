@@ -326,6 +326,22 @@ class _FusedHead(torch.autograd.Function):
         return dh, dw, db, None
 
 
+def gather_windows(x: Tensor, starts: Tensor, steps: int) -> Tensor:
+    """Time-major windows (steps, B, n) of the rows ``starts[b]``.. of a (rows, n) series: ``x[rows]``
+    for rows[t, b] = starts[b] + t. With the compiled kernel they are gathered asset-major in memory
+    ((steps, n, B), returned as a transposed view), the layout the fused pass reads in place."""
+    if not (_fused(x) and x.is_contiguous()):
+        return x[torch.arange(steps, device=x.device)[:, None] + starts[None, :]]
+    starts = starts.to(torch.int64).contiguous()
+    if len(starts) and (int(starts.min()) < 0 or int(starts.max()) + steps > x.shape[0]):
+        raise IndexError(f"gather_windows: {steps}-row windows from {starts.tolist()} past {x.shape[0]} rows")
+    out = x.new_empty(steps, x.shape[1], len(starts))
+    lib = lstm_kernel()
+    fn = lib.gather_windows_f32 if x.dtype == torch.float32 else lib.gather_windows_f64
+    fn(x.shape[1], steps, len(starts), x.data_ptr(), starts.data_ptr(), out.data_ptr())
+    return out.transpose(1, 2)
+
+
 def _dropout_mask(like: Tensor, keep: float) -> Tensor:
     """Dropout multipliers shaped like ``like`` from the kernel's hash, seeded from torch's generator
     (so ``torch.manual_seed`` fixes them): a tenth of the time of ``torch.rand`` and a comparison."""

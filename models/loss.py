@@ -169,7 +169,8 @@ def carried_returns(
     rows in the window.
     """
     end = starts + k
-    w = carry.unfold(1, k, 1)[:, starts]
+    steps = (starts[:, None] + torch.arange(k, device=starts.device)).flatten()
+    w = carry.index_select(1, steps).view(carry.shape[0], len(starts), k)  # twice unfold's indexing
     w[:, :, 0] = 0.0
     final = last[:, end - 1]
     after = (final + 1 - starts).clamp_(0, k - 1).unsqueeze(2)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from models._threads import torch_threads
-from models.batched import forward_many_batched, held_sums_batched
+from models.batched import forward_many_batched, gather_windows, held_sums_batched
 from models.checkpoint import check_assets
 from models.config import TrainConfig
 from models.data import Market, Splits, dated_splits, infer_periods_per_year, model_arrays, vol_scale
@@ -290,7 +290,8 @@ def _batched_loss(
         w, count = carried_returns(s.carry, s.next_return, s.next_row, s.last.t(), s.cum, rows[0], s.k)
         if s.v is not None:
             w = w * s.v[rows].permute(2, 1, 0)
-        groups.setdefault(s.k, []).append((s.model_index, s.x[rows], w, count))
+        x = gather_windows(s.x, rows[0], s.k)  # s.x[rows]
+        groups.setdefault(s.k, []).append((s.model_index, x, w, count))
     a, s2, counts, markets = [], [], [], []
     chunks = []
     for grp in groups.values():

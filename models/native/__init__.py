@@ -83,7 +83,11 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"head_forward_{suffix}").argtypes = [n, n, n, n] + [p] * 7
         getattr(lib, f"head_backward_{suffix}").argtypes = [n, n, n, n] + [p] * 10
         getattr(lib, f"dropout_mask_{suffix}").argtypes = [n, ctypes.c_uint64, ctypes.c_double, p]
-        for name in ("lstm_forward", "lstm_backward", "head_forward", "head_backward", "dropout_mask"):
+        getattr(lib, f"gather_windows_{suffix}").argtypes = [n, n, n, p, p, p]
+        for name in ("lstm", "head"):
+            getattr(lib, f"{name}_forward_{suffix}").restype = None
+            getattr(lib, f"{name}_backward_{suffix}").restype = None
+        for name in ("dropout_mask", "gather_windows"):
             getattr(lib, f"{name}_{suffix}").restype = None
 
 

@@ -19,7 +19,7 @@
  * Scratch is the caller's: H B values forward, 3 H B backward.
  *
  * head_forward and head_backward: the output layer and the objective's per-window sums (see there);
- * dropout_mask: dropout multipliers.
+ * dropout_mask: dropout multipliers; gather_windows: a series' windows in the layout above.
  *
  * float uses its own exponential (Cephes' expf polynomial, within 2 ulp over the clamped range)
  * written so the compiler vectorises it; double uses libm's exp.

@@ -382,3 +382,17 @@ void SUFFIX(dropout_mask)(long n, uint64_t seed, double keep, REAL *restrict out
         out[i] = (x >> 8) < limit ? scale : (REAL)0;
     }
 }
+
+/* out[t, j, b] = x[(starts[b] + t) n + j]: windows of T rows of a row-major (rows, n) series,
+ * gathered straight into the kernels' layout (T, n, B); a (T, B, n) gather and a transposing copy
+ * in torch took five times as long */
+void SUFFIX(gather_windows)(long n, long T, long B, const REAL *restrict x,
+                            const int64_t *restrict starts, REAL *restrict out) {
+    for (long t = 0; t < T; t++) {
+        REAL *o = out + t * n * B;
+        for (long b = 0; b < B; b++) {
+            const REAL *row = x + (starts[b] + t) * n;
+            for (long j = 0; j < n; j++) o[j * B + b] = row[j];
+        }
+    }
+}
