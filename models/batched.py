@@ -307,7 +307,7 @@ class _FusedHead(torch.autograd.Function):
         a, s2 = h.new_empty(n, b_), h.new_empty(n, b_)
         lib = lstm_kernel()
         fn = lib.head_forward_f32 if h.dtype == torch.float32 else lib.head_forward_f64
-        bufs = (h, w, b, ret, a, s2, h.new_empty(2 * t_))
+        bufs = (h, w, b, ret, a, s2, h.new_empty(8 * t_))
         fn(n, f, b_, t_, *(v.data_ptr() for v in bufs))
         ctx.save_for_backward(h, w, b, ret)
         return a, s2
@@ -321,7 +321,7 @@ class _FusedHead(torch.autograd.Function):
         dh, dw, db = torch.empty_like(h), torch.empty_like(w), torch.empty_like(b)
         lib = lstm_kernel()
         fn = lib.head_backward_f32 if h.dtype == torch.float32 else lib.head_backward_f64
-        bufs = (h, w, b, ret, ga.contiguous(), gs2.contiguous(), dh, dw, db, h.new_empty(2 * t_))
+        bufs = (h, w, b, ret, ga.contiguous(), gs2.contiguous(), dh, dw, db, h.new_empty(8 * t_))
         fn(n, f, b_, t_, *(v.data_ptr() for v in bufs))
         return dh, dw, db, None
 

@@ -184,13 +184,18 @@ static void SUFFIX(weight_grad)(long R, long K, long T, long B, const REAL *rest
 }
 
 static void SUFFIX(bias_grad)(long R, long T, long B, const REAL *restrict p, REAL *restrict out) {
-    for (long r = 0; r < R; r++) out[r] = 0;
-    for (long t = 0; t < T; t++)
-        for (long r = 0; r < R; r++) {
-            REAL sum = 0;
-            for (long b = 0; b < B; b++) sum += p[(t * R + r) * B + b];
-            out[r] += sum;
+    const long Bv = B - B % VB;
+    for (long r = 0; r < R; r++) {
+        REAL lane[VB] = {0}, sum = 0; /* VB partial sums, so the loop vectorises */
+        for (long t = 0; t < T; t++) {
+            const REAL *pr = p + (t * R + r) * B;
+            for (long b0 = 0; b0 < Bv; b0 += VB)
+                for (int j = 0; j < VB; j++) lane[j] += pr[b0 + j];
+            for (long b = Bv; b < B; b++) sum += pr[b];
         }
+        for (int j = 0; j < VB; j++) sum += lane[j];
+        out[r] = sum;
+    }
 }
 
 void SUFFIX(lstm_forward)(long H, long I, long T, long B, const REAL *restrict x, long xt, long xk,
@@ -277,16 +282,31 @@ void SUFFIX(lstm_backward)(long H, long I, long T, long B, const REAL *restrict 
 /* The output layer and the objective's sums, fused: for asset r and window b,
  *   s_t = tanh(z_t), z_t = bias[r] + sum_k w[r, k] h[k, b, t],
  *   a[r, b] = sum_t s_t ret[r, b, t],   s2[r, b] = sum_t (s_t ret[r, b, t])^2,
- * with h the last layer's output (H, B, T), ret the returns each step's signal earns (N, B, T) and
- * the signals (N, B, T) never stored. The backward recomputes them. Scratch: 2 T values. */
-static inline void SUFFIX(head_row)(long H, long T, const REAL *restrict wr, REAL br,
-                                    const REAL *restrict h, long M, REAL *restrict z) {
-    for (long t = 0; t < T; t++) z[t] = br;
-    for (long k = 0; k < H; k++) {
-        const REAL wk = wr[k], *hk = h + k * M;
-        for (long t = 0; t < T; t++) z[t] += wk * hk[t];
+ * with h the last layer's output (H, B, T) and ret the returns each step's signal earns (N, B, T):
+ * the signals (N, B, T) are never stored, and the backward recomputes them. Assets go four at a
+ * time, so each row of h is read once per four. Scratch: 8 T values. */
+static inline void SUFFIX(head_rows)(long R, long H, long T, const REAL *restrict w,
+                                     const REAL *restrict bias, const REAL *restrict h, long M,
+                                     REAL *restrict z) {
+    /* z[i, t] = tanh(bias[i] + sum_k w[i, k] h[k M + t]) for R = 4 rows, or 1 */
+    REAL *restrict z0 = z, *restrict z1 = z + T, *restrict z2 = z + 2 * T, *restrict z3 = z + 3 * T;
+    if (R == 4) {
+        for (long t = 0; t < T; t++) z0[t] = bias[0], z1[t] = bias[1], z2[t] = bias[2], z3[t] = bias[3];
+        for (long k = 0; k < H; k++) {
+            const REAL *hk = h + k * M, w0 = w[k], w1 = w[H + k], w2 = w[2 * H + k], w3 = w[3 * H + k];
+            for (long t = 0; t < T; t++) {
+                const REAL x = hk[t];
+                z0[t] += w0 * x, z1[t] += w1 * x, z2[t] += w2 * x, z3[t] += w3 * x;
+            }
+        }
+    } else {
+        for (long t = 0; t < T; t++) z0[t] = bias[0];
+        for (long k = 0; k < H; k++) {
+            const REAL *hk = h + k * M, w0 = w[k];
+            for (long t = 0; t < T; t++) z0[t] += w0 * hk[t];
+        }
     }
-    for (long t = 0; t < T; t++) z[t] = SUFFIX(tanh_)(z[t]);
+    for (long t = 0; t < R * T; t++) z[t] = SUFFIX(tanh_)(z[t]);
 }
 
 /* sum_t x[t] y[t] (y NULL: sum_t x[t]) in VB lanes, which the compiler vectorises (a single running
@@ -310,60 +330,63 @@ void SUFFIX(head_forward)(long N, long H, long B, long T, const REAL *restrict h
                           const REAL *restrict ret, REAL *restrict a, REAL *restrict s2,
                           REAL *restrict scratch) {
     const long M = B * T;
-    REAL *restrict s = scratch;
+    REAL *restrict s = scratch, *restrict sw = scratch + 4 * T;
     for (long b = 0; b < B; b++)
-        for (long r = 0; r < N; r++) {
-            SUFFIX(head_row)(H, T, w + r * H, bias[r], h + b * T, M, s);
-            const REAL *rt = ret + r * M + b * T;
-            REAL sa[VB] = {0}, sq[VB] = {0};
-            long t = 0;
-            for (; t + VB <= T; t += VB)
-                for (int j = 0; j < VB; j++) {
-                    const REAL x = s[t + j] * rt[t + j];
-                    sa[j] += x;
-                    sq[j] += x * x;
-                }
-            REAL ta = 0, tq = 0;
-            for (; t < T; t++) {
-                const REAL x = s[t] * rt[t];
-                ta += x;
-                tq += x * x;
+        for (long r = 0; r < N;) {
+            const long R = N - r >= 4 ? 4 : 1;
+            SUFFIX(head_rows)(R, H, T, w + r * H, bias + r, h + b * T, M, s);
+            for (long i = 0; i < R; i++, r++) {
+                const REAL *rt = ret + r * M + b * T, *si = s + i * T;
+                for (long t = 0; t < T; t++) sw[t] = si[t] * rt[t];
+                a[r * B + b] = SUFFIX(dot)(T, sw, 0);
+                s2[r * B + b] = SUFFIX(dot)(T, sw, sw);
             }
-            for (int j = 0; j < VB; j++) ta += sa[j], tq += sq[j];
-            a[r * B + b] = ta;
-            s2[r * B + b] = tq;
         }
 }
 
-/* dh (H, B, T) = sum_r w[r, k] dz; dw (N, H), dbias (N) the weights' gradients; ga and gs2 (N, B) the
- * loss's gradients on a and s2. Scratch: 2 T values. */
+/* dh (H, B, T) = sum_r w[r, k] dz; dw (N, H), dbias (N) the weights' gradients, from ga and gs2
+ * (N, B), the loss's gradients on a and s2. Scratch: 8 T values. */
 void SUFFIX(head_backward)(long N, long H, long B, long T, const REAL *restrict h,
                            const REAL *restrict w, const REAL *restrict bias,
                            const REAL *restrict ret, const REAL *restrict ga,
                            const REAL *restrict gs2, REAL *restrict dh, REAL *restrict dw,
                            REAL *restrict dbias, REAL *restrict scratch) {
     const long M = B * T;
-    REAL *restrict s = scratch, *restrict dz = scratch + T;
+    REAL *restrict dz = scratch; /* (4, T): the signals, then the gradient on z */
     for (long q = 0; q < N * H; q++) dw[q] = 0;
     for (long r = 0; r < N; r++) dbias[r] = 0;
     for (long q = 0; q < H * M; q++) dh[q] = 0;
     for (long b = 0; b < B; b++)
-        for (long r = 0; r < N; r++) {
-            const REAL *wr = w + r * H;
-            SUFFIX(head_row)(H, T, wr, bias[r], h + b * T, M, s);
-            const REAL *rt = ret + r * M + b * T;
-            const REAL g1 = ga[r * B + b], g2 = 2 * gs2[r * B + b];
-            for (long t = 0; t < T; t++) {
-                const REAL x = s[t], y = rt[t];
-                dz[t] = (g1 + g2 * x * y) * y * ((REAL)1 - x * x);
+        for (long r = 0; r < N;) {
+            const long R = N - r >= 4 ? 4 : 1;
+            const REAL *wr = w + r * H, *hb = h + b * T;
+            SUFFIX(head_rows)(R, H, T, wr, bias + r, hb, M, dz);
+            for (long i = 0; i < R; i++) {
+                const REAL *rt = ret + (r + i) * M + b * T;
+                const REAL g1 = ga[(r + i) * B + b], g2 = 2 * gs2[(r + i) * B + b];
+                REAL *di = dz + i * T;
+                for (long t = 0; t < T; t++) {
+                    const REAL x = di[t], y = rt[t];
+                    di[t] = (g1 + g2 * x * y) * y * ((REAL)1 - x * x);
+                }
+                dbias[r + i] += SUFFIX(dot)(T, di, 0);
             }
-            dbias[r] += SUFFIX(dot)(T, dz, 0);
+            const REAL *restrict d0 = dz, *restrict d1 = dz + T, *restrict d2 = dz + 2 * T;
+            const REAL *restrict d3 = dz + 3 * T;
             for (long k = 0; k < H; k++) {
-                const REAL *hk = h + k * M + b * T;
-                REAL *dk = dh + k * M + b * T, wk = wr[k];
-                for (long t = 0; t < T; t++) dk[t] += wk * dz[t];
-                dw[r * H + k] += SUFFIX(dot)(T, dz, hk);
+                const REAL *hk = hb + k * M;
+                REAL *restrict dk = dh + k * M + b * T;
+                for (long i = 0; i < R; i++) dw[(r + i) * H + k] += SUFFIX(dot)(T, dz + i * T, hk);
+                if (R == 4) {
+                    const REAL w0 = wr[k], w1 = wr[H + k], w2 = wr[2 * H + k], w3 = wr[3 * H + k];
+                    for (long t = 0; t < T; t++)
+                        dk[t] += (w0 * d0[t] + w1 * d1[t]) + (w2 * d2[t] + w3 * d3[t]);
+                } else {
+                    const REAL w0 = wr[k];
+                    for (long t = 0; t < T; t++) dk[t] += w0 * d0[t];
+                }
             }
+            r += R;
         }
 }
 

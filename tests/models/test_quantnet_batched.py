@@ -212,7 +212,7 @@ def test_fused_head_is_held_sums_of_the_logits(steps: int) -> None:
 
     if lstm_kernel() is None:
         pytest.skip("no C compiler: the fused kernel is unavailable here")
-    n, f, b = 4, 3, 9
+    n, f, b = 6, 3, 9  # assets go four at a time: one block and two single rows
     gen = torch.Generator().manual_seed(2)
     h = torch.randn(f, b, steps, generator=gen, dtype=torch.float64).requires_grad_()
     w = (torch.randn(n, f, generator=gen, dtype=torch.float64) * 0.5).requires_grad_()
