@@ -377,7 +377,8 @@ def train(
     if shared and config.shared != "frozen":
         scale = config.shared_lr_scale if config.shared == "partial" else 1.0
         groups.append({"params": shared, "lr": lr * scale})
-    opt = torch.optim.Adam(groups, lr=lr, amsgrad=True, weight_decay=config.weight_decay)
+    # foreach: one pass per operation over all tensors (7 vs 11 ms a 20-market step here)
+    opt = torch.optim.Adam(groups, lr=lr, amsgrad=True, weight_decay=config.weight_decay, foreach=True)
     rng = np.random.default_rng(config.seed)
     fast = batched and not config.cost_bps
     frozen = [(p, p.requires_grad) for p in shared] if config.shared == "frozen" else []
