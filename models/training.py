@@ -339,7 +339,8 @@ def train(
     device = resolve_device(config.device)
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    model.to(device)
+    if any(t.device != device for t in (*model.parameters(), *model.buffers())):
+        model.to(device)  # only when needed: nn.LSTM re-flattens its weights on every .to()
     if batched is None:
         batched = device.type == "cpu"
     if splits is None:
