@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import gc
 import json
 import os
 import time
@@ -408,6 +409,12 @@ def train(
         fill_before = torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
         torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
         stack.callback(setattr, torch.utils.deterministic, "fill_uninitialized_memory", fill_before)
+        if gc.isenabled() and not gc.get_freeze_count():
+            # the heap (torch's, the caller's; 330k objects in the bench) out of the collector's
+            # passes while training: the loop makes no reference cycles, and full collections over
+            # that heap took a tenth of a 20-market run
+            gc.freeze()
+            stack.callback(gc.unfreeze)
         for p, _ in frozen:
             p.requires_grad_(False)
         stack.callback(lambda: [p.requires_grad_(flag) for p, flag in frozen])

@@ -81,6 +81,32 @@ def test_fixed_seed_gives_identical_results(make_markets: Callable[..., list[Mar
     )
 
 
+def test_training_keeps_the_collector_off_the_heap_and_hands_it_back(
+    make_markets: Callable[..., list[Market]],
+) -> None:
+    """train() freezes the heap for its loop (no full collections over it) and unfreezes it after,
+    also when it fails; a caller's own freeze is left alone."""
+    import gc
+
+    markets = make_markets(rows=300)
+    cfg = CFG.model_copy(update={"steps": 3, "eval_every": 3})
+    seen: list[int] = []
+    _fit(markets, cfg.model_copy(update={"steps": 1}))
+    model = QuantNet(SMALL, {m.name: m.assets for m in markets}, seed=cfg.seed)
+    train(model, markets, cfg, callback=lambda rec: seen.append(gc.get_freeze_count()))
+    assert len(seen) == 3 and min(seen) > 1000 and gc.get_freeze_count() == 0
+    with pytest.raises(ValueError):
+        train(model, markets, cfg, callback=lambda rec: (_ for _ in ()).throw(ValueError("stop")))
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        train(model, markets, cfg)
+        assert 0.99 * frozen < gc.get_freeze_count() <= frozen  # neither refrozen nor thawed
+    finally:
+        gc.unfreeze()
+
+
 def test_shuffled_targets_do_not_carry_over_to_validation(make_markets: Callable[..., list[Market]]) -> None:
     """Shuffling the training rows destroys what can be learnt; if nothing leaks from the future,
     the validation Sharpe of that run is chance level. One evaluation at the end, so picking the
