@@ -37,7 +37,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from models.loss import held_sums
+from models.loss import CarriedWindows, held_sums
 from models.native import lstm_kernel, supports
 from models.network import Dense, QuantNet, Recurrent
 
@@ -272,8 +272,9 @@ class _FusedLSTM(torch.autograd.Function):
         d_bias = w_ih.new_empty(4 * h_)
         lib = lstm_kernel()
         fn = lib.lstm_backward_f32 if x.dtype == torch.float32 else lib.lstm_backward_f64
-        dpre, scratch = torch.empty_like(acts), x.new_empty(3 * h_ * b_)  # alive through the call
-        ptrs = [v.data_ptr() for v in (w_ih, w_hh, dh, hs, cs, tcs, acts, dpre)]
+        size = lib.lstm_backward_scratch_f32 if x.dtype == torch.float32 else lib.lstm_backward_scratch_f64
+        scratch = x.new_empty(size(h_, i_, b_))  # alive through the call
+        ptrs = [v.data_ptr() for v in (w_ih, w_hh, dh, hs, cs, tcs, acts)]
         ptrs += [None if dx is None else dx.data_ptr()]
         ptrs += [v.data_ptr() for v in (d_wih, d_bias, d_whh, scratch)]
         fn(h_, i_, t_, b_, x.data_ptr(), x.stride(0), x.stride(1), *ptrs)
@@ -291,38 +292,51 @@ def _affine_steps(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
 
 class _FusedHead(torch.autograd.Function):
     """One market's output layer and the objective's per-window sums, :func:`models.loss.held_sums`
-    of its logits, in one kernel call each way: the (n, B, T) signals are never stored (the backward
-    recomputes them), which saves a product, five elementwise passes and their gradients per market.
+    of its logits over its carried returns, in one kernel call each way: neither the (n, B, T)
+    signals nor the returns are stored (the backward recomputes them; the returns are read off the
+    series' carry), which saves a product, five elementwise passes and two tensors' trips through
+    memory per market.
 
     Inputs: ``h`` (H, B, T) the last layer's output, ``w`` (n, H) and ``b`` (n,) the head (signals
-    tanh(w·h + b)), ``ret`` (n, B, T) the returns each step's signal earns
-    (:func:`models.loss.carried_returns`). Returns (Σ_t s·ret, Σ_t (s·ret)²), each (n, B)."""
+    tanh(w·h + b)), ``ret`` the returns each step's signal earns (:func:`models.loss.carried_windows`).
+    Returns (Σ_t s·ret, Σ_t (s·ret)²), each (n, B)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, h: Tensor, w: Tensor, b: Tensor, ret: Tensor
+        ctx: torch.autograd.function.FunctionCtx, h: Tensor, w: Tensor, b: Tensor, ret: CarriedWindows
     ) -> tuple[Tensor, Tensor]:
-        h, w, b, ret = h.contiguous(), w.contiguous(), b.contiguous(), ret.contiguous()
+        h, w, b = h.contiguous(), w.contiguous(), b.contiguous()
         (n, f), (b_, t_) = w.shape, h.shape[1:]
+        carry = ret.carry.contiguous()
+        if ret.steps != t_ or carry.shape[0] != n or ret.after.shape != (n, b_) or carry.dtype != h.dtype:
+            shape = f"{tuple(ret.after.shape)} x {ret.steps} {carry.dtype}"
+            raise ValueError(f"_FusedHead: returns {shape} for h {tuple(h.shape)} {h.dtype}")
+        rows = carry.shape[1]
+        if b_ and (int(ret.starts.min()) < 0 or int(ret.starts.max()) + t_ > rows):
+            raise IndexError(f"_FusedHead: {t_}-row windows from {ret.starts.tolist()} past {rows} rows")
+        fix = [v.contiguous() for v in (ret.starts, ret.after, ret.keep, ret.at, ret.value)]
         a, s2 = h.new_empty(n, b_), h.new_empty(n, b_)
         lib = lstm_kernel()
         fn = lib.head_forward_f32 if h.dtype == torch.float32 else lib.head_forward_f64
-        bufs = (h, w, b, ret, a, s2, h.new_empty(8 * t_))
-        fn(n, f, b_, t_, *(v.data_ptr() for v in bufs))
-        ctx.save_for_backward(h, w, b, ret)
+        src = (carry.data_ptr(), rows, *(v.data_ptr() for v in fix))
+        bufs = (a, s2, h.new_empty(8 * t_))
+        fn(n, f, b_, t_, h.data_ptr(), w.data_ptr(), b.data_ptr(), *src, *(v.data_ptr() for v in bufs))
+        ctx.save_for_backward(h, w, b, carry, *fix)
         return a, s2
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, ga: Tensor, gs2: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, None]:
-        h, w, b, ret = ctx.saved_tensors  # type: ignore[attr-defined]
+        h, w, b, carry, *fix = ctx.saved_tensors  # type: ignore[attr-defined]
         (n, f), (b_, t_) = w.shape, h.shape[1:]
         dh, dw, db = torch.empty_like(h), torch.empty_like(w), torch.empty_like(b)
+        ga, gs2, scratch = ga.contiguous(), gs2.contiguous(), h.new_empty(8 * t_)
         lib = lstm_kernel()
         fn = lib.head_backward_f32 if h.dtype == torch.float32 else lib.head_backward_f64
-        bufs = (h, w, b, ret, ga.contiguous(), gs2.contiguous(), dh, dw, db, h.new_empty(8 * t_))
-        fn(n, f, b_, t_, *(v.data_ptr() for v in bufs))
+        src = (carry.data_ptr(), carry.shape[1], *(v.data_ptr() for v in fix))
+        bufs = (ga, gs2, dh, dw, db, scratch)
+        fn(n, f, b_, t_, h.data_ptr(), w.data_ptr(), b.data_ptr(), *src, *(v.data_ptr() for v in bufs))
         return dh, dw, db, None
 
 
@@ -674,14 +688,14 @@ def logits_batched(model: QuantNet, items: Sequence[tuple[int, Tensor]]) -> list
 
 
 def held_sums_batched(
-    model: QuantNet, items: Sequence[tuple[int, Tensor, Tensor]]
+    model: QuantNet, items: Sequence[tuple[int, Tensor, CarriedWindows]]
 ) -> list[tuple[Tensor, Tensor]]:
     """:func:`models.loss.held_sums` of each market's :func:`logits_batched` for items (market
-    index, time-major (T, B, n_i) inputs, (n_i, B, T) returns from
-    :func:`models.loss.carried_returns`): with the compiled kernel, through :class:`_FusedHead`."""
+    index, time-major (T, B, n_i) inputs, the returns its signals earn from
+    :func:`models.loss.carried_windows`): with the compiled kernel, through :class:`_FusedHead`."""
     if not _fused(items[0][1]):
         logits = logits_batched(model, [(i, x) for i, x, _ in items])
-        return [held_sums(z, w) for z, (_, _, w) in zip(logits, items, strict=True)]
+        return [held_sums(z, ret.dense()) for z, (_, _, ret) in zip(logits, items, strict=True)]
     ops, nets, head_w = _prepare(model, [(i, x) for i, x, _ in items])
     out = []
     for g, ((_, x, ret), w, net) in enumerate(zip(items, head_w, nets, strict=True)):

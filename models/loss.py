@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -146,6 +147,59 @@ def carry_arrays(
     return tuple(np.ascontiguousarray(a.T) for a in out)  # type: ignore[return-value]
 
 
+@dataclass(frozen=True, slots=True)
+class CarriedWindows:
+    """B windows' carried returns (:func:`carried_windows`) as they are built: window b of asset r
+    is the series' row segment ``carry[r, starts[b] : starts[b] + steps]`` but for three rows, so a
+    kernel reads them in place instead of an (n, B, steps) tensor through memory. Row 0 is 0; row
+    ``after`` is multiplied by ``keep``, then row ``at`` is set to ``value`` (each (n, B))."""
+
+    carry: Tensor  # (n, T_all)
+    starts: Tensor  # (B,) int64
+    steps: int
+    after: Tensor  # (n, B) int64, in 0..steps-1
+    keep: Tensor  # (n, B), 0 or 1
+    at: Tensor  # (n, B) int64, in 0..steps-1
+    value: Tensor  # (n, B)
+
+    def dense(self) -> Tensor:
+        """The (n, B, steps) returns."""
+        n, b = self.after.shape
+        steps = (self.starts[:, None] + torch.arange(self.steps, device=self.starts.device)).flatten()
+        w = self.carry.index_select(1, steps).view(n, b, self.steps)  # twice unfold's indexing
+        w[:, :, 0] = 0.0
+        after = self.after.unsqueeze(2)
+        w.scatter_(2, after, w.gather(2, after) * self.keep.unsqueeze(2))
+        w.scatter_(2, self.at.unsqueeze(2), self.value.unsqueeze(2))
+        return w
+
+
+def carried_windows(
+    carry: Tensor,
+    next_return: Tensor,
+    next_row: Tensor,
+    last: Tensor,
+    starts: Tensor,
+    k: int,
+    scale: Tensor | None = None,
+) -> CarriedWindows:
+    """The windows of one series' rows start..start + k - 1 for each of ``starts`` (B,) (row 1 or
+    later): per asset and window, the return each row's signal earns, ``w`` of
+    :func:`carried_returns`. ``scale`` (n, T_all): a position scale per row (the vol_scaled
+    objective), by which ``carry`` is then already multiplied."""
+    starts = starts.to(torch.int64)
+    end = starts + k
+    final = last[:, end - 1]
+    keep = (final + 1 >= end).to(carry.dtype)
+    after = (final + 1 - starts).clamp_(0, k - 1)
+    first = next_row[:, starts]
+    at = (first - starts).clamp_(max=k - 1)
+    value = next_return[:, starts] * (first < end)
+    if scale is not None:
+        value = value * scale.gather(1, at + starts)
+    return CarriedWindows(carry, starts, k, after, keep, at, value)
+
+
 def carried_returns(
     carry: Tensor,
     next_return: Tensor,
@@ -169,17 +223,8 @@ def carried_returns(
     the first unmasked row (it earns its own return). ``count`` is each asset's number of unmasked
     rows in the window.
     """
-    end = starts + k
-    steps = (starts[:, None] + torch.arange(k, device=starts.device)).flatten()
-    w = carry.index_select(1, steps).view(carry.shape[0], len(starts), k)  # twice unfold's indexing
-    w[:, :, 0] = 0.0
-    final = last[:, end - 1]
-    after = (final + 1 - starts).clamp_(0, k - 1).unsqueeze(2)
-    w.scatter_(2, after, w.gather(2, after) * (final + 1 >= end).unsqueeze(2))
-    first = next_row[:, starts]
-    at = (first - starts).clamp_(max=k - 1).unsqueeze(2)
-    w.scatter_(2, at, (next_return[:, starts] * (first < end)).unsqueeze(2))
-    count = cum[:, end - 1] - cum[:, starts - 1]
+    w = carried_windows(carry, next_return, next_row, last, starts, k).dense()
+    count = cum[:, starts + k - 1] - cum[:, starts - 1]
     return w, count
 
 

@@ -79,9 +79,12 @@ def _declare(lib: ctypes.CDLL) -> None:
     p, n = ctypes.c_void_p, ctypes.c_long
     for suffix in ("f32", "f64"):
         getattr(lib, f"lstm_forward_{suffix}").argtypes = [n, n, n, n, p, n, n] + [p] * 8
-        getattr(lib, f"lstm_backward_{suffix}").argtypes = [n, n, n, n, p, n, n] + [p] * 13
-        getattr(lib, f"head_forward_{suffix}").argtypes = [n, n, n, n] + [p] * 7
-        getattr(lib, f"head_backward_{suffix}").argtypes = [n, n, n, n] + [p] * 10
+        getattr(lib, f"lstm_backward_{suffix}").argtypes = [n, n, n, n, p, n, n] + [p] * 12
+        getattr(lib, f"lstm_backward_scratch_{suffix}").argtypes = [n, n, n]
+        getattr(lib, f"lstm_backward_scratch_{suffix}").restype = n
+        carried = [p, n] + [p] * 5  # src, ld, starts, after, keep, at, value
+        getattr(lib, f"head_forward_{suffix}").argtypes = [n, n, n, n] + [p] * 3 + carried + [p] * 3
+        getattr(lib, f"head_backward_{suffix}").argtypes = [n, n, n, n] + [p] * 3 + carried + [p] * 6
         getattr(lib, f"dropout_mask_{suffix}").argtypes = [n, ctypes.c_uint64, ctypes.c_double, p]
         getattr(lib, f"gather_windows_{suffix}").argtypes = [n, n, n, p, p, p]
         for name in ("lstm", "head"):

@@ -159,21 +159,15 @@ __attribute__((noinline)) static void SUFFIX(weight_column)(long R, long K, long
     }
 }
 
-/* out[r, k] = sum_t sum_b p[t, r, b] v[t, k, b], p (T, R, B) and v with strides vt (steps) and vk
- * (rows) and windows contiguous, R a multiple of 4:
- * a weight gradient, after the recurrence (nothing in it waits on the previous step), in chunks of
- * steps whose inputs stay in L2 across the tiles */
-static void SUFFIX(weight_grad)(long R, long K, long T, long B, const REAL *restrict p,
-                                const REAL *restrict v, long vt, long vk, REAL *restrict out) {
-    const long chunk = (1L << 18) / ((R + K) * B * (long)sizeof(REAL)) + 1;
-    for (long q = 0; q < R * K; q++) out[q] = 0;
-    for (long t0 = 0; t0 < T; t0 += chunk) {
-        const long t1 = t0 + chunk < T ? t0 + chunk : T;
-        for (long r = 0; r < R; r += 4) {
-            long k = 0;
-            for (; k + 4 <= K; k += 4) SUFFIX(weight_tile)(R, K, t0, t1, B, p, v, vt, vk, out, r, k);
-            for (; k < K; k++) SUFFIX(weight_column)(R, K, t0, t1, B, p, v, vt, vk, out, r, k);
-        }
+/* out[r, k] += sum_t sum_b p[t, r, b] v[t, k, b] over T steps, p (T, R, B) and v with strides vt
+ * (steps) and vk (rows) and windows contiguous, R a multiple of 4: a weight gradient's share from
+ * one chunk of the backward's steps, while they are in L2 */
+static void SUFFIX(weight_grad_add)(long R, long K, long T, long B, const REAL *restrict p,
+                                    const REAL *restrict v, long vt, long vk, REAL *restrict out) {
+    for (long r = 0; r < R; r += 4) {
+        long k = 0;
+        for (; k + 4 <= K; k += 4) SUFFIX(weight_tile)(R, K, 0, T, B, p, v, vt, vk, out, r, k);
+        for (; k < K; k++) SUFFIX(weight_column)(R, K, 0, T, B, p, v, vt, vk, out, r, k);
     }
     for (long b = B - B % VB; b < B; b++) /* windows past the last full vector */
         for (long t = 0; t < T; t++)
@@ -183,7 +177,7 @@ static void SUFFIX(weight_grad)(long R, long K, long T, long B, const REAL *rest
             }
 }
 
-static void SUFFIX(bias_grad)(long R, long T, long B, const REAL *restrict p, REAL *restrict out) {
+static void SUFFIX(bias_grad_add)(long R, long T, long B, const REAL *restrict p, REAL *restrict out) {
     const long Bv = B - B % VB;
     for (long r = 0; r < R; r++) {
         REAL lane[VB] = {0}, sum = 0; /* VB partial sums, so the loop vectorises */
@@ -194,8 +188,18 @@ static void SUFFIX(bias_grad)(long R, long T, long B, const REAL *restrict p, RE
             for (long b = Bv; b < B; b++) sum += pr[b];
         }
         for (int j = 0; j < VB; j++) sum += lane[j];
-        out[r] = sum;
+        out[r] += sum;
     }
+}
+
+/* steps per chunk of the backward: its gate gradients and the inputs they multiply, about 256 KB */
+static long SUFFIX(backward_chunk)(long H, long I, long B) {
+    const long K = I > H ? I : H;
+    return (1L << 18) / ((4 * H + K) * B * (long)sizeof(REAL)) + 1;
+}
+
+long SUFFIX(lstm_backward_scratch)(long H, long I, long B) {
+    return 3 * H * B + SUFFIX(backward_chunk)(H, I, B) * 4 * H * B;
 }
 
 void SUFFIX(lstm_forward)(long H, long I, long T, long B, const REAL *restrict x, long xt, long xk,
@@ -238,53 +242,66 @@ void SUFFIX(lstm_backward)(long H, long I, long T, long B, const REAL *restrict 
                            const REAL *restrict wih, const REAL *restrict whh,
                            const REAL *restrict dh, const REAL *restrict hs,
                            const REAL *restrict cs, const REAL *restrict tcs,
-                           const REAL *restrict acts, REAL *restrict dpre, REAL *restrict dx,
-                           REAL *restrict dwih, REAL *restrict dbias, REAL *restrict dwhh,
-                           REAL *restrict scratch) {
+                           const REAL *restrict acts, REAL *restrict dx, REAL *restrict dwih,
+                           REAL *restrict dbias, REAL *restrict dwhh, REAL *restrict scratch) {
     const long H4 = 4 * H, HB = H * B, H4B = H4 * B, IB = I * B;
     REAL *restrict dhr = scratch;  /* (H, B) gradient on h_t through step t+1's gates */
     REAL *restrict dcr = dhr + HB; /* (H, B) gradient on c_t through c_{t+1} */
     REAL *restrict zero = dcr + HB; /* (H, B) c_{-1} */
+    REAL *restrict dpre = zero + HB; /* (chunk, 4H, B) the gates' pre-activation gradients */
     for (long q = 0; q < 3 * HB; q++) scratch[q] = 0;
-    for (long t = T - 1; t >= 0; t--) {
-        const REAL *at = acts + t * H4B, *tt = tcs + t * HB, *dt = dh + t * HB;
-        const REAL *cp = t ? cs + (t - 1) * HB : zero;
-        REAL *pt = dpre + t * H4B;
-        for (long j = 0; j < H; j++) {
-            const REAL *si = at + j * B, *sf = at + (H + j) * B, *sg = at + (2 * H + j) * B;
-            const REAL *so = at + (3 * H + j) * B, *tc = tt + j * B, *cj = cp + j * B;
-            const REAL *dj = dt + j * B;
-            REAL *pi = pt + j * B, *pf = pt + (H + j) * B, *pg = pt + (2 * H + j) * B;
-            REAL *po = pt + (3 * H + j) * B, *dhj = dhr + j * B, *dcj = dcr + j * B;
+    for (long q = 0; q < H4 * I; q++) dwih[q] = 0;
+    for (long q = 0; q < H4 * H; q++) dwhh[q] = 0;
+    for (long q = 0; q < H4; q++) dbias[q] = 0;
+    const long chunk = SUFFIX(backward_chunk)(H, I, B);
+    for (long t1 = T; t1 > 0; t1 -= chunk) { /* steps t0..t1-1, then their weight gradients */
+        const long t0 = t1 > chunk ? t1 - chunk : 0;
+        for (long t = t1 - 1; t >= t0; t--) {
+            const REAL *at = acts + t * H4B, *tt = tcs + t * HB, *dt = dh + t * HB;
+            const REAL *cp = t ? cs + (t - 1) * HB : zero;
+            REAL *pt = dpre + (t - t0) * H4B;
+            for (long j = 0; j < H; j++) {
+                const REAL *si = at + j * B, *sf = at + (H + j) * B, *sg = at + (2 * H + j) * B;
+                const REAL *so = at + (3 * H + j) * B, *tc = tt + j * B, *cj = cp + j * B;
+                const REAL *dj = dt + j * B;
+                REAL *pi = pt + j * B, *pf = pt + (H + j) * B, *pg = pt + (2 * H + j) * B;
+                REAL *po = pt + (3 * H + j) * B, *dhj = dhr + j * B, *dcj = dcr + j * B;
 #pragma GCC ivdep
-            for (long b = 0; b < B; b++) {
-                const REAL i = si[b], f = sf[b], gg = sg[b], o = so[b], th = tc[b];
-                const REAL d = dj[b] + dhj[b];
-                const REAL dc = dcj[b] + d * o * ((REAL)1 - th * th);
-                po[b] = d * th * o * ((REAL)1 - o);
-                pi[b] = dc * gg * i * ((REAL)1 - i);
-                pg[b] = dc * i * ((REAL)1 - gg * gg);
-                pf[b] = dc * cj[b] * f * ((REAL)1 - f);
-                dcj[b] = dc * f;
+                for (long b = 0; b < B; b++) {
+                    const REAL i = si[b], f = sf[b], gg = sg[b], o = so[b], th = tc[b];
+                    const REAL d = dj[b] + dhj[b];
+                    const REAL dc = dcj[b] + d * o * ((REAL)1 - th * th);
+                    po[b] = d * th * o * ((REAL)1 - o);
+                    pi[b] = dc * gg * i * ((REAL)1 - i);
+                    pg[b] = dc * i * ((REAL)1 - gg * gg);
+                    pf[b] = dc * cj[b] * f * ((REAL)1 - f);
+                    dcj[b] = dc * f;
+                }
+            }
+            for (long b0 = 0; b0 < B; b0 += VB) {
+                SUFFIX(back_block)(H4, H, whh, pt + b0, B, dhr + b0, B - b0);
+                /* off the serial chain: overlaps the next step's wait */
+                if (dx) SUFFIX(back_block)(H4, I, wih, pt + b0, B, dx + t * IB + b0, B - b0);
             }
         }
-        for (long b0 = 0; b0 < B; b0 += VB) {
-            SUFFIX(back_block)(H4, H, whh, pt + b0, B, dhr + b0, B - b0);
-            /* off the serial chain: overlaps the next step's wait */
-            if (dx) SUFFIX(back_block)(H4, I, wih, pt + b0, B, dx + t * IB + b0, B - b0);
-        }
+        SUFFIX(weight_grad_add)(H4, I, t1 - t0, B, dpre, x + t0 * xt, xt, xk, dwih);
+        const long ts = t0 ? t0 : 1; /* h_{t-1} exists from step 1 */
+        if (t1 > ts)
+            SUFFIX(weight_grad_add)(H4, H, t1 - ts, B, dpre + (ts - t0) * H4B, hs + (ts - 1) * HB, HB,
+                                    B, dwhh);
+        SUFFIX(bias_grad_add)(H4, t1 - t0, B, dpre, dbias);
     }
-    SUFFIX(weight_grad)(H4, I, T, B, dpre, x, xt, xk, dwih);
-    SUFFIX(weight_grad)(H4, H, T - 1, B, dpre + H4B, hs, HB, B, dwhh);
-    SUFFIX(bias_grad)(H4, T, B, dpre, dbias);
 }
 
 /* The output layer and the objective's sums, fused: for asset r and window b,
  *   s_t = tanh(z_t), z_t = bias[r] + sum_k w[r, k] h[k, b, t],
- *   a[r, b] = sum_t s_t ret[r, b, t],   s2[r, b] = sum_t (s_t ret[r, b, t])^2,
- * with h the last layer's output (H, B, T) and ret the returns each step's signal earns (N, B, T):
- * the signals (N, B, T) are never stored, and the backward recomputes them. Assets go four at a
- * time, so each row of h is read once per four. Scratch: 8 T values. */
+ *   a[r, b] = sum_t s_t ret_t,   s2[r, b] = sum_t (s_t ret_t)^2,
+ * with h the last layer's output (H, B, T) and ret the returns each step's signal earns
+ * (models.loss.carried_windows): the row segment src[r, starts[b] .. starts[b] + T) of the series'
+ * (N, ld) carry, with ret_0 = 0, ret_after *= keep, then ret_at = value ((N, B) each). Neither the
+ * signals nor the returns are stored: (N, B, T) each, they would pass through memory; the backward
+ * recomputes both. Assets go four at a time, so each row of h is read once per four. Scratch: 8 T
+ * values. */
 static inline void SUFFIX(head_rows)(long R, long H, long T, const REAL *restrict w,
                                      const REAL *restrict bias, const REAL *restrict h, long M,
                                      REAL *restrict z) {
@@ -309,6 +326,20 @@ static inline void SUFFIX(head_rows)(long R, long H, long T, const REAL *restric
     for (long t = 0; t < R * T; t++) z[t] = SUFFIX(tanh_)(z[t]);
 }
 
+/* window b's returns of asset r (see above) into out (T) */
+static inline void SUFFIX(carried_row)(long T, long r, long b, long B, const REAL *restrict src,
+                                       long ld, const int64_t *restrict starts,
+                                       const int64_t *restrict after, const REAL *restrict keep,
+                                       const int64_t *restrict at, const REAL *restrict value,
+                                       REAL *restrict out) {
+    const REAL *row = src + r * ld + starts[b];
+    const long q = r * B + b, j = after[q], i = at[q];
+    for (long t = 0; t < T; t++) out[t] = row[t];
+    out[0] = 0;
+    if (j >= 0 && j < T) out[j] *= keep[q];
+    if (i >= 0 && i < T) out[i] = value[q];
+}
+
 /* sum_t x[t] y[t] (y NULL: sum_t x[t]) in VB lanes, which the compiler vectorises (a single running
  * sum it may not reorder) */
 static inline REAL SUFFIX(dot)(long T, const REAL *restrict x, const REAL *restrict y) {
@@ -327,16 +358,19 @@ static inline REAL SUFFIX(dot)(long T, const REAL *restrict x, const REAL *restr
 
 void SUFFIX(head_forward)(long N, long H, long B, long T, const REAL *restrict h,
                           const REAL *restrict w, const REAL *restrict bias,
-                          const REAL *restrict ret, REAL *restrict a, REAL *restrict s2,
-                          REAL *restrict scratch) {
+                          const REAL *restrict src, long ld, const int64_t *restrict starts,
+                          const int64_t *restrict after, const REAL *restrict keep,
+                          const int64_t *restrict at, const REAL *restrict value,
+                          REAL *restrict a, REAL *restrict s2, REAL *restrict scratch) {
     const long M = B * T;
-    REAL *restrict s = scratch, *restrict sw = scratch + 4 * T;
+    REAL *restrict s = scratch, *restrict sw = scratch + 4 * T, *restrict rt = scratch + 5 * T;
     for (long b = 0; b < B; b++)
         for (long r = 0; r < N;) {
             const long R = N - r >= 4 ? 4 : 1;
             SUFFIX(head_rows)(R, H, T, w + r * H, bias + r, h + b * T, M, s);
             for (long i = 0; i < R; i++, r++) {
-                const REAL *rt = ret + r * M + b * T, *si = s + i * T;
+                const REAL *si = s + i * T;
+                SUFFIX(carried_row)(T, r, b, B, src, ld, starts, after, keep, at, value, rt);
                 for (long t = 0; t < T; t++) sw[t] = si[t] * rt[t];
                 a[r * B + b] = SUFFIX(dot)(T, sw, 0);
                 s2[r * B + b] = SUFFIX(dot)(T, sw, sw);
@@ -348,11 +382,14 @@ void SUFFIX(head_forward)(long N, long H, long B, long T, const REAL *restrict h
  * (N, B), the loss's gradients on a and s2. Scratch: 8 T values. */
 void SUFFIX(head_backward)(long N, long H, long B, long T, const REAL *restrict h,
                            const REAL *restrict w, const REAL *restrict bias,
-                           const REAL *restrict ret, const REAL *restrict ga,
-                           const REAL *restrict gs2, REAL *restrict dh, REAL *restrict dw,
-                           REAL *restrict dbias, REAL *restrict scratch) {
+                           const REAL *restrict src, long ld, const int64_t *restrict starts,
+                           const int64_t *restrict after, const REAL *restrict keep,
+                           const int64_t *restrict at, const REAL *restrict value,
+                           const REAL *restrict ga, const REAL *restrict gs2, REAL *restrict dh,
+                           REAL *restrict dw, REAL *restrict dbias, REAL *restrict scratch) {
     const long M = B * T;
     REAL *restrict dz = scratch; /* (4, T): the signals, then the gradient on z */
+    REAL *restrict rt = scratch + 4 * T;
     for (long q = 0; q < N * H; q++) dw[q] = 0;
     for (long r = 0; r < N; r++) dbias[r] = 0;
     for (long q = 0; q < H * M; q++) dh[q] = 0;
@@ -362,7 +399,7 @@ void SUFFIX(head_backward)(long N, long H, long B, long T, const REAL *restrict 
             const REAL *wr = w + r * H, *hb = h + b * T;
             SUFFIX(head_rows)(R, H, T, wr, bias + r, hb, M, dz);
             for (long i = 0; i < R; i++) {
-                const REAL *rt = ret + (r + i) * M + b * T;
+                SUFFIX(carried_row)(T, r + i, b, B, src, ld, starts, after, keep, at, value, rt);
                 const REAL g1 = ga[(r + i) * B + b], g2 = 2 * gs2[(r + i) * B + b];
                 REAL *di = dz + i * T;
                 for (long t = 0; t < T; t++) {
@@ -407,15 +444,14 @@ void SUFFIX(dropout_mask)(long n, uint64_t seed, double keep, REAL *restrict out
 }
 
 /* out[t, j, b] = x[(starts[b] + t) n + j]: windows of T rows of a row-major (rows, n) series,
- * gathered straight into the kernels' layout (T, n, B); a (T, B, n) gather and a transposing copy
- * in torch took five times as long */
+ * gathered straight into the kernels' layout (T, n, B) (a (T, B, n) gather and a transposing copy
+ * in torch took five times as long); assets outer, so the writes are sequential and the B rows a
+ * step reads stay in L1 (windows outer took 1.8 times as long) */
 void SUFFIX(gather_windows)(long n, long T, long B, const REAL *restrict x,
                             const int64_t *restrict starts, REAL *restrict out) {
     for (long t = 0; t < T; t++) {
         REAL *o = out + t * n * B;
-        for (long b = 0; b < B; b++) {
-            const REAL *row = x + (starts[b] + t) * n;
-            for (long j = 0; j < n; j++) o[j * B + b] = row[j];
-        }
+        for (long j = 0; j < n; j++, o += B)
+            for (long b = 0; b < B; b++) o[b] = x[(starts[b] + t) * n + j];
     }
 }

@@ -204,25 +204,41 @@ def test_fused_kernel_equals_a_reference_cell(dtype: torch.dtype, windows: int) 
 
 @pytest.mark.parametrize("steps", [5, 21, 40])  # below, at and past whole vectors of steps
 def test_fused_head_is_held_sums_of_the_logits(steps: int) -> None:
-    """The fused output layer and objective sums equal held_sums of the head's doubled logits, and
-    its backward is their gradient (gradcheck, float64)."""
+    """The fused output layer and objective sums, reading each window's returns off the series'
+    carry with its three corrected rows, equal held_sums of the head's doubled logits over the
+    written-out returns, and its backward is their gradient (gradcheck, float64)."""
     import models.batched as mb
-    from models.loss import held_sums
+    from models.loss import CarriedWindows, held_sums
     from models.native import lstm_kernel
 
     if lstm_kernel() is None:
         pytest.skip("no C compiler: the fused kernel is unavailable here")
-    n, f, b = 6, 3, 9  # assets go four at a time: one block and two single rows
+    n, f, b, rows = 6, 3, 9, 60  # assets go four at a time: one block and two single rows
     gen = torch.Generator().manual_seed(2)
     h = torch.randn(f, b, steps, generator=gen, dtype=torch.float64).requires_grad_()
     w = (torch.randn(n, f, generator=gen, dtype=torch.float64) * 0.5).requires_grad_()
     bias = torch.randn(n, generator=gen, dtype=torch.float64).requires_grad_()
-    ret = torch.randn(n, b, steps, generator=gen, dtype=torch.float64)
+    starts = torch.randint(0, rows - steps + 1, (b,), generator=gen)
+    starts[0], starts[1] = 0, rows - steps  # the series' first and last rows
+    after = torch.randint(0, steps, (n, b), generator=gen)
+    at = torch.randint(0, steps, (n, b), generator=gen)
+    after[0, :3], at[1, :3] = 0, steps - 1
+    at[2, 0] = after[2, 0]  # the same row: set after it is scaled
+    keep = (torch.rand(n, b, generator=gen) > 0.5).double()
+    value = torch.randn(n, b, generator=gen, dtype=torch.float64)
+    carry = torch.randn(n, rows, generator=gen, dtype=torch.float64)
+    ret = CarriedWindows(carry, starts, steps, after, keep, at, value)
+    dense = ret.dense()
+    assert torch.equal(dense[:, :, 0][at != 0], torch.zeros(int((at != 0).sum()), dtype=torch.float64))
+    assert torch.equal(dense[2, 0, at[2, 0]], value[2, 0])
     ours = mb._FusedHead.apply(h, w, bias, ret)
-    ref = held_sums(2.0 * (torch.einsum("nk,kbt->nbt", w, h) + bias[:, None, None]), ret)
+    ref = held_sums(2.0 * (torch.einsum("nk,kbt->nbt", w, h) + bias[:, None, None]), dense)
     for x, y in zip(ours, ref, strict=True):
         assert x.shape == (n, b) and (x - y).abs().max() < 1e-12
     assert torch.autograd.gradcheck(lambda *a: mb._FusedHead.apply(*a, ret), (h, w, bias))
+    late = CarriedWindows(carry, starts + 1, steps, after, keep, at, value)
+    with pytest.raises(IndexError, match="past 60 rows"):
+        mb._FusedHead.apply(h, w, bias, late)
 
 
 def test_fused_dropout_masks_drop_the_share_asked_independently_and_follow_the_seed() -> None:
