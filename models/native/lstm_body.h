@@ -6,6 +6,48 @@ static inline REAL SUFFIX(sigmoid)(REAL x) { return (REAL)1 / ((REAL)1 + EXP(-x)
 /* tanh through the exponential of 2x: one exp, exact at the saturated ends */
 static inline REAL SUFFIX(tanh_)(REAL x) { return (REAL)2 / ((REAL)1 + EXP((REAL)-2 * x)) - (REAL)1; }
 
+typedef REAL SUFFIX(vec) __attribute__((vector_size(VB * sizeof(REAL))));
+
+static inline SUFFIX(vec) SUFFIX(load)(const REAL *p) {
+    SUFFIX(vec) v;
+    __builtin_memcpy(&v, p, sizeof v); /* unaligned */
+    return v;
+}
+
+static inline void SUFFIX(store)(REAL *p, SUFFIX(vec) v) { __builtin_memcpy(p, &v, sizeof v); }
+
+/* the same as gates_block below for 2 VB windows: four rows by two vectors, eight independent
+ * multiply-add chains in named vector variables (as arrays, gcc kept them on the stack) */
+static inline void SUFFIX(gates_pair)(long H4, long I, long H, const REAL *restrict wx,
+                                      const REAL *restrict x, long xk, const REAL *restrict wh,
+                                      const REAL *restrict h, long B, const REAL *restrict bias,
+                                      REAL *restrict a) {
+    typedef SUFFIX(vec) V;
+    for (long r = 0; r < H4; r += 4) {
+        V a0 = bias[r] + (V){0}, a1 = bias[r + 1] + (V){0}, a2 = bias[r + 2] + (V){0};
+        V a3 = bias[r + 3] + (V){0};
+        V b0 = a0, b1 = a1, b2 = a2, b3 = a3;
+        const REAL *w0 = wx + r * I;
+        for (long k = 0; k < I; k++) {
+            const V u = SUFFIX(load)(x + k * xk), v = SUFFIX(load)(x + k * xk + VB);
+            const REAL y0 = w0[k], y1 = w0[I + k], y2 = w0[2 * I + k], y3 = w0[3 * I + k];
+            a0 += y0 * u, a1 += y1 * u, a2 += y2 * u, a3 += y3 * u;
+            b0 += y0 * v, b1 += y1 * v, b2 += y2 * v, b3 += y3 * v;
+        }
+        w0 = wh + r * H;
+        for (long k = 0; k < H; k++) {
+            const V u = SUFFIX(load)(h + k * B), v = SUFFIX(load)(h + k * B + VB);
+            const REAL y0 = w0[k], y1 = w0[H + k], y2 = w0[2 * H + k], y3 = w0[3 * H + k];
+            a0 += y0 * u, a1 += y1 * u, a2 += y2 * u, a3 += y3 * u;
+            b0 += y0 * v, b1 += y1 * v, b2 += y2 * v, b3 += y3 * v;
+        }
+        REAL *o = a + r * B;
+        SUFFIX(store)(o, a0), SUFFIX(store)(o + B, a1), SUFFIX(store)(o + 2 * B, a2);
+        SUFFIX(store)(o + 3 * B, a3), SUFFIX(store)(o + VB, b0), SUFFIX(store)(o + B + VB, b1);
+        SUFFIX(store)(o + 2 * B + VB, b2), SUFFIX(store)(o + 3 * B + VB, b3);
+    }
+}
+
 /* a[r, b] = bias[r] + sum_k wx[r, k] x[k xk + b] + sum_k wh[r, k] h[k, b] for VB windows b (fewer in
  * the last block, n < VB): each accumulator is one vector register (fixed width) */
 static inline void SUFFIX(gates_block)(long H4, long I, long H, const REAL *restrict wx,
@@ -61,6 +103,42 @@ static inline void SUFFIX(gates_block)(long H4, long I, long H, const REAL *rest
     }
 }
 
+/* back_block below for 2 VB windows: four columns k by two vectors, eight independent chains in
+ * named vector variables; the columns past the last four by two vectors and two partial sums */
+static inline void SUFFIX(back_pair)(long H4, long K, const REAL *restrict w, const REAL *restrict p,
+                                     long B, REAL *restrict d) {
+    typedef SUFFIX(vec) V;
+    long k = 0;
+    for (; k + 4 <= K; k += 4) {
+        V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+        for (long r = 0; r < H4; r++) {
+            const V u = SUFFIX(load)(p + r * B), v = SUFFIX(load)(p + r * B + VB);
+            const REAL *wr = w + r * K + k;
+            const REAL y0 = wr[0], y1 = wr[1], y2 = wr[2], y3 = wr[3];
+            a0 += y0 * u, a1 += y1 * u, a2 += y2 * u, a3 += y3 * u;
+            b0 += y0 * v, b1 += y1 * v, b2 += y2 * v, b3 += y3 * v;
+        }
+        REAL *o = d + k * B;
+        SUFFIX(store)(o, a0), SUFFIX(store)(o + B, a1), SUFFIX(store)(o + 2 * B, a2);
+        SUFFIX(store)(o + 3 * B, a3), SUFFIX(store)(o + VB, b0), SUFFIX(store)(o + B + VB, b1);
+        SUFFIX(store)(o + 2 * B + VB, b2), SUFFIX(store)(o + 3 * B + VB, b3);
+    }
+    for (; k < K; k++) {
+        V a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
+        long r = 0;
+        for (; r + 2 <= H4; r += 2) {
+            const REAL y0 = w[r * K + k], y1 = w[(r + 1) * K + k];
+            a0 += y0 * SUFFIX(load)(p + r * B), b0 += y0 * SUFFIX(load)(p + r * B + VB);
+            a1 += y1 * SUFFIX(load)(p + (r + 1) * B), b1 += y1 * SUFFIX(load)(p + (r + 1) * B + VB);
+        }
+        for (; r < H4; r++) {
+            const REAL y0 = w[r * K + k];
+            a0 += y0 * SUFFIX(load)(p + r * B), b0 += y0 * SUFFIX(load)(p + r * B + VB);
+        }
+        SUFFIX(store)(d + k * B, a0 + a1), SUFFIX(store)(d + k * B + VB, b0 + b1);
+    }
+}
+
 /* d[k, b] = sum_r w[r, k] p[r, b] for VB windows, w (H4, K): the gradient on a step's input or
  * previous h through its gates */
 static inline void SUFFIX(back_block)(long H4, long K, const REAL *restrict w, const REAL *restrict p,
@@ -90,14 +168,6 @@ static inline void SUFFIX(back_block)(long H4, long K, const REAL *restrict w, c
         }
         for (int b = 0; b < VB; b++) d[k * B + b] = (a0[b] + a1[b]) + (a2[b] + a3[b]);
     }
-}
-
-typedef REAL SUFFIX(vec) __attribute__((vector_size(VB * sizeof(REAL))));
-
-static inline SUFFIX(vec) SUFFIX(load)(const REAL *p) {
-    SUFFIX(vec) v;
-    __builtin_memcpy(&v, p, sizeof v); /* unaligned */
-    return v;
 }
 
 /* out[r + i, k + j] += sum over steps t0..t1-1 and windows b of p[t, r + i, b] v[t, k + j, b] for
@@ -213,7 +283,10 @@ void SUFFIX(lstm_forward)(long H, long I, long T, long B, const REAL *restrict x
         const REAL *hp = t ? hs + (t - 1) * HB : zero, *cp = t ? cs + (t - 1) * HB : zero;
         const REAL *xs = x + t * xt;
         REAL *at = acts + t * H4B;
-        for (long b0 = 0; b0 < B; b0 += VB)
+        long b0 = 0;
+        for (; b0 + 2 * VB <= B; b0 += 2 * VB)
+            SUFFIX(gates_pair)(H4, I, H, wih, xs + b0, xk, whh, hp + b0, B, bias, at + b0);
+        for (; b0 < B; b0 += VB)
             SUFFIX(gates_block)(H4, I, H, wih, xs + b0, xk, whh, hp + b0, B, bias, at + b0, B - b0);
         REAL *ct = cs + t * HB, *tt = tcs + t * HB, *ht = hs + t * HB;
         for (long j = 0; j < H; j++) {
@@ -278,9 +351,14 @@ void SUFFIX(lstm_backward)(long H, long I, long T, long B, const REAL *restrict 
                     dcj[b] = dc * f;
                 }
             }
-            for (long b0 = 0; b0 < B; b0 += VB) {
-                SUFFIX(back_block)(H4, H, whh, pt + b0, B, dhr + b0, B - b0);
+            long b0 = 0;
+            for (; b0 + 2 * VB <= B; b0 += 2 * VB) {
+                SUFFIX(back_pair)(H4, H, whh, pt + b0, B, dhr + b0);
                 /* off the serial chain: overlaps the next step's wait */
+                if (dx) SUFFIX(back_pair)(H4, I, wih, pt + b0, B, dx + t * IB + b0);
+            }
+            for (; b0 < B; b0 += VB) {
+                SUFFIX(back_block)(H4, H, whh, pt + b0, B, dhr + b0, B - b0);
                 if (dx) SUFFIX(back_block)(H4, I, wih, pt + b0, B, dx + t * IB + b0, B - b0);
             }
         }
