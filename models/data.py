@@ -263,12 +263,21 @@ def infer_periods_per_year(markets: Sequence[Market]) -> float:
     24/7 hourly equivalent) for markets that trade every day; avoids sqrt(252) on hourly crypto."""
     spacings, per_day = [], []
     weekdays = np.zeros(7)
+    seen: dict[int, tuple[float, float, np.ndarray]] = {}  # markets often share one index object
     for m in markets:
         if len(m) < 2:
             continue
-        spacings.append(np.median(np.diff(m.index.as_unit("ns").asi8)))
-        per_day.append(len(m) / max(1, m.index.normalize().nunique()))
-        weekdays += np.bincount(m.index.day_of_week, minlength=7)
+        if id(m.index) not in seen:
+            ix = m.index
+            seen[id(ix)] = (
+                float(np.median(np.diff(ix.as_unit("ns").asi8))),
+                len(ix) / max(1, ix.normalize().nunique()),
+                np.bincount(ix.day_of_week, minlength=7),
+            )
+        spacing, days, counts = seen[id(m.index)]
+        spacings.append(spacing)
+        per_day.append(days)
+        weekdays += counts
     if not spacings:
         return 252.0
     # 24/7 when (nearly) every weekday carries a real share of the bars, as engine.metrics decides:

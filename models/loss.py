@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from models.native import lstm_kernel
+
 VAR_EPS = 1e-12
 
 
@@ -134,17 +136,29 @@ def carry_arrays(
     returns: np.ndarray, mask: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A series' arrays for :func:`carried_returns` from its (T_all, n) returns (missing as 0) and
-    mask, each (n, T_all): carry, next_return, next_row, last, cum."""
-    idx = np.arange(len(mask))[:, None]
-    last = np.maximum.accumulate(np.where(mask, idx, -1), axis=0)
-    nxt = np.minimum.accumulate(np.where(mask, idx, len(mask))[::-1], axis=0)[::-1]
-    at = np.minimum(nxt, len(mask) - 1)
-    nxt_r = np.where(nxt < len(mask), np.take_along_axis(returns, at, axis=0), 0.0)
+    mask, each (n, T_all): carry, next_return, next_row, last, cum. With the compiled kernel, one
+    pass each way per asset (0.05 vs 1.3 ms a 1008 x 78 series: a train() call builds them for
+    every market); else numpy, each scan along contiguous rows."""
+    rows, n = mask.shape
+    r = np.ascontiguousarray(returns, dtype=np.float64)
+    m = np.ascontiguousarray(mask, dtype=np.bool_)
+    lib = lstm_kernel()
+    if lib is not None:
+        carry, nxt_r = np.empty((n, rows)), np.empty((n, rows))
+        nxt, last = np.empty((n, rows), dtype=np.int64), np.empty((n, rows), dtype=np.int64)
+        cum = np.empty((n, rows), dtype=np.int32)
+        lib.carry_arrays(rows, n, *(a.ctypes.data for a in (r, m, carry, nxt_r, nxt, last, cum)))
+        return carry, nxt_r, nxt, last, cum
+    r, m = np.ascontiguousarray(r.T), np.ascontiguousarray(m.T)
+    idx = np.arange(rows)
+    last = np.maximum.accumulate(np.where(m, idx, -1), axis=1)
+    nxt = np.ascontiguousarray(np.minimum.accumulate(np.where(m, idx, rows)[:, ::-1], axis=1)[:, ::-1])
+    at = np.minimum(nxt, rows - 1)
+    nxt_r = np.where(nxt < rows, np.take_along_axis(r, at, axis=1), 0.0)
     carry = np.zeros_like(nxt_r)
-    carry[1:] = mask[:-1] * nxt_r[1:]
-    # int32 sums: numpy's int64 cumsum along rows took four times as long (rows < 2**31)
-    out = (carry, nxt_r, nxt, last, np.cumsum(mask, axis=0, dtype=np.int32))
-    return tuple(np.ascontiguousarray(a.T) for a in out)  # type: ignore[return-value]
+    carry[:, 1:] = m[:, :-1] * nxt_r[:, 1:]
+    # int32 sums: numpy's int64 cumsum took four times as long (rows < 2**31)
+    return carry, nxt_r, nxt, last, np.cumsum(m, axis=1, dtype=np.int32)
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,6 +77,8 @@ def _build(target: Path) -> None:
 
 def _declare(lib: ctypes.CDLL) -> None:
     p, n = ctypes.c_void_p, ctypes.c_long
+    lib.carry_arrays.argtypes = [n, n] + [p] * 7
+    lib.carry_arrays.restype = None
     for suffix in ("f32", "f64"):
         getattr(lib, f"lstm_forward_{suffix}").argtypes = [n, n, n, n, p, n, n] + [p] * 8
         getattr(lib, f"lstm_backward_{suffix}").argtypes = [n, n, n, n, p, n, n] + [p] * 12

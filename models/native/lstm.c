@@ -62,3 +62,35 @@ static inline double exp_f64(double x) { return exp(x); }
 #define SUFFIX(name) name##_f64
 #define EXP exp_f64
 #include "lstm_body.h"
+
+/* models.loss.carry_arrays for a (rows, n) row-major series of returns r and mask m: per asset j
+ * and row t, last (the last unmasked row <= t, -1: none), cum (unmasked rows <= t), next (the first
+ * unmasked row >= t, rows: none), next_r (its return, 0: none) and carry (m[t-1] next_r[t], 0 at
+ * t = 0), each written asset-major (n, rows). Eight assets at a time, so the reads of a row and the
+ * eight output streams stay in cache whatever the series' size. */
+void carry_arrays(long rows, long n, const double *restrict r, const uint8_t *restrict m,
+                  double *restrict carry, double *restrict next_r, int64_t *restrict next,
+                  int64_t *restrict last, int32_t *restrict cum) {
+    for (long j0 = 0; j0 < n; j0 += 8) {
+        const long w = n - j0 < 8 ? n - j0 : 8;
+        int64_t l[8], u[8];
+        int32_t c[8];
+        double ur[8];
+        for (long j = 0; j < w; j++) l[j] = -1, c[j] = 0, u[j] = rows, ur[j] = 0;
+        for (long t = 0; t < rows; t++)
+            for (long j = 0; j < w; j++) {
+                const long q = (j0 + j) * rows + t;
+                if (m[t * n + j0 + j]) l[j] = t, c[j]++;
+                last[q] = l[j];
+                cum[q] = c[j];
+            }
+        for (long t = rows - 1; t >= 0; t--)
+            for (long j = 0; j < w; j++) {
+                const long q = (j0 + j) * rows + t;
+                if (m[t * n + j0 + j]) u[j] = t, ur[j] = r[t * n + j0 + j];
+                next[q] = u[j];
+                next_r[q] = ur[j];
+                carry[q] = t && m[(t - 1) * n + j0 + j] ? ur[j] : 0;
+            }
+    }
+}

@@ -192,3 +192,37 @@ def test_held_sums_is_differentiable_across_its_slices() -> None:
     assert torch.allclose(a, sw.sum(dim=2), atol=1e-14)
     assert torch.allclose(s2, sw.pow(2).sum(dim=2), atol=1e-14)
     assert torch.autograd.gradcheck(lambda z: held_sums(z, w), (z,))
+
+
+@pytest.mark.parametrize("n", [1, 8, 13])  # one asset, one block of eight, a block and a remainder
+def test_carry_arrays_kernel_equals_their_definition(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled pass and the numpy scans give the same arrays, and both are their definitions
+    written out row by row: gaps, an asset with no bar, bars only at the ends."""
+    import models.loss as ml
+
+    rng = np.random.default_rng(n)
+    rows = 50
+    mask = rng.random((rows, n)) > 0.4
+    mask[:, 0] = False
+    if n > 1:
+        mask[:, 1] = False
+        mask[[0, rows - 1], 1] = True
+    r = np.where(mask, rng.normal(size=(rows, n)), 0.0)
+    want = [np.zeros((n, rows)), np.zeros((n, rows)), np.full((n, rows), rows), np.full((n, rows), -1), None]
+    want[4] = np.cumsum(mask, axis=0).T
+    for j in range(n):
+        for t in range(rows):
+            bars = np.flatnonzero(mask[:, j])
+            later, earlier = bars[bars >= t], bars[bars <= t]
+            if len(later):
+                want[2][j, t], want[1][j, t] = later[0], r[later[0], j]
+            if len(earlier):
+                want[3][j, t] = earlier[-1]
+            want[0][j, t] = want[1][j, t] if t and mask[t - 1, j] else 0.0
+    got = carry_arrays(r, mask)
+    monkeypatch.setattr(ml, "lstm_kernel", lambda: None)
+    ref = carry_arrays(r, mask)
+    names = ("carry", "next_return", "next_row", "last", "cum")
+    for g, f, w, name in zip(got, ref, want, names, strict=True):
+        assert g.shape == (n, rows) and g.flags.c_contiguous, name
+        assert np.array_equal(g, w) and np.array_equal(f, w), name
