@@ -236,14 +236,21 @@ class _FusedLSTM(torch.autograd.Function):
     included) in one call of the compiled kernel (:mod:`models.native`) each way.
 
     Inputs: ``x`` (T, I, B) (read in place if windows are contiguous), ``w_ih`` (4H, I), ``bias``
-    (4H,) (b_ih + b_hh) and ``w_hh`` (4H, H), gates i, f, g, o as in ``nn.LSTM``. Returns h,
-    (T, H, B). Time-major with windows innermost: every step reads and writes contiguous blocks, and
-    one layer's output is the next one's input as it is. The gradient on ``x`` is computed only where
-    it is needed (not for the raw returns)."""
+    (4H,) (b_ih + b_hh) and ``w_hh`` (4H, H), gates i, f, g, o as in ``nn.LSTM``; ``mask`` (T, H, B)
+    or None: dropout multipliers on the output, applied in the same pass (a separate product and its
+    gradient cost more than the kernel's stores). Returns h, (T, H, B), times ``mask``. Time-major
+    with windows innermost: every step reads and writes contiguous blocks, and one layer's output is
+    the next one's input as it is. The gradient on ``x`` is computed only where it is needed (not for
+    the raw returns)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, x: Tensor, w_ih: Tensor, bias: Tensor, w_hh: Tensor
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        w_ih: Tensor,
+        bias: Tensor,
+        w_hh: Tensor,
+        mask: Tensor | None = None,
     ) -> Tensor:
         t_, i_, b_ = x.shape
         h_ = w_hh.shape[1]
@@ -252,18 +259,25 @@ class _FusedLSTM(torch.autograd.Function):
         w_ih, bias, w_hh = w_ih.contiguous(), bias.contiguous(), w_hh.contiguous()
         hs, cs, tcs = (x.new_empty(t_, h_, b_) for _ in range(3))
         acts = x.new_empty(t_, 4 * h_, b_)
+        out = None if mask is None else torch.empty_like(hs)
+        if mask is not None and (mask.shape != hs.shape or mask.dtype != x.dtype or not mask.is_contiguous()):
+            got = f"{tuple(mask.shape)} {mask.dtype}"
+            raise ValueError(f"_FusedLSTM: dropout mask {got} for output {tuple(hs.shape)} {x.dtype}")
         lib = lstm_kernel()
         fn = lib.lstm_forward_f32 if x.dtype == torch.float32 else lib.lstm_forward_f64
         bufs = (w_ih, bias, w_hh, hs, cs, tcs, acts, x.new_empty(h_ * b_))
-        fn(h_, i_, t_, b_, x.data_ptr(), x.stride(0), x.stride(1), *(v.data_ptr() for v in bufs))
-        ctx.save_for_backward(x, w_ih, w_hh, hs, cs, tcs, acts)
-        return hs
+        fn(
+            h_, i_, t_, b_, x.data_ptr(), x.stride(0), x.stride(1), *(v.data_ptr() for v in bufs),
+            *((None, None) if out is None else (mask.data_ptr(), out.data_ptr())),  # type: ignore[union-attr]
+        )  # fmt: skip
+        ctx.save_for_backward(x, w_ih, w_hh, hs, cs, tcs, acts, mask)
+        return hs if out is None else out
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, dh: Tensor
-    ) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
-        x, w_ih, w_hh, hs, cs, tcs, acts = ctx.saved_tensors  # type: ignore[attr-defined]
+    ) -> tuple[Tensor | None, Tensor, Tensor, Tensor, None]:
+        x, w_ih, w_hh, hs, cs, tcs, acts, mask = ctx.saved_tensors  # type: ignore[attr-defined]
         t_, i_, b_ = x.shape
         h_ = w_hh.shape[1]
         dh = dh.contiguous()
@@ -277,8 +291,9 @@ class _FusedLSTM(torch.autograd.Function):
         ptrs = [v.data_ptr() for v in (w_ih, w_hh, dh, hs, cs, tcs, acts)]
         ptrs += [None if dx is None else dx.data_ptr()]
         ptrs += [v.data_ptr() for v in (d_wih, d_bias, d_whh, scratch)]
+        ptrs += [None if mask is None else mask.data_ptr()]
         fn(h_, i_, t_, b_, x.data_ptr(), x.stride(0), x.stride(1), *ptrs)
-        return dx, d_wih, d_bias, d_whh
+        return dx, d_wih, d_bias, d_whh, None
 
 
 def _pick(v: list[Tensor] | Tensor, g: int) -> Tensor:
@@ -356,10 +371,11 @@ def gather_windows(x: Tensor, starts: Tensor, steps: int) -> Tensor:
     return out.transpose(1, 2)
 
 
-def _dropout_mask(like: Tensor, keep: float) -> Tensor:
-    """Dropout multipliers shaped like ``like`` from the kernel's hash, seeded from torch's generator
-    (so ``torch.manual_seed`` fixes them): a tenth of the time of ``torch.rand`` and a comparison."""
-    mask = torch.empty_like(like, memory_format=torch.contiguous_format)
+def _dropout_mask(shape: Sequence[int], like: Tensor, keep: float) -> Tensor:
+    """Dropout multipliers of ``shape`` (contiguous, ``like``'s dtype and device) from the kernel's
+    hash, seeded from torch's generator (so ``torch.manual_seed`` fixes them): a tenth of the time of
+    ``torch.rand`` and a comparison."""
+    mask = like.new_empty(shape)
     seed = int(torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64))
     lib = lstm_kernel()
     fn = lib.dropout_mask_f32 if like.dtype == torch.float32 else lib.dropout_mask_f64
@@ -376,7 +392,7 @@ def _features_fused(
     activations pass only through the kernels."""
     h = x.transpose(1, 2).contiguous()  # read in place, the kernel's steps would touch n pages each
     fold: tuple[Tensor, Tensor] | None = None  # the composed linear maps not yet applied
-    for op in ops:
+    for k, op in enumerate(ops):
         if isinstance(op, _Affine):
             w, b = _pick(op.w, g), _pick(op.b, g)
             fold = (w, b) if fold is None else (w @ fold[0], torch.addmv(b, w, fold[1]))
@@ -384,12 +400,17 @@ def _features_fused(
         if fold is not None and isinstance(op, _Drop):
             h, fold = _affine_steps(h, *fold), None
         if isinstance(op, _Drop):
-            h = h * _dropout_mask(h, 1.0 - op.p)
+            if not (k and isinstance(ops[k - 1], _Lstm)):  # else applied by the layer before
+                h = h * _dropout_mask(h.shape, h, 1.0 - op.p)
         else:
             w_ih, bias = _pick(op.w_ih, g), _pick(op.bias, g)
             if fold is not None:
                 w_ih, bias, fold = w_ih @ fold[0], torch.addmv(bias, w_ih, fold[1]), None
-            h = _FusedLSTM.apply(h, w_ih, bias, _pick(op.w_hh, g))
+            nxt = ops[k + 1] if k + 1 < len(ops) else None
+            mask = None
+            if isinstance(nxt, _Drop):
+                mask = _dropout_mask((h.shape[0], op.hidden, h.shape[2]), h, 1.0 - nxt.p)
+            h = _FusedLSTM.apply(h, w_ih, bias, _pick(op.w_hh, g), mask)
     if fold is not None:
         head_w, head_b = head_w @ fold[0], torch.addmv(head_b, head_w, fold[1])
     return h, head_w, head_b

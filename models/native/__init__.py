@@ -80,8 +80,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.carry_arrays.argtypes = [n, n] + [p] * 7
     lib.carry_arrays.restype = None
     for suffix in ("f32", "f64"):
-        getattr(lib, f"lstm_forward_{suffix}").argtypes = [n, n, n, n, p, n, n] + [p] * 8
-        getattr(lib, f"lstm_backward_{suffix}").argtypes = [n, n, n, n, p, n, n] + [p] * 12
+        getattr(lib, f"lstm_forward_{suffix}").argtypes = [n, n, n, n, p, n, n] + [p] * 10
+        getattr(lib, f"lstm_backward_{suffix}").argtypes = [n, n, n, n, p, n, n] + [p] * 13
         getattr(lib, f"lstm_backward_scratch_{suffix}").argtypes = [n, n, n]
         getattr(lib, f"lstm_backward_scratch_{suffix}").restype = n
         carried = [p, n] + [p] * 5  # src, ld, starts, after, keep, at, value

@@ -275,7 +275,8 @@ long SUFFIX(lstm_backward_scratch)(long H, long I, long B) {
 void SUFFIX(lstm_forward)(long H, long I, long T, long B, const REAL *restrict x, long xt, long xk,
                           const REAL *restrict wih, const REAL *restrict bias,
                           const REAL *restrict whh, REAL *restrict hs, REAL *restrict cs,
-                          REAL *restrict tcs, REAL *restrict acts, REAL *restrict scratch) {
+                          REAL *restrict tcs, REAL *restrict acts, REAL *restrict scratch,
+                          const REAL *restrict mask, REAL *restrict dropped) {
     const long H4 = 4 * H, HB = H * B, H4B = H4 * B;
     REAL *restrict zero = scratch; /* (H, B) h_{-1} and c_{-1} */
     for (long q = 0; q < HB; q++) zero[q] = 0;
@@ -308,6 +309,8 @@ void SUFFIX(lstm_forward)(long H, long I, long T, long B, const REAL *restrict x
                 h[b] = o * th;
             }
         }
+        if (mask) /* the next layer's input: dropout on h, while it is in L1 */
+            for (long q = 0; q < HB; q++) dropped[t * HB + q] = ht[q] * mask[t * HB + q];
     }
 }
 
@@ -316,7 +319,8 @@ void SUFFIX(lstm_backward)(long H, long I, long T, long B, const REAL *restrict 
                            const REAL *restrict dh, const REAL *restrict hs,
                            const REAL *restrict cs, const REAL *restrict tcs,
                            const REAL *restrict acts, REAL *restrict dx, REAL *restrict dwih,
-                           REAL *restrict dbias, REAL *restrict dwhh, REAL *restrict scratch) {
+                           REAL *restrict dbias, REAL *restrict dwhh, REAL *restrict scratch,
+                           const REAL *restrict mask) {
     const long H4 = 4 * H, HB = H * B, H4B = H4 * B, IB = I * B;
     REAL *restrict dhr = scratch;  /* (H, B) gradient on h_t through step t+1's gates */
     REAL *restrict dcr = dhr + HB; /* (H, B) gradient on c_t through c_{t+1} */
@@ -331,6 +335,7 @@ void SUFFIX(lstm_backward)(long H, long I, long T, long B, const REAL *restrict 
         const long t0 = t1 > chunk ? t1 - chunk : 0;
         for (long t = t1 - 1; t >= t0; t--) {
             const REAL *at = acts + t * H4B, *tt = tcs + t * HB, *dt = dh + t * HB;
+            const REAL *mt = mask ? mask + t * HB : 0;
             const REAL *cp = t ? cs + (t - 1) * HB : zero;
             REAL *pt = dpre + (t - t0) * H4B;
             for (long j = 0; j < H; j++) {
@@ -339,10 +344,14 @@ void SUFFIX(lstm_backward)(long H, long I, long T, long B, const REAL *restrict 
                 const REAL *dj = dt + j * B;
                 REAL *pi = pt + j * B, *pf = pt + (H + j) * B, *pg = pt + (2 * H + j) * B;
                 REAL *po = pt + (3 * H + j) * B, *dhj = dhr + j * B, *dcj = dcr + j * B;
+                if (mt) /* the outside gradient arrives on the dropped output */
+                    for (long b = 0; b < B; b++) dhj[b] += dj[b] * mt[j * B + b];
+                else
+                    for (long b = 0; b < B; b++) dhj[b] += dj[b];
 #pragma GCC ivdep
                 for (long b = 0; b < B; b++) {
                     const REAL i = si[b], f = sf[b], gg = sg[b], o = so[b], th = tc[b];
-                    const REAL d = dj[b] + dhj[b];
+                    const REAL d = dhj[b];
                     const REAL dc = dcj[b] + d * o * ((REAL)1 - th * th);
                     po[b] = d * th * o * ((REAL)1 - o);
                     pi[b] = dc * gg * i * ((REAL)1 - i);

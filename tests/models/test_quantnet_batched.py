@@ -155,6 +155,15 @@ def test_fused_kernel_equals_the_pytorch_recurrence(monkeypatch: pytest.MonkeyPa
         bias = torch.randn(4 * h, generator=gen, dtype=torch.float64).requires_grad_()
         w_hh = (torch.randn(4 * h, h, generator=gen, dtype=torch.float64) * 0.5).requires_grad_()
         assert torch.autograd.gradcheck(mb._FusedLSTM.apply, (x, w_ih, bias, w_hh))
+        # dropout on the output in the same pass: the layer's h times the mask, gradients included
+        mask = (torch.rand(t, h, b, generator=gen, dtype=torch.float64) > 0.3).double() / 0.7
+        args = (x, w_ih, bias, w_hh)
+        assert torch.autograd.gradcheck(lambda *a, mask=mask: mb._FusedLSTM.apply(*a, mask), args)
+        out, ref = mb._FusedLSTM.apply(*args, mask), mb._FusedLSTM.apply(*args) * mask
+        assert (out - ref).abs().max() < 1e-14
+        g = torch.randn(t, h, b, generator=gen, dtype=torch.float64)
+        for a, r in zip(torch.autograd.grad(out, args, g), torch.autograd.grad(ref, args, g), strict=True):
+            assert (a - r).abs().max() < 1e-12
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
         model = _model("lstm-lstm", 2, dtype)
         model.train()
@@ -249,10 +258,10 @@ def test_fused_dropout_masks_drop_the_share_asked_independently_and_follow_the_s
         pytest.skip("no C compiler: the fused kernel is unavailable here")
     like = torch.empty(1000, 10, 100)
     torch.manual_seed(5)
-    a = mb._dropout_mask(like, 0.7)
+    a = mb._dropout_mask(like.shape, like, 0.7)
     torch.manual_seed(5)
-    assert torch.equal(a, mb._dropout_mask(like, 0.7))
-    assert not torch.equal(a, mb._dropout_mask(like, 0.7))
+    assert torch.equal(a, mb._dropout_mask(like.shape, like, 0.7))
+    assert not torch.equal(a, mb._dropout_mask(like.shape, like, 0.7))
     dropped = (a == 0).flatten().double()
     assert abs(dropped.mean().item() - 0.3) < 0.003  # 6.5 binomial standard deviations
     assert torch.allclose(a[a != 0], torch.tensor(1 / 0.7))
