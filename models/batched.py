@@ -307,10 +307,9 @@ def _affine_steps(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
 
 class _FusedHead(torch.autograd.Function):
     """One market's output layer and the objective's per-window sums, :func:`models.loss.held_sums`
-    of its logits over its carried returns, in one kernel call each way: neither the (n, B, T)
-    signals nor the returns are stored (the backward recomputes them; the returns are read off the
-    series' carry), which saves a product, five elementwise passes and two tensors' trips through
-    memory per market.
+    of its logits over its carried returns, in one kernel call each way: the returns are read off
+    the series' carry instead of an (n, B, T) tensor through memory, and the backward takes the
+    signals the forward stored instead of a product and five elementwise passes per market.
 
     Inputs: ``h`` (H, B, T) the last layer's output, ``w`` (n, H) and ``b`` (n,) the head (signals
     tanh(w·h + b)), ``ret`` the returns each step's signal earns (:func:`models.loss.carried_windows`).
@@ -334,24 +333,25 @@ class _FusedHead(torch.autograd.Function):
         lib = lstm_kernel()
         fn = lib.head_forward_f32 if h.dtype == torch.float32 else lib.head_forward_f64
         src = (carry.data_ptr(), rows, *(v.data_ptr() for v in fix))
-        bufs = (a, s2, h.new_empty(8 * t_))
+        sig = h.new_empty(n, b_, t_)
+        bufs = (a, s2, sig, h.new_empty(8 * t_))
         fn(n, f, b_, t_, h.data_ptr(), w.data_ptr(), b.data_ptr(), *src, *(v.data_ptr() for v in bufs))
-        ctx.save_for_backward(h, w, b, carry, *fix)
+        ctx.save_for_backward(h, w, carry, sig, *fix)
         return a, s2
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, ga: Tensor, gs2: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, None]:
-        h, w, b, carry, *fix = ctx.saved_tensors  # type: ignore[attr-defined]
+        h, w, carry, sig, *fix = ctx.saved_tensors  # type: ignore[attr-defined]
         (n, f), (b_, t_) = w.shape, h.shape[1:]
-        dh, dw, db = torch.empty_like(h), torch.empty_like(w), torch.empty_like(b)
+        dh, dw, db = torch.empty_like(h), torch.empty_like(w), w.new_empty(n)
         ga, gs2, scratch = ga.contiguous(), gs2.contiguous(), h.new_empty(8 * t_)
         lib = lstm_kernel()
         fn = lib.head_backward_f32 if h.dtype == torch.float32 else lib.head_backward_f64
         src = (carry.data_ptr(), carry.shape[1], *(v.data_ptr() for v in fix))
-        bufs = (ga, gs2, dh, dw, db, scratch)
-        fn(n, f, b_, t_, h.data_ptr(), w.data_ptr(), b.data_ptr(), *src, *(v.data_ptr() for v in bufs))
+        bufs = (sig, ga, gs2, dh, dw, db, scratch)
+        fn(n, f, b_, t_, h.data_ptr(), w.data_ptr(), *src, *(v.data_ptr() for v in bufs))
         return dh, dw, db, None
 
 

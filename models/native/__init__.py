@@ -85,8 +85,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"lstm_backward_scratch_{suffix}").argtypes = [n, n, n]
         getattr(lib, f"lstm_backward_scratch_{suffix}").restype = n
         carried = [p, n] + [p] * 5  # src, ld, starts, after, keep, at, value
-        getattr(lib, f"head_forward_{suffix}").argtypes = [n, n, n, n] + [p] * 3 + carried + [p] * 3
-        getattr(lib, f"head_backward_{suffix}").argtypes = [n, n, n, n] + [p] * 3 + carried + [p] * 6
+        getattr(lib, f"head_forward_{suffix}").argtypes = [n, n, n, n] + [p] * 3 + carried + [p] * 4
+        getattr(lib, f"head_backward_{suffix}").argtypes = [n, n, n, n] + [p] * 2 + carried + [p] * 7
         getattr(lib, f"dropout_mask_{suffix}").argtypes = [n, ctypes.c_uint64, ctypes.c_double, p]
         getattr(lib, f"gather_windows_{suffix}").argtypes = [n, n, n, p, p, p]
         for name in ("lstm", "head"):

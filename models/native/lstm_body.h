@@ -427,15 +427,15 @@ void SUFFIX(lstm_backward)(long H, long I, long T, long B, const REAL *restrict 
  *   a[r, b] = sum_t s_t ret_t,   s2[r, b] = sum_t (s_t ret_t)^2,
  * with h the last layer's output (H, B, T) and ret the returns each step's signal earns
  * (models.loss.carried_windows): the row segment src[r, starts[b] .. starts[b] + T) of the series'
- * (N, ld) carry, with ret_0 = 0, ret_after *= keep, then ret_at = value ((N, B) each). Neither the
- * signals nor the returns are stored: (N, B, T) each, they would pass through memory; the backward
- * recomputes both. Assets go four at a time, so each row of h is read once per four. Scratch: 8 T
- * values. */
+ * (N, ld) carry, with ret_0 = 0, ret_after *= keep, then ret_at = value ((N, B) each). The returns
+ * are not stored (the backward rebuilds them from the carry, which stays in cache); the signals
+ * are, in sig (N, B, T) (their tanh took half the forward). Assets go four at a time, so each row
+ * of h is read once per four. Scratch: 8 T values. */
 static inline void SUFFIX(head_rows)(long R, long H, long T, const REAL *restrict w,
                                      const REAL *restrict bias, const REAL *restrict h, long M,
                                      REAL *restrict z) {
-    /* z[i, t] = tanh(bias[i] + sum_k w[i, k] h[k M + t]) for R = 4 rows, or 1 */
-    REAL *restrict z0 = z, *restrict z1 = z + T, *restrict z2 = z + 2 * T, *restrict z3 = z + 3 * T;
+    /* z[i M + t] = tanh(bias[i] + sum_k w[i, k] h[k M + t]) for R = 4 rows, or 1 */
+    REAL *restrict z0 = z, *restrict z1 = z + M, *restrict z2 = z + 2 * M, *restrict z3 = z + 3 * M;
     if (R == 4) {
         for (long t = 0; t < T; t++) z0[t] = bias[0], z1[t] = bias[1], z2[t] = bias[2], z3[t] = bias[3];
         for (long k = 0; k < H; k++) {
@@ -452,7 +452,8 @@ static inline void SUFFIX(head_rows)(long R, long H, long T, const REAL *restric
             for (long t = 0; t < T; t++) z0[t] += w0 * hk[t];
         }
     }
-    for (long t = 0; t < R * T; t++) z[t] = SUFFIX(tanh_)(z[t]);
+    for (long i = 0; i < R; i++)
+        for (long t = 0; t < T; t++) z[i * M + t] = SUFFIX(tanh_)(z[i * M + t]);
 }
 
 /* window b's returns of asset r (see above) into out (T) */
@@ -490,15 +491,16 @@ void SUFFIX(head_forward)(long N, long H, long B, long T, const REAL *restrict h
                           const REAL *restrict src, long ld, const int64_t *restrict starts,
                           const int64_t *restrict after, const REAL *restrict keep,
                           const int64_t *restrict at, const REAL *restrict value,
-                          REAL *restrict a, REAL *restrict s2, REAL *restrict scratch) {
+                          REAL *restrict a, REAL *restrict s2, REAL *restrict sig,
+                          REAL *restrict scratch) {
     const long M = B * T;
-    REAL *restrict s = scratch, *restrict sw = scratch + 4 * T, *restrict rt = scratch + 5 * T;
+    REAL *restrict sw = scratch, *restrict rt = scratch + T;
     for (long b = 0; b < B; b++)
         for (long r = 0; r < N;) {
             const long R = N - r >= 4 ? 4 : 1;
-            SUFFIX(head_rows)(R, H, T, w + r * H, bias + r, h + b * T, M, s);
+            SUFFIX(head_rows)(R, H, T, w + r * H, bias + r, h + b * T, M, sig + r * M + b * T);
             for (long i = 0; i < R; i++, r++) {
-                const REAL *si = s + i * T;
+                const REAL *si = sig + r * M + b * T;
                 SUFFIX(carried_row)(T, r, b, B, src, ld, starts, after, keep, at, value, rt);
                 for (long t = 0; t < T; t++) sw[t] = si[t] * rt[t];
                 a[r * B + b] = SUFFIX(dot)(T, sw, 0);
@@ -510,14 +512,14 @@ void SUFFIX(head_forward)(long N, long H, long B, long T, const REAL *restrict h
 /* dh (H, B, T) = sum_r w[r, k] dz; dw (N, H), dbias (N) the weights' gradients, from ga and gs2
  * (N, B), the loss's gradients on a and s2. Scratch: 8 T values. */
 void SUFFIX(head_backward)(long N, long H, long B, long T, const REAL *restrict h,
-                           const REAL *restrict w, const REAL *restrict bias,
-                           const REAL *restrict src, long ld, const int64_t *restrict starts,
+                           const REAL *restrict w, const REAL *restrict src, long ld, const int64_t *restrict starts,
                            const int64_t *restrict after, const REAL *restrict keep,
                            const int64_t *restrict at, const REAL *restrict value,
-                           const REAL *restrict ga, const REAL *restrict gs2, REAL *restrict dh,
-                           REAL *restrict dw, REAL *restrict dbias, REAL *restrict scratch) {
+                           const REAL *restrict sig, const REAL *restrict ga,
+                           const REAL *restrict gs2, REAL *restrict dh, REAL *restrict dw,
+                           REAL *restrict dbias, REAL *restrict scratch) {
     const long M = B * T;
-    REAL *restrict dz = scratch; /* (4, T): the signals, then the gradient on z */
+    REAL *restrict dz = scratch; /* (4, T): the gradient on z */
     REAL *restrict rt = scratch + 4 * T;
     for (long q = 0; q < N * H; q++) dw[q] = 0;
     for (long r = 0; r < N; r++) dbias[r] = 0;
@@ -526,13 +528,13 @@ void SUFFIX(head_backward)(long N, long H, long B, long T, const REAL *restrict 
         for (long r = 0; r < N;) {
             const long R = N - r >= 4 ? 4 : 1;
             const REAL *wr = w + r * H, *hb = h + b * T;
-            SUFFIX(head_rows)(R, H, T, wr, bias + r, hb, M, dz);
             for (long i = 0; i < R; i++) {
                 SUFFIX(carried_row)(T, r + i, b, B, src, ld, starts, after, keep, at, value, rt);
                 const REAL g1 = ga[(r + i) * B + b], g2 = 2 * gs2[(r + i) * B + b];
+                const REAL *si = sig + (r + i) * M + b * T;
                 REAL *di = dz + i * T;
                 for (long t = 0; t < T; t++) {
-                    const REAL x = di[t], y = rt[t];
+                    const REAL x = si[t], y = rt[t];
                     di[t] = (g1 + g2 * x * y) * y * ((REAL)1 - x * x);
                 }
                 dbias[r + i] += SUFFIX(dot)(T, di, 0);
