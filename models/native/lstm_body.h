@@ -436,14 +436,26 @@ static inline void SUFFIX(head_rows)(long R, long H, long T, const REAL *restric
                                      REAL *restrict z) {
     /* z[i M + t] = tanh(bias[i] + sum_k w[i, k] h[k M + t]) for R = 4 rows, or 1 */
     REAL *restrict z0 = z, *restrict z1 = z + M, *restrict z2 = z + 2 * M, *restrict z3 = z + 3 * M;
-    if (R == 4) {
-        for (long t = 0; t < T; t++) z0[t] = bias[0], z1[t] = bias[1], z2[t] = bias[2], z3[t] = bias[3];
-        for (long k = 0; k < H; k++) {
-            const REAL *hk = h + k * M, w0 = w[k], w1 = w[H + k], w2 = w[2 * H + k], w3 = w[3 * H + k];
-            for (long t = 0; t < T; t++) {
-                const REAL x = hk[t];
-                z0[t] += w0 * x, z1[t] += w1 * x, z2[t] += w2 * x, z3[t] += w3 * x;
+    if (R == 4) { /* a vector of steps at a time, its four sums in registers across the H rows */
+        typedef SUFFIX(vec) V;
+        long t = 0;
+        for (; t + VB <= T; t += VB) {
+            V a0 = bias[0] + (V){0}, a1 = bias[1] + (V){0}, a2 = bias[2] + (V){0};
+            V a3 = bias[3] + (V){0};
+            for (long k = 0; k < H; k++) {
+                const V x = SUFFIX(load)(h + k * M + t);
+                a0 += w[k] * x, a1 += w[H + k] * x, a2 += w[2 * H + k] * x, a3 += w[3 * H + k] * x;
             }
+            SUFFIX(store)(z0 + t, a0), SUFFIX(store)(z1 + t, a1);
+            SUFFIX(store)(z2 + t, a2), SUFFIX(store)(z3 + t, a3);
+        }
+        for (; t < T; t++) {
+            REAL a0 = bias[0], a1 = bias[1], a2 = bias[2], a3 = bias[3];
+            for (long k = 0; k < H; k++) {
+                const REAL x = h[k * M + t];
+                a0 += w[k] * x, a1 += w[H + k] * x, a2 += w[2 * H + k] * x, a3 += w[3 * H + k] * x;
+            }
+            z0[t] = a0, z1[t] = a1, z2[t] = a2, z3[t] = a3;
         }
     } else {
         for (long t = 0; t < T; t++) z0[t] = bias[0];
@@ -509,6 +521,50 @@ void SUFFIX(head_forward)(long N, long H, long B, long T, const REAL *restrict h
         }
 }
 
+/* head_backward's products for four assets and five rows k..k+4 of h over one window: dw's 20
+ * sums in registers across the steps and dh's rows updated a vector at a time (dot products per
+ * entry and a pass over dh per row read every operand once per multiply-add) */
+__attribute__((noinline)) static void SUFFIX(head_back5)(long H, long T, long M,
+                                                         const REAL *restrict w,
+                                                         const REAL *restrict dz,
+                                                         const REAL *restrict h, REAL *restrict dh,
+                                                         REAL *restrict dw, long k) {
+    typedef SUFFIX(vec) V;
+    const REAL *d0 = dz, *d1 = dz + T, *d2 = dz + 2 * T, *d3 = dz + 3 * T;
+    V a00 = {0}, a01 = {0}, a02 = {0}, a03 = {0}, a04 = {0}, a10 = {0}, a11 = {0}, a12 = {0};
+    V a13 = {0}, a14 = {0}, a20 = {0}, a21 = {0}, a22 = {0}, a23 = {0}, a24 = {0}, a30 = {0};
+    V a31 = {0}, a32 = {0}, a33 = {0}, a34 = {0};
+    long t = 0;
+#define HEAD_BACK_ROW(j)                                                                         \
+    {                                                                                            \
+        const V x = SUFFIX(load)(h + (k + j) * M + t);                                           \
+        a0##j += e0 * x, a1##j += e1 * x, a2##j += e2 * x, a3##j += e3 * x;                      \
+        REAL *o = dh + (k + j) * M + t;                                                          \
+        const V g = (w[k + j] * e0 + w[H + k + j] * e1) + (w[2 * H + k + j] * e2 + w[3 * H + k + j] * e3); \
+        SUFFIX(store)(o, SUFFIX(load)(o) + g);                                                   \
+    }
+    for (; t + VB <= T; t += VB) {
+        const V e0 = SUFFIX(load)(d0 + t), e1 = SUFFIX(load)(d1 + t);
+        const V e2 = SUFFIX(load)(d2 + t), e3 = SUFFIX(load)(d3 + t);
+        HEAD_BACK_ROW(0) HEAD_BACK_ROW(1) HEAD_BACK_ROW(2) HEAD_BACK_ROW(3) HEAD_BACK_ROW(4)
+    }
+#undef HEAD_BACK_ROW
+    const V acc[20] = {a00, a01, a02, a03, a04, a10, a11, a12, a13, a14,
+                       a20, a21, a22, a23, a24, a30, a31, a32, a33, a34};
+    for (int q = 0; q < 20; q++) {
+        REAL sum = 0;
+        for (int b = 0; b < VB; b++) sum += acc[q][b];
+        dw[(q / 5) * H + k + q % 5] += sum;
+    }
+    for (; t < T; t++) /* the steps past the last full vector */
+        for (long j = k; j < k + 5; j++) {
+            const REAL x = h[j * M + t];
+            dw[j] += d0[t] * x, dw[H + j] += d1[t] * x, dw[2 * H + j] += d2[t] * x;
+            dw[3 * H + j] += d3[t] * x;
+            dh[j * M + t] += (w[j] * d0[t] + w[H + j] * d1[t]) + (w[2 * H + j] * d2[t] + w[3 * H + j] * d3[t]);
+        }
+}
+
 /* dh (H, B, T) = sum_r w[r, k] dz; dw (N, H), dbias (N) the weights' gradients, from ga and gs2
  * (N, B), the loss's gradients on a and s2. Scratch: 8 T values. */
 void SUFFIX(head_backward)(long N, long H, long B, long T, const REAL *restrict h,
@@ -541,7 +597,10 @@ void SUFFIX(head_backward)(long N, long H, long B, long T, const REAL *restrict 
             }
             const REAL *restrict d0 = dz, *restrict d1 = dz + T, *restrict d2 = dz + 2 * T;
             const REAL *restrict d3 = dz + 3 * T;
-            for (long k = 0; k < H; k++) {
+            long k = 0;
+            if (R == 4)
+                for (; k + 5 <= H; k += 5) SUFFIX(head_back5)(H, T, M, wr, dz, hb, dh + b * T, dw + r * H, k);
+            for (; k < H; k++) {
                 const REAL *hk = hb + k * M;
                 REAL *restrict dk = dh + k * M + b * T;
                 for (long i = 0; i < R; i++) dw[(r + i) * H + k] += SUFFIX(dot)(T, dz + i * T, hk);
