@@ -212,7 +212,8 @@ def test_fused_kernel_equals_a_reference_cell(dtype: torch.dtype, windows: int) 
 
 
 @pytest.mark.parametrize("steps", [5, 21, 40])  # below, at and past whole vectors of steps
-def test_fused_head_is_held_sums_of_the_logits(steps: int) -> None:
+@pytest.mark.parametrize("f", [3, 7])  # rows of h: fewer than a block of five; one and two more
+def test_fused_head_is_held_sums_of_the_logits(steps: int, f: int) -> None:
     """The fused output layer and objective sums, reading each window's returns off the series'
     carry with its three corrected rows, equal held_sums of the head's doubled logits over the
     written-out returns, and its backward is their gradient (gradcheck, float64)."""
@@ -222,7 +223,7 @@ def test_fused_head_is_held_sums_of_the_logits(steps: int) -> None:
 
     if lstm_kernel() is None:
         pytest.skip("no C compiler: the fused kernel is unavailable here")
-    n, f, b, rows = 6, 3, 9, 60  # assets go four at a time: one block and two single rows
+    n, b, rows = 6, 9, 60  # assets go four at a time: one block and two single rows
     gen = torch.Generator().manual_seed(2)
     h = torch.randn(f, b, steps, generator=gen, dtype=torch.float64).requires_grad_()
     w = (torch.randn(n, f, generator=gen, dtype=torch.float64) * 0.5).requires_grad_()
