@@ -16,6 +16,44 @@ static inline SUFFIX(vec) SUFFIX(load)(const REAL *p) {
 
 static inline void SUFFIX(store)(REAL *p, SUFFIX(vec) v) { __builtin_memcpy(p, &v, sizeof v); }
 
+/* gates_pair for eight rows r..r+7: sixteen chains, each input vector loaded once per eight rows */
+static inline void SUFFIX(gates_pair8)(long I, long H, const REAL *restrict wx,
+                                       const REAL *restrict x, long xk, const REAL *restrict wh,
+                                       const REAL *restrict h, long B, const REAL *restrict bias,
+                                       REAL *restrict a, long r) {
+    typedef SUFFIX(vec) V;
+    V a0 = bias[r] + (V){0}, a1 = bias[r + 1] + (V){0}, a2 = bias[r + 2] + (V){0};
+    V a3 = bias[r + 3] + (V){0}, a4 = bias[r + 4] + (V){0}, a5 = bias[r + 5] + (V){0};
+    V a6 = bias[r + 6] + (V){0}, a7 = bias[r + 7] + (V){0};
+    V b0 = a0, b1 = a1, b2 = a2, b3 = a3, b4 = a4, b5 = a5, b6 = a6, b7 = a7;
+    const REAL *w0 = wx + r * I;
+    for (long k = 0; k < I; k++) {
+        const V u = SUFFIX(load)(x + k * xk), v = SUFFIX(load)(x + k * xk + VB);
+        const REAL *y = w0 + k;
+        a0 += y[0] * u, a1 += y[I] * u, a2 += y[2 * I] * u, a3 += y[3 * I] * u;
+        a4 += y[4 * I] * u, a5 += y[5 * I] * u, a6 += y[6 * I] * u, a7 += y[7 * I] * u;
+        b0 += y[0] * v, b1 += y[I] * v, b2 += y[2 * I] * v, b3 += y[3 * I] * v;
+        b4 += y[4 * I] * v, b5 += y[5 * I] * v, b6 += y[6 * I] * v, b7 += y[7 * I] * v;
+    }
+    w0 = wh + r * H;
+    for (long k = 0; k < H; k++) {
+        const V u = SUFFIX(load)(h + k * B), v = SUFFIX(load)(h + k * B + VB);
+        const REAL *y = w0 + k;
+        a0 += y[0] * u, a1 += y[H] * u, a2 += y[2 * H] * u, a3 += y[3 * H] * u;
+        a4 += y[4 * H] * u, a5 += y[5 * H] * u, a6 += y[6 * H] * u, a7 += y[7 * H] * u;
+        b0 += y[0] * v, b1 += y[H] * v, b2 += y[2 * H] * v, b3 += y[3 * H] * v;
+        b4 += y[4 * H] * v, b5 += y[5 * H] * v, b6 += y[6 * H] * v, b7 += y[7 * H] * v;
+    }
+    REAL *o = a + r * B;
+    SUFFIX(store)(o, a0), SUFFIX(store)(o + B, a1), SUFFIX(store)(o + 2 * B, a2);
+    SUFFIX(store)(o + 3 * B, a3), SUFFIX(store)(o + 4 * B, a4), SUFFIX(store)(o + 5 * B, a5);
+    SUFFIX(store)(o + 6 * B, a6), SUFFIX(store)(o + 7 * B, a7);
+    o += VB;
+    SUFFIX(store)(o, b0), SUFFIX(store)(o + B, b1), SUFFIX(store)(o + 2 * B, b2);
+    SUFFIX(store)(o + 3 * B, b3), SUFFIX(store)(o + 4 * B, b4), SUFFIX(store)(o + 5 * B, b5);
+    SUFFIX(store)(o + 6 * B, b6), SUFFIX(store)(o + 7 * B, b7);
+}
+
 /* the same as gates_block below for 2 VB windows: four rows by two vectors, eight independent
  * multiply-add chains in named vector variables (as arrays, gcc kept them on the stack) */
 static inline void SUFFIX(gates_pair)(long H4, long I, long H, const REAL *restrict wx,
@@ -23,7 +61,9 @@ static inline void SUFFIX(gates_pair)(long H4, long I, long H, const REAL *restr
                                       const REAL *restrict h, long B, const REAL *restrict bias,
                                       REAL *restrict a) {
     typedef SUFFIX(vec) V;
-    for (long r = 0; r < H4; r += 4) {
+    long r = 0;
+    for (; r + 8 <= H4; r += 8) SUFFIX(gates_pair8)(I, H, wx, x, xk, wh, h, B, bias, a, r);
+    for (; r < H4; r += 4) {
         V a0 = bias[r] + (V){0}, a1 = bias[r + 1] + (V){0}, a2 = bias[r + 2] + (V){0};
         V a3 = bias[r + 3] + (V){0};
         V b0 = a0, b1 = a1, b2 = a2, b3 = a3;
