@@ -149,6 +149,23 @@ static inline void SUFFIX(back_pair)(long H4, long K, const REAL *restrict w, co
                                      long B, REAL *restrict d) {
     typedef SUFFIX(vec) V;
     long k = 0;
+    for (; K % 5 == 0 && k < K; k += 5) { /* the model's widths (5, 10): five columns, ten chains */
+        V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0};
+        V b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0}, b4 = {0};
+        for (long r = 0; r < H4; r++) {
+            const V u = SUFFIX(load)(p + r * B), v = SUFFIX(load)(p + r * B + VB);
+            const REAL *wr = w + r * K + k;
+            const REAL y0 = wr[0], y1 = wr[1], y2 = wr[2], y3 = wr[3], y4 = wr[4];
+            a0 += y0 * u, a1 += y1 * u, a2 += y2 * u, a3 += y3 * u, a4 += y4 * u;
+            b0 += y0 * v, b1 += y1 * v, b2 += y2 * v, b3 += y3 * v, b4 += y4 * v;
+        }
+        REAL *o = d + k * B;
+        SUFFIX(store)(o, a0), SUFFIX(store)(o + B, a1), SUFFIX(store)(o + 2 * B, a2);
+        SUFFIX(store)(o + 3 * B, a3), SUFFIX(store)(o + 4 * B, a4);
+        o += VB;
+        SUFFIX(store)(o, b0), SUFFIX(store)(o + B, b1), SUFFIX(store)(o + 2 * B, b2);
+        SUFFIX(store)(o + 3 * B, b3), SUFFIX(store)(o + 4 * B, b4);
+    }
     for (; k + 4 <= K; k += 4) {
         V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
         for (long r = 0; r < H4; r++) {
