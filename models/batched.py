@@ -1,9 +1,10 @@
 """One pass for all markets of a training step.
 
 Where the compiled kernel of :mod:`models.native` is available (CPU, float32 or float64), each LSTM
-layer of each market runs its whole recurrence in one kernel call (:class:`_FusedLSTM`), with the
-input and output products as batched matrix products over time around it. Otherwise the TorchScript
-wavefront below runs, as it did before the kernel:
+layer of each market runs its whole recurrence, input products and dropout on its output included,
+in one kernel call each way (:class:`_FusedLSTM`), and the output layer with the objective's sums in
+one more (:class:`_FusedHead`). Otherwise the TorchScript wavefront below runs, as it did before the
+kernel:
 
 The per-market encoders and decoders run as stacked weights (markets × ...), so a step costs a fixed
 number of tensor operations per time step whatever the number of markets, instead of one chain of

@@ -13,13 +13,16 @@
  *   wih   (4H, I), bias (4H), whh (4H, H): gates i, f, g, o as in nn.LSTM, bias = b_ih + b_hh
  *   hs    (T, H, B)        h_t;   cs: c_t;   tcs: tanh(c_t)
  *   acts  (T, 4H, B)       activated gates sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
+ *   mask  (T, H, B)        dropout multipliers on the output (NULL: none): the forward also writes
+ *                          dropped = h mask, and the backward's dh is the gradient on dropped
  *   dh    (T, H, B)        the loss's gradient on h_t from outside the recurrence
- *   dpre  (T, 4H, B)       the gradient on the gates' pre-activations (the backward's work space)
  *   dx    (T, I, B)        the gradient on x, contiguous (NULL: not wanted); dwih, dbias, dwhh: on the weights
- * Scratch is the caller's: H B values forward, 3 H B backward.
+ * Scratch is the caller's: H B values forward, lstm_backward_scratch(H, I, B) backward (its gate
+ * gradients for one chunk of steps, whose weight gradients are taken while they are in L2).
  *
  * head_forward and head_backward: the output layer and the objective's per-window sums (see there);
- * dropout_mask: dropout multipliers; gather_windows: a series' windows in the layout above.
+ * dropout_mask: dropout multipliers; gather_windows: a series' windows in the layout above;
+ * carry_arrays: a series' arrays for models.loss.carried_windows.
  *
  * float uses its own exponential (Cephes' expf polynomial, within 2 ulp over the clamped range)
  * written so the compiler vectorises it; double uses libm's exp.
