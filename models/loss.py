@@ -239,8 +239,13 @@ def carried_returns(
     rows in the window.
     """
     w = carried_windows(carry, next_return, next_row, last, starts, k).dense()
-    count = cum[:, starts + k - 1] - cum[:, starts - 1]
-    return w, count
+    return w, window_counts(cum, starts, k)
+
+
+def window_counts(cum: Tensor, starts: Tensor, k: int) -> Tensor:
+    """Each asset's unmasked rows in the windows of rows start..start + k - 1, (n, B), from the
+    series' running count ``cum`` (n, T_all) (:func:`carry_arrays`); starts at row 1 or later."""
+    return cum[:, starts + (k - 1)] - cum[:, starts - 1]
 
 
 def loss_from_sums(

@@ -42,6 +42,7 @@ from models.loss import (
     loss_from_sums,
     market_sharpe,
     quantnet_loss,
+    window_counts,
 )
 from models.network import QuantNet
 
@@ -303,7 +304,7 @@ def _batched_loss(
         starts = torch.as_tensor(ends - s.k, device=s.x.device)
         scale = None if s.v is None else s.v.t()
         ret = carried_windows(s.carry, s.next_return, s.next_row, s.last.t(), starts, s.k, scale)
-        count = s.cum[:, starts + (s.k - 1)] - s.cum[:, starts - 1]
+        count = window_counts(s.cum, starts, s.k)
         x = gather_windows(s.x, starts, s.k)  # s.x[rows] for rows[t, b] = starts[b] + t
         groups.setdefault(s.k, []).append((s.model_index, x, ret, count))
     a, s2, counts, markets = [], [], [], []
